@@ -1,0 +1,55 @@
+"""Atomic writes: everything ExpDiff publishes is written to a temp path beside the target, then renamed."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | os.PathLike, *, overwrite: bool = True) -> Iterator[Path]:
+    """Yield a temp file path in ``target``'s folder; on success rename it onto ``target``.
+
+    On any exception the temp file is removed and ``target`` is untouched. The temp name keeps the
+    target's suffix so format-sniffing writers (OpenImageIO, USD) pick the right format.
+    """
+    from .errors import PublishError
+
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if not overwrite and target.exists():
+        raise PublishError(f"{target}: already exists and will not be overwritten")
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=f".tmp{target.suffix}", dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, target)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temp folder beside ``target``; on success rename it to ``target`` (which must not exist).
+
+    A failure removes the temp folder, so no partial folder is ever visible under ``target``'s name.
+    """
+    from .errors import PublishError
+
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists():
+        raise PublishError(f"{target}: already exists and will not be overwritten")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
+    try:
+        yield tmp
+        os.rename(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
