@@ -1,0 +1,112 @@
+"""Single images through OpenImageIO: the only place ExpDiff reads or writes pixels.
+
+Arrays are (H, W, C) float32. 8/16-bit files hold [0, 1] values; ``srgb=True`` applies the sRGB transfer
+curve on the way (decode on read, encode on write) — albedo in 8/16-bit files is sRGB, data maps are raw.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import OpenImageIO as oiio
+
+from ..errors import ExpDiffInputError
+from ..fileio import atomic_path
+
+PIXEL_TYPES = {"uint8": oiio.UINT8, "uint16": oiio.UINT16, "half": oiio.HALF, "float": oiio.FLOAT}
+
+
+def srgb_to_linear(x: np.ndarray) -> np.ndarray:
+    """IEC 61966-2-1 decode, elementwise on [0, 1] values."""
+    x = np.clip(x, 0.0, 1.0)
+    return np.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4).astype(np.float32)
+
+
+def linear_to_srgb(x: np.ndarray) -> np.ndarray:
+    """IEC 61966-2-1 encode, elementwise on [0, 1] values."""
+    x = np.clip(x, 0.0, 1.0)
+    return np.where(x <= 0.0031308, x * 12.92, 1.055 * np.power(x, 1 / 2.4) - 0.055).astype(np.float32)
+
+
+def image_pixel_type(path: str | os.PathLike) -> str:
+    """The stored pixel type of an image file: ``uint8``, ``uint16``, ``half``, ``float`` (or OIIO's name)."""
+    inp = oiio.ImageInput.open(str(path))
+    if inp is None:
+        raise ExpDiffInputError(path, f"cannot open image: {oiio.geterror() or 'unknown format'}")
+    try:
+        return str(inp.spec().format)
+    finally:
+        inp.close()
+
+
+def read_image(path: str | os.PathLike, *, srgb: bool = False, channels: int | None = None) -> np.ndarray:
+    """Read an image as (H, W, C) float32.
+
+    srgb: decode the sRGB curve (only applied to integer files; float/half EXR is linear already).
+    channels: if given, the file must have exactly this many channels.
+    Raises ExpDiffInputError for a missing, unreadable, corrupt or truncated file or a wrong channel count.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ExpDiffInputError(path, "image file not found")
+    inp = oiio.ImageInput.open(str(path))
+    if inp is None:
+        raise ExpDiffInputError(path, f"cannot open image: {oiio.geterror() or 'unknown format'}")
+    try:
+        spec = inp.spec()
+        if channels is not None and spec.nchannels != channels:
+            raise ExpDiffInputError(path, f"has {spec.nchannels} channel(s), expected {channels}")
+        pixels = inp.read_image(0, 0, 0, spec.nchannels, oiio.FLOAT)
+        err = inp.geterror()
+    finally:
+        inp.close()
+    if pixels is None or err:
+        raise ExpDiffInputError(path, f"corrupt or truncated image: {err or oiio.geterror() or 'no pixels'}")
+    arr = np.asarray(pixels, dtype=np.float32).reshape(spec.height, spec.width, spec.nchannels)
+    if not np.isfinite(arr).all():
+        raise ExpDiffInputError(path, "image holds NaN or infinite pixel values")
+    if srgb and spec.format.basetype in (oiio.UINT8, oiio.UINT16):
+        arr = srgb_to_linear(arr)
+    return arr
+
+
+def write_image(path: str | os.PathLike, image: np.ndarray, *, pixel_type: str = "half",
+                srgb: bool = False, overwrite: bool = True) -> Path:
+    """Write (H, W, C) or (H, W) float values atomically; format from the suffix (.exr .png .tif .jpg).
+
+    pixel_type: ``uint8`` / ``uint16`` (values clipped to [0, 1]) or ``half`` / ``float``.
+    srgb: encode the sRGB curve first (use for albedo in 8/16-bit files).
+    """
+    path = Path(path)
+    if pixel_type not in PIXEL_TYPES:
+        raise ExpDiffInputError(path, f"unknown pixel type {pixel_type!r}; use one of {list(PIXEL_TYPES)}")
+    arr = np.asarray(image, dtype=np.float32)
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    if arr.ndim != 3:
+        raise ExpDiffInputError(path, f"image array must be (H, W, C), got shape {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise ExpDiffInputError(path, "refusing to write NaN or infinite pixel values")
+    integer = pixel_type in ("uint8", "uint16")
+    if srgb and integer:
+        arr = linear_to_srgb(arr)
+    if integer:
+        arr = np.clip(arr, 0.0, 1.0)
+    h, w, c = arr.shape
+    spec = oiio.ImageSpec(w, h, c, PIXEL_TYPES[pixel_type])
+    if srgb and integer:
+        spec.attribute("oiio:ColorSpace", "srgb_rec709_scene")
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        out = oiio.ImageOutput.create(str(path))
+        if out is None:
+            raise ExpDiffInputError(path, f"no image writer for this suffix: {oiio.geterror()}")
+        try:
+            if not out.open(str(tmp), spec):
+                raise ExpDiffInputError(path, f"cannot write image: {out.geterror()}")
+            if not out.write_image(np.ascontiguousarray(arr)):
+                raise ExpDiffInputError(path, f"cannot write image: {out.geterror()}")
+        finally:
+            out.close()
+    return path
