@@ -13,6 +13,7 @@ from ..errors import ExpDiffError
 
 COMMAND_MODULES = [
     "doctor",
+    "models",
 ]
 
 
