@@ -1,13 +1,15 @@
-"""Atomic writes: everything ExpDiff publishes is written to a temp path beside the target, then renamed."""
+"""Atomic writes (everything ExpDiff publishes goes to a temp path beside the target, then is renamed) and
+streamed file hashes for ingest and provenance."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 
 @contextlib.contextmanager
@@ -53,3 +55,31 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+HASH_CHUNK_BYTES = 1 << 20
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB chunks (8K EXR tiles do not need to fit in memory)."""
+    from .errors import ExpDiffInputError
+
+    path = Path(path)
+    if not path.is_file():
+        raise ExpDiffInputError(path, "file not found")
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(HASH_CHUNK_BYTES):
+                h.update(chunk)
+    except OSError as exc:
+        raise ExpDiffInputError(path, f"cannot read file ({exc.strerror or exc})") from None
+    return h.hexdigest()
+
+
+def hash_files(paths: Iterable[str | os.PathLike]) -> dict[str, str]:
+    """{str(path): sha256 hex} for each file, in the given order, with a progress bar on a terminal."""
+    from tqdm.auto import tqdm
+
+    paths = [Path(p) for p in paths]
+    return {str(p): file_sha256(p) for p in tqdm(paths, desc="hashing", unit="file", disable=None, leave=False)}

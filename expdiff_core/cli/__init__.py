@@ -14,6 +14,8 @@ from ..errors import ExpDiffError
 COMMAND_MODULES = [
     "doctor",
     "models",
+    "usd",
+    "data",
 ]
 
 

@@ -6,13 +6,14 @@ curve on the way (decode on read, encode on write) — albedo in 8/16-bit files 
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
 import numpy as np
 import OpenImageIO as oiio
 
-from ..errors import ExpDiffInputError
+from ..errors import ExpDiffInputError, PublishError
 from ..fileio import atomic_path
 
 PIXEL_TYPES = {"uint8": oiio.UINT8, "uint16": oiio.UINT16, "half": oiio.HALF, "float": oiio.FLOAT}
@@ -72,6 +73,21 @@ def read_image(path: str | os.PathLike, *, srgb: bool = False, channels: int | N
     return arr
 
 
+def image_shape(path: str | os.PathLike) -> tuple[int, int, int]:
+    """(H, W, C) of an image file from its header, without reading pixels."""
+    path = Path(path)
+    if not path.is_file():
+        raise ExpDiffInputError(path, "image file not found")
+    inp = oiio.ImageInput.open(str(path))
+    if inp is None:
+        raise ExpDiffInputError(path, f"cannot open image: {oiio.geterror() or 'unknown format'}")
+    try:
+        spec = inp.spec()
+        return spec.height, spec.width, spec.nchannels
+    finally:
+        inp.close()
+
+
 def write_image(path: str | os.PathLike, image: np.ndarray, *, pixel_type: str = "half",
                 srgb: bool = False, overwrite: bool = True) -> Path:
     """Write (H, W, C) or (H, W) float values atomically; format from the suffix (.exr .png .tif .jpg).
@@ -79,7 +95,32 @@ def write_image(path: str | os.PathLike, image: np.ndarray, *, pixel_type: str =
     pixel_type: ``uint8`` / ``uint16`` (values clipped to [0, 1]) or ``half`` / ``float``.
     srgb: encode the sRGB curve first (use for albedo in 8/16-bit files).
     """
-    path = Path(path)
+    return write_images([(path, image)], pixel_type=pixel_type, srgb=srgb, overwrite=overwrite)[0]
+
+
+def write_images(items: list[tuple[str | os.PathLike, np.ndarray]], *, pixel_type: str = "half",
+                 srgb: bool = False, overwrite: bool = True) -> list[Path]:
+    """Write several images all or nothing: each goes to a temp file first, and only when every one is
+    written are they renamed into place; any failure removes all temp files and leaves no target touched.
+
+    Arguments as ``write_image``; every array is checked before any file is created.
+    """
+    prepared = [(Path(path), *_prepare_pixels(Path(path), image, pixel_type, srgb)) for path, image in items]
+    for path, _, _ in prepared:
+        # Renames are the only step after the temps are written; refuse here what would make one fail.
+        if path.is_dir():
+            raise ExpDiffInputError(path, "is a folder; cannot write an image there")
+    try:
+        with contextlib.ExitStack() as stack:
+            temps = [stack.enter_context(atomic_path(path, overwrite=overwrite)) for path, _, _ in prepared]
+            for (path, arr, spec), tmp in zip(prepared, temps):
+                _write_pixels(path, tmp, arr, spec)
+    except OSError as exc:
+        raise PublishError(f"{exc.filename or prepared[0][0]}: cannot write image ({exc.strerror or exc})") from None
+    return [path for path, _, _ in prepared]
+
+
+def _prepare_pixels(path: Path, image: np.ndarray, pixel_type: str, srgb: bool) -> tuple[np.ndarray, "oiio.ImageSpec"]:
     if pixel_type not in PIXEL_TYPES:
         raise ExpDiffInputError(path, f"unknown pixel type {pixel_type!r}; use one of {list(PIXEL_TYPES)}")
     arr = np.asarray(image, dtype=np.float32)
@@ -98,15 +139,18 @@ def write_image(path: str | os.PathLike, image: np.ndarray, *, pixel_type: str =
     spec = oiio.ImageSpec(w, h, c, PIXEL_TYPES[pixel_type])
     if srgb and integer:
         spec.attribute("oiio:ColorSpace", "srgb_rec709_scene")
-    with atomic_path(path, overwrite=overwrite) as tmp:
-        out = oiio.ImageOutput.create(str(path))
-        if out is None:
-            raise ExpDiffInputError(path, f"no image writer for this suffix: {oiio.geterror()}")
-        try:
-            if not out.open(str(tmp), spec):
-                raise ExpDiffInputError(path, f"cannot write image: {out.geterror()}")
-            if not out.write_image(np.ascontiguousarray(arr)):
-                raise ExpDiffInputError(path, f"cannot write image: {out.geterror()}")
-        finally:
-            out.close()
-    return path
+    return np.ascontiguousarray(arr), spec
+
+
+def _write_pixels(path: Path, tmp: Path, arr: np.ndarray, spec: "oiio.ImageSpec") -> None:
+    """Encode ``arr`` into ``tmp`` with the writer ``path``'s suffix selects."""
+    out = oiio.ImageOutput.create(str(path))
+    if out is None:
+        raise ExpDiffInputError(path, f"no image writer for this suffix: {oiio.geterror()}")
+    try:
+        if not out.open(str(tmp), spec):
+            raise ExpDiffInputError(path, f"cannot write image: {out.geterror()}")
+        if not out.write_image(arr):
+            raise ExpDiffInputError(path, f"cannot write image: {out.geterror()}")
+    finally:
+        out.close()

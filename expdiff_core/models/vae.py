@@ -1,0 +1,293 @@
+"""Latent codec ``E`` / ``D`` (Eq. 5 and 7): every UV map kind <-> AutoencoderKL latents.
+
+One image VAE serves all map kinds. Each kind has a channel count and a value range; maps are rescaled to
+the VAE's [-1, 1] input range, one-channel maps (specular, roughness) are replicated to 3 channels, and
+latents are the posterior mean (deterministic) times the VAE's ``scaling_factor`` (minus ``shift_factor``
+first when the config has one). Production uses a local Stable Diffusion VAE folder unmodified; the offline
+default is a small AutoencoderKL of the same family (:func:`offline_vae_config`) trained by
+``expdiff_core.training.vae``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from ..device import autocast, resolve_device
+from ..errors import ExpDiffInputError
+from ..fileio import atomic_dir
+from .weights import require_safetensors
+
+RANGE_TOLERANCE = 1e-3  # maps come from float pipelines; tiny overshoots of the range are rounding, not bugs
+
+
+@dataclass(frozen=True)
+class MapKind:
+    """A kind of UV map: its native channel count and value range inside the core."""
+
+    name: str
+    channels: int
+    low: float
+    high: float
+
+
+MAP_KINDS: dict[str, MapKind] = {k.name: k for k in (
+    MapKind("position", 3, -1.0, 1.0),   # normalised displacement from the template mean
+    MapKind("albedo", 3, 0.0, 1.0),
+    MapKind("specular", 1, 0.0, 1.0),
+    MapKind("roughness", 1, 0.0, 1.0),
+    MapKind("normal", 3, 0.0, 1.0),      # tangent-space, [0, 1] encoding
+)}
+
+
+def map_kind(kind: str) -> MapKind:
+    """The :class:`MapKind` named ``kind``; ExpDiffInputError for an unknown name."""
+    try:
+        return MAP_KINDS[kind]
+    except KeyError:
+        raise ExpDiffInputError(None, f"unknown map kind {kind!r}; known: {list(MAP_KINDS)}") from None
+
+
+def to_vae_input(maps: torch.Tensor, kind: str) -> torch.Tensor:
+    """(B, C, H, W) maps of ``kind`` (C = the kind's channels, or 3) -> (B, 3, H, W) in [-1, 1]."""
+    spec = map_kind(kind)
+    if maps.ndim != 4 or maps.shape[1] not in (spec.channels, 3):
+        raise ExpDiffInputError(None, f"{kind} maps must be (B, {spec.channels}, H, W) or (B, 3, H, W), "
+                                      f"got shape {tuple(maps.shape)}")
+    if maps.shape[1] == 1:
+        maps = maps.expand(-1, 3, -1, -1)
+    return (maps - spec.low) * (2.0 / (spec.high - spec.low)) - 1.0
+
+
+def from_vae_output(images: torch.Tensor, kind: str, channels: int | None = None) -> torch.Tensor:
+    """(B, 3, H, W) VAE output -> (B, channels, H, W) maps of ``kind``, clamped to its range.
+
+    channels: None = the kind's own count; 1 averages the three channels (one-channel kinds are stored
+    replicated, so the mean is the least-noise estimate); 3 keeps them.
+    """
+    spec = map_kind(kind)
+    channels = spec.channels if channels is None else channels
+    if channels not in (spec.channels, 3):
+        raise ExpDiffInputError(None, f"decoded {kind} maps have {spec.channels} or 3 channels, not {channels}")
+    images = images.clamp(-1.0, 1.0)
+    if channels == 1:
+        images = images.mean(dim=1, keepdim=True)
+    return (images + 1.0) * ((spec.high - spec.low) / 2.0) + spec.low
+
+
+def offline_vae_config(**overrides: Any) -> dict[str, Any]:
+    """AutoencoderKL settings of the offline default: SD family (8x down, 4 latent channels), small widths.
+
+    Stable Diffusion's VAE is (128, 256, 512, 512) wide with 2 layers per block; this one is 16x cheaper
+    per texel so it trains on a 2-core CPU. ``scaling_factor`` is re-measured by the trainer (1 / std of
+    the training latents, as Stable Diffusion did for 0.18215).
+    """
+    config: dict[str, Any] = dict(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D"] * 4,
+        up_block_types=["UpDecoderBlock2D"] * 4,
+        block_out_channels=[32, 64, 128, 128],
+        layers_per_block=1,
+        act_fn="silu",
+        latent_channels=4,
+        norm_num_groups=32,
+        sample_size=128,
+        scaling_factor=1.0,
+    )
+    unknown = set(overrides) - set(config) - {"mid_block_add_attention", "shift_factor", "force_upcast",
+                                              "use_quant_conv", "use_post_quant_conv"}
+    if unknown:
+        raise ExpDiffInputError(None, f"unknown AutoencoderKL setting(s) {sorted(unknown)}")
+    config.update(overrides)
+    return config
+
+
+def _resolve_vae_folder(folder: Path) -> Path:
+    """A VAE folder itself, or the ``vae/`` folder of a Stable Diffusion pipeline folder."""
+    if not folder.is_dir():
+        raise ExpDiffInputError(folder, "VAE folder not found")
+    if (folder / "config.json").is_file():
+        return folder
+    if (folder / "vae" / "config.json").is_file():
+        return folder / "vae"
+    raise ExpDiffInputError(folder, "no config.json (nor vae/config.json): not a diffusers AutoencoderKL folder")
+
+
+def _as_batch(maps: torch.Tensor | np.ndarray, what: str) -> tuple[torch.Tensor, bool]:
+    """(C,H,W) or (B,C,H,W) tensor/array -> (B,C,H,W) tensor and whether a batch axis was added."""
+    tensor = torch.as_tensor(maps)
+    if tensor.ndim == 3:
+        return tensor[None], True
+    if tensor.ndim == 4:
+        return tensor, False
+    raise ExpDiffInputError(None, f"{what} must be (C, H, W) or (B, C, H, W), got shape {tuple(tensor.shape)}")
+
+
+class LatentCodec:
+    """Encode UV maps of any kind to scaled latents and decode them back, in chunks, on one device."""
+
+    def __init__(self, vae, *, device: str | torch.device = "auto", batch_size: int = 8):
+        from diffusers import AutoencoderKL
+
+        if not isinstance(vae, AutoencoderKL):
+            raise ExpDiffInputError(None, f"LatentCodec wraps a diffusers AutoencoderKL, got {type(vae).__name__}")
+        if vae.config.in_channels != 3 or vae.config.out_channels != 3:
+            raise ExpDiffInputError(None, "the VAE must take and return 3-channel images")
+        if batch_size < 1:
+            raise ExpDiffInputError(None, f"batch_size must be >= 1, got {batch_size}")
+        self.device = device if isinstance(device, torch.device) else resolve_device(device)
+        if vae.dtype != torch.float32:  # weights stay fp32; speed on CUDA comes from bf16 autocast
+            vae = vae.to(dtype=torch.float32)
+        self.vae = vae.to(self.device).eval().requires_grad_(False)
+        self.batch_size = batch_size
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any] | None = None, *, seed: int = 0,
+                    device: str | torch.device = "auto", batch_size: int = 8) -> "LatentCodec":
+        """An untrained codec (weights initialised from ``seed``); ``config`` defaults to offline_vae_config()."""
+        from diffusers import AutoencoderKL
+
+        config = dict(offline_vae_config() if config is None else config)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            vae = AutoencoderKL(**config)
+        return cls(vae, device=device, batch_size=batch_size)
+
+    @classmethod
+    def from_pretrained(cls, folder: str | os.PathLike, *, device: str | torch.device = "auto",
+                        batch_size: int = 8) -> "LatentCodec":
+        """Load an AutoencoderKL folder (ours, a Stable Diffusion VAE folder, or an SD pipeline's ``vae/``).
+
+        Only safetensors weights are read; a folder with only pickle checkpoints raises UnsafeModelFileError.
+        Nothing is downloaded.
+        """
+        from diffusers import AutoencoderKL
+
+        model_dir = _resolve_vae_folder(Path(folder))
+        require_safetensors(model_dir)
+        try:
+            class_name = json.loads((model_dir / "config.json").read_text()).get("_class_name", "AutoencoderKL")
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ExpDiffInputError(model_dir / "config.json", f"unreadable JSON: {exc}") from None
+        if class_name != "AutoencoderKL":
+            raise ExpDiffInputError(model_dir / "config.json", f"is a {class_name}, expected an AutoencoderKL")
+        try:
+            vae = AutoencoderKL.from_pretrained(model_dir, use_safetensors=True, local_files_only=True,
+                                                torch_dtype=torch.float32)
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise ExpDiffInputError(model_dir, f"cannot load AutoencoderKL: {exc}") from None
+        return cls(vae, device=device, batch_size=batch_size)
+
+    def save_pretrained(self, folder: str | os.PathLike, *, extra_files: Mapping[str, str] | None = None) -> Path:
+        """Write config.json + diffusion_pytorch_model.safetensors (+ ``extra_files``: name -> text) atomically.
+
+        ``folder`` must not exist yet (published models are never overwritten).
+        """
+        folder = Path(folder)
+        with atomic_dir(folder) as tmp:
+            self.vae.save_pretrained(tmp, safe_serialization=True)
+            for name, text in (extra_files or {}).items():
+                (tmp / name).write_text(text)
+        return folder
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def config(self):
+        return self.vae.config
+
+    @property
+    def scaling_factor(self) -> float:
+        return float(self.vae.config.scaling_factor)
+
+    @property
+    def shift_factor(self) -> float:
+        return float(getattr(self.vae.config, "shift_factor", None) or 0.0)
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.vae.config.latent_channels)
+
+    @property
+    def downsample_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
+        """(latent channels, H / f, W / f) for maps of ``height`` x ``width`` texels."""
+        self._check_size(height, width)
+        f = self.downsample_factor
+        return self.latent_channels, height // f, width // f
+
+    def to(self, device: str | torch.device) -> "LatentCodec":
+        self.device = device if isinstance(device, torch.device) else resolve_device(device)
+        self.vae.to(self.device)
+        return self
+
+    # ------------------------------------------------------------------ encode / decode
+    @torch.no_grad()
+    def encode(self, maps: torch.Tensor | np.ndarray, kind: str) -> torch.Tensor:
+        """Maps (C, H, W) or (B, C, H, W) of ``kind`` -> scaled latents (4, H/8, W/8) or (B, 4, H/8, W/8).
+
+        Values must lie in the kind's range (positions [-1, 1], BRDF maps [0, 1]). Deterministic: the
+        posterior mean is used. Returns float32 on the input tensor's device (CPU for NumPy input).
+        """
+        batch, added = _as_batch(maps, f"{kind} maps")
+        spec = map_kind(kind)
+        out_device = batch.device
+        self._check_size(*batch.shape[-2:])
+        batch = batch.float()
+        if not torch.isfinite(batch).all():
+            raise ExpDiffInputError(None, f"{kind} maps hold NaN or infinite values")
+        lo, hi = float(batch.min()), float(batch.max())
+        if lo < spec.low - RANGE_TOLERANCE or hi > spec.high + RANGE_TOLERANCE:
+            raise ExpDiffInputError(None, f"{kind} map values span [{lo:.4g}, {hi:.4g}], "
+                                          f"expected within [{spec.low:g}, {spec.high:g}]")
+        chunks = []
+        for start in range(0, batch.shape[0], self.batch_size):
+            x = to_vae_input(batch[start:start + self.batch_size].to(self.device), kind)
+            with autocast(self.device):
+                mean = self.vae.encode(x).latent_dist.mode()
+            chunks.append(((mean.float() - self.shift_factor) * self.scaling_factor).to(out_device))
+        latents = torch.cat(chunks)
+        return latents[0] if added else latents
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor, kind: str, channels: int | None = None) -> torch.Tensor:
+        """Scaled latents (4, h, w) or (B, 4, h, w) -> maps of ``kind`` (channels, 8h, 8w), clamped to its range.
+
+        channels: None = the kind's own count (1 for specular/roughness, averaged from the 3 decoded
+        channels), or 3 to keep the replicated channels. float32 on the input's device.
+        """
+        batch, added = _as_batch(latents, "latents")
+        map_kind(kind)
+        if batch.shape[1] != self.latent_channels:
+            raise ExpDiffInputError(None, f"latents must have {self.latent_channels} channels, "
+                                          f"got shape {tuple(batch.shape)}")
+        out_device = batch.device
+        chunks = []
+        for start in range(0, batch.shape[0], self.batch_size):
+            z = batch[start:start + self.batch_size].to(self.device).float() / self.scaling_factor + self.shift_factor
+            with autocast(self.device):
+                images = self.vae.decode(z).sample
+            chunks.append(from_vae_output(images.float(), kind, channels).to(out_device))
+        maps = torch.cat(chunks)
+        return maps[0] if added else maps
+
+    def reconstruct(self, maps: torch.Tensor | np.ndarray, kind: str) -> torch.Tensor:
+        """decode(encode(maps)) with the input's channel count: what the codec keeps of a map."""
+        batch, added = _as_batch(maps, f"{kind} maps")
+        out = self.decode(self.encode(batch, kind), kind, channels=batch.shape[1])
+        return out[0] if added else out
+
+    def _check_size(self, height: int, width: int) -> None:
+        f = self.downsample_factor
+        if height % f or width % f or height < f or width < f:
+            raise ExpDiffInputError(None, f"map size {height}x{width} must be a positive multiple of {f} "
+                                          f"(the VAE downsamples by {f})")

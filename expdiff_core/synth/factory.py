@@ -1,0 +1,294 @@
+"""Synthetic face factory: one identity -> neutral + every expression unit, meshes and BRDF maps.
+
+A *face source* says what a subject is made of: the template topology, which material groups are skin,
+which units it provides, how to draw an identity from a seed and how to pose it. ``IctSource`` adapts
+ICT-FaceKit (``synth.ict``); ``ProceduralSource`` uses our own template, identities and expressions. Skin
+maps for every expression come from ``synth.skin`` (strain-driven) on the source's skin UV tiles.
+
+``synthesize_subject`` returns one identity in memory (all expressions; position maps too).
+``write_dataset`` streams N identities into the dataset format (``io.dataset``), one expression at a time,
+optionally over several worker processes; identity ``k`` of a dataset with seed ``S`` is always drawn from
+``identity_seed(S, k)``, so the output does not depend on the number of workers.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import queue
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Protocol, Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .. import __version__, facs
+from ..errors import ExpDiffInputError
+from ..io.dataset import BRDF_KINDS, DatasetSpec, DatasetWriter, write_expression_files
+from ..io.mesh import FaceMesh
+from ..uv.position_map import PositionMapConfig, position_maps
+from ..uv.raster import UVRaster, uv_raster
+from .skin import MAX_RESOLUTION, MIN_RESOLUTION, SkinParams, SkinRegions, SkinSynthesizer, random_skin_params
+
+
+@dataclass
+class Identity:
+    """An identity ready to be posed and textured.
+
+    seed: what it was drawn from. neutral: (V, 3) float32 cm. skin: its skin parameters. regions: lips,
+    brows and freckle centres in UV (None: plain skin). info: JSON-able description (parameters, weights).
+    """
+
+    seed: int
+    neutral: np.ndarray
+    skin: SkinParams
+    regions: SkinRegions | None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class FaceSource(Protocol):
+    """What the factory needs from a source of faces."""
+
+    name: str
+    template: FaceMesh
+    skin_groups: tuple[str, ...]
+    units: list[str]
+    absent_units: dict[str, str]
+
+    def identity(self, seed: int) -> Identity: ...
+
+    def expression(self, identity: Identity, unit: str) -> np.ndarray: ...
+
+
+class IctSource:
+    """ICT-FaceKit identities (PCA weights from the seed) and its ARKit-style shapes, on ICT's topology."""
+
+    def __init__(self, source: str | os.PathLike, identity_scale: float | None = None):
+        from . import ict
+
+        self._ict = ict
+        self.kit = ict.load_ict_facekit(source)
+        self.name = "ICT-FaceKit"
+        self.template = self.kit.mesh
+        self.skin_groups = tuple(ict.ICT_SKIN_GROUPS)
+        self.units = self.kit.units
+        self.absent_units = {u: "ICT-FaceKit has no shape for this unit" for u in self.kit.absent_units}
+        self.identity_scale = ict.DEFAULT_IDENTITY_SCALE if identity_scale is None else float(identity_scale)
+        self._regions = ict.ict_skin_regions(self.kit)
+
+    def identity(self, seed: int) -> Identity:
+        skin = random_skin_params(seed)
+        weights = self._ict.identity_weights(seed, len(self.kit.identity_deltas), self.identity_scale)
+        return Identity(seed, self._ict.identity_vertices(self.kit, seed, self.identity_scale), skin,
+                        self._regions, {"skin": _plain(skin), "identity_weights": [round(float(w), 6) for w in weights],
+                                        "identity_scale": self.identity_scale})
+
+    def expression(self, identity: Identity, unit: str) -> np.ndarray:
+        return self._ict.expression_vertices(self.kit, identity.neutral, unit)
+
+    def describe(self) -> dict[str, Any]:
+        return {"source": self.name, "identity_model": "neutral + sum_i w_i identity_deltas[i], w ~ N(0, 1) * scale",
+                "identity_scale": self.identity_scale, "combined_shapes": {k: list(v) for k, v in
+                                                                         self._ict.ICT_COMBINED_SHAPES.items()}}
+
+
+def _plain(params: Any) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(params).items()}
+
+
+# ------------------------------------------------------------------------------------- one subject
+@dataclass
+class Subject:
+    """One identity with every expression.
+
+    template: the source's template FaceMesh (topology, UVs). vertices: {expression: (V, 3) float32 cm},
+    ``neutral`` first. maps: {expression: {kind: {udim: (C, R, R) float32}}}, kinds albedo, specular,
+    roughness, normal, and ``position`` ((3, R, R) in [-1, 1], see ``uv.position_map``).
+    """
+
+    name: str
+    seed: int
+    template: FaceMesh
+    vertices: dict[str, np.ndarray]
+    maps: dict[str, dict[str, dict[int, np.ndarray]]]
+    info: dict[str, Any]
+
+    @property
+    def expressions(self) -> list[str]:
+        return list(self.vertices)
+
+
+def check_resolution(resolution: int) -> int:
+    """``resolution`` as int if it is in MIN_RESOLUTION..MAX_RESOLUTION, else ExpDiffInputError."""
+    if not isinstance(resolution, (int, np.integer)) or not MIN_RESOLUTION <= int(resolution) <= MAX_RESOLUTION:
+        raise ExpDiffInputError(None, f"resolution {resolution} must be an integer in {MIN_RESOLUTION}..{MAX_RESOLUTION}")
+    return int(resolution)
+
+
+def skin_rasters(source: FaceSource, resolution: int, cache_dir: str | os.PathLike | None = None
+                 ) -> dict[int, UVRaster]:
+    """Texel tables of the source's skin groups at ``resolution``, every texel filled (cached when asked)."""
+    return uv_raster(source.template, check_resolution(resolution), groups=source.skin_groups,
+                     cache_dir=cache_dir, dilation=None)
+
+
+def expression_names(source: FaceSource) -> list[str]:
+    """``neutral`` followed by the source's units in vocabulary order."""
+    return [facs.NEUTRAL] + list(source.units)
+
+
+def iter_expressions(source: FaceSource, identity: Identity, rasters: Mapping[int, UVRaster]
+                     ) -> Iterator[tuple[str, np.ndarray, dict[str, dict[int, np.ndarray]]]]:
+    """(expression, vertices (V, 3), {kind: {udim: (C, R, R)}}) for the neutral and every unit, in order.
+
+    One expression at a time, so a 4K subject never holds more than one expression's maps.
+    """
+    neutral_mesh = source.template.with_vertices(identity.neutral, name=f"identity_{identity.seed}")
+    synth = SkinSynthesizer(neutral_mesh, rasters, identity.skin, identity.seed, identity.regions)
+    for name in expression_names(source):
+        if name == facs.NEUTRAL:
+            yield name, identity.neutral, synth.maps()
+        else:
+            vertices = source.expression(identity, name)
+            yield name, vertices, synth.maps(vertices)
+
+
+def synthesize_subject(seed: int, resolution: int, source: FaceSource | None = None,
+                       cache_dir: str | os.PathLike | None = None, name: str | None = None,
+                       position: PositionMapConfig | None = PositionMapConfig()) -> Subject:
+    """One identity drawn from ``seed`` with the neutral and all units: vertices and maps in memory.
+
+    source: default the procedural ``ProceduralSource``. position: how to normalise position maps (None
+    leaves them out). Memory: ~57 x 11 channels x R^2 x 4 bytes per UDIM tile (330 MB at 256^2, 2 tiles).
+    """
+    source = source or ProceduralSource()
+    rasters = skin_rasters(source, resolution, cache_dir)
+    identity = source.identity(seed)
+    vertices: dict[str, np.ndarray] = {}
+    maps: dict[str, dict[str, dict[int, np.ndarray]]] = {}
+    for expression, verts, expr_maps in iter_expressions(source, identity, rasters):
+        vertices[expression] = verts
+        if position is not None:
+            expr_maps["position"] = position_maps(verts, source.template.vertices, rasters,
+                                                  position.scale_in(source.template.units))
+        maps[expression] = expr_maps
+    return Subject(name or f"s{seed}", seed, source.template, vertices, maps, {"seed": seed, **identity.info})
+
+
+# ------------------------------------------------------------------------------------- datasets
+def identity_seed(dataset_seed: int, index: int) -> int:
+    """The seed of identity ``index`` in a dataset made with ``dataset_seed`` (a 31-bit integer)."""
+    state = np.random.SeedSequence([int(dataset_seed) & 0xFFFFFFFF, int(index), 0x1D]).generate_state(1)
+    return int(state[0] & 0x7FFFFFFF)
+
+
+def assign_splits(count: int, dataset_seed: int) -> list[str]:
+    """Split per identity: ~10% test and ~10% validation (at least one each from 3 identities on; with 2,
+    one train and one test), the rest train; which identities go where is shuffled by the seed."""
+    if count < 1:
+        raise ExpDiffInputError(None, f"need at least one identity, got {count}")
+    n_test = 0 if count < 2 else max(1, round(0.1 * count))
+    n_val = 0 if count < 3 else max(1, round(0.1 * count))
+    labels = ["test"] * n_test + ["val"] * n_val + ["train"] * (count - n_test - n_val)
+    order = np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(dataset_seed) & 0xFFFFFFFF, 0x5B]))
+                                ).permutation(count)
+    out = [""] * count
+    for label, index in zip(labels, order):
+        out[int(index)] = label
+    return out
+
+
+def subject_name(index: int) -> str:
+    return f"s{index:04d}"
+
+
+# Worker state: set once per process by the pool initializer (fork inherits it without pickling).
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(source: FaceSource, rasters: Mapping[int, UVRaster], spec: DatasetSpec, staging: Path,
+                 dataset_seed: int, ticks: Any) -> None:
+    _WORKER.update(source=source, rasters=rasters, spec=spec, staging=staging, seed=dataset_seed, ticks=ticks)
+
+
+def _write_identity(index: int) -> dict[str, Any]:
+    """Write every expression of identity ``index`` into the staging folder; returns its subject info."""
+    w = _WORKER
+    seed = identity_seed(w["seed"], index)
+    identity = w["source"].identity(seed)
+    for expression, vertices, maps in iter_expressions(w["source"], identity, w["rasters"]):
+        write_expression_files(w["staging"], w["spec"], subject_name(index), expression, vertices, maps)
+        if w["ticks"] is not None:
+            w["ticks"].put(1)
+    return {"seed": seed, "index": index, **identity.info}
+
+
+def write_dataset(out: str | os.PathLike, source: FaceSource, identities: int, resolution: int, seed: int = 0,
+                  workers: int = 1, cache_dir: str | os.PathLike | None = None, progress: bool = True,
+                  generator: str = "expdiff_core.synth.factory") -> Path:
+    """Synthesise ``identities`` subjects into a new dataset folder ``out`` (which must not exist).
+
+    Deterministic: the same source, seed, count and resolution give byte-identical files whatever
+    ``workers`` is. The folder appears only when complete. Returns ``out``.
+    """
+    resolution = check_resolution(resolution)
+    if identities < 1:
+        raise ExpDiffInputError(out, f"--identities must be at least 1, got {identities}")
+    workers = max(1, int(workers))
+    rasters = skin_rasters(source, resolution, cache_dir)
+    spec = DatasetSpec(
+        units=list(source.units), map_kinds=BRDF_KINDS, resolution=resolution, udims=sorted(rasters),
+        skin_groups=source.skin_groups, absent_units=dict(source.absent_units), name=Path(out).name,
+        generator={"name": generator, "version": __version__, "seed": int(seed), "identities": int(identities),
+                   **(source.describe() if hasattr(source, "describe") else {"source": source.name})},
+    )
+    splits = assign_splits(identities, seed)
+    total = identities * len(expression_names(source))
+    with DatasetWriter(out, source.template, spec) as writer, \
+            tqdm(total=total, desc="synthesise", unit="expr", disable=not progress) as bar:
+        if workers == 1:
+            ticks = _BarTicks(bar)
+            _init_worker(source, rasters, spec, writer.staging, seed, ticks)
+            infos = [_write_identity(k) for k in range(identities)]
+        else:
+            infos = _write_parallel(source, rasters, spec, writer.staging, seed, identities, workers, bar)
+        for k, info in enumerate(infos):
+            writer.add_subject(subject_name(k), splits[k], info)
+    return Path(out)
+
+
+class _BarTicks:
+    """The queue interface of the worker ticks, straight onto a progress bar (single process)."""
+
+    def __init__(self, bar: tqdm):
+        self.bar = bar
+
+    def put(self, n: int) -> None:
+        self.bar.update(n)
+
+
+def _write_parallel(source: FaceSource, rasters: Mapping[int, UVRaster], spec: DatasetSpec, staging: Path,
+                    seed: int, identities: int, workers: int, bar: tqdm) -> list[dict[str, Any]]:
+    ctx = mp.get_context("fork")  # workers inherit the loaded source and rasters instead of re-pickling them
+    ticks = ctx.Queue()
+    with ProcessPoolExecutor(max_workers=min(workers, identities), mp_context=ctx, initializer=_init_worker,
+                             initargs=(source, rasters, spec, staging, seed, ticks)) as pool:
+        futures = [pool.submit(_write_identity, k) for k in range(identities)]
+        while not all(f.done() for f in futures):
+            try:
+                bar.update(ticks.get(timeout=0.2))
+            except queue.Empty:
+                pass
+            if any(f.done() and f.exception() is not None for f in futures):
+                break
+        infos = [f.result() for f in futures]  # re-raises a worker's exception here
+    while True:
+        try:
+            bar.update(ticks.get_nowait())
+        except queue.Empty:
+            break
+    return infos

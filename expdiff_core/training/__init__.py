@@ -1,0 +1,1 @@
+"""Training loops for ExpDiff's own models (plain PyTorch; flows add tracking around them)."""

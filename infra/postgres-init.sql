@@ -1,0 +1,3 @@
+-- Two databases on one PostgreSQL: Prefect's and MLflow's.
+CREATE DATABASE prefect;
+CREATE DATABASE mlflow;
