@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -21,15 +22,18 @@ import numpy as np
 from expdiff_core.io.mesh import read_obj
 from expdiff_core.render.preview import render_preview
 
-DEFAULT_MESH = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "ict-facekit" / "generic_neutral_mesh.obj"
+ICT_DIR = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "ict-facekit"
+DEFAULT_MESH = ICT_DIR / "generic_neutral_mesh.obj"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Time render_preview (ms/frame) at 256 and 512 pixels square.")
-    parser.add_argument("--mesh", type=Path, default=DEFAULT_MESH, help="OBJ mesh to render (default: ICT-FaceKit head)")
+    parser.add_argument("--mesh", type=Path, default=DEFAULT_MESH,
+                        help="OBJ mesh to render (default: ICT-FaceKit head)")
     parser.add_argument("--repeats", type=int, default=5, help="timed frames per setting (median reported)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512], help="square frame sizes in pixels")
-    parser.add_argument("--supersample", type=int, nargs="+", default=[2, 1], help="supersampling factors to time")
+    parser.add_argument("--supersample", type=int, nargs="+", default=[2, 1],
+                        help="supersampling factors to time (2 is the renderer's default)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
     args = parser.parse_args(argv)
     if not args.mesh.is_file():
@@ -37,12 +41,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     mesh = read_obj(args.mesh)
     tris = len(mesh.triangulated().faces)
-    print(f"mesh {args.mesh.name}: {mesh.n_vertices} vertices, {tris} triangles; {platform.processor() or platform.machine()}")
+    cpu = platform.processor() or platform.machine()
+    print(f"mesh {args.mesh.name}: {mesh.n_vertices} vertices, {tris} triangles; {cpu}, {os.cpu_count()} CPUs")
     rng = np.random.default_rng(0)
     results = []
     for size in args.sizes:
         for ss in args.supersample:
-            render_preview(mesh, width=size, height=size, supersample=ss)  # warm-up (triangulation cache, allocator)
+            render_preview(mesh, width=size, height=size, supersample=ss)  # warm-up: triangulation cache
             wall, cpu = [], []
             for _ in range(args.repeats):
                 posed = mesh.vertices + rng.normal(0, 0.01, mesh.vertices.shape).astype(np.float32)

@@ -16,6 +16,8 @@ COMMAND_MODULES = [
     "models",
     "usd",
     "data",
+    "preview",
+    "train",
 ]
 
 

@@ -113,7 +113,8 @@ def encode_prompts(config: Any, prompts: Sequence[str], text_encoder: Any = None
     if text_encoder is None:
         from .text_encoder import TextEncoder
 
-        text_encoder = TextEncoder.from_pretrained(None)
+        # Prompts are embedded once, up front; the small offline encoder needs no accelerator for that.
+        text_encoder = TextEncoder.from_pretrained(None, device="cpu")
     with torch.no_grad():
         embedded = text_encoder.encode(prompts)
     tokens = embedded.tokens.detach().float().cpu()

@@ -86,8 +86,9 @@ class Camera:
     yaw_deg: rotation about +Y from the front (+Z); positive moves the camera toward +X (the subject's left).
     pitch_deg: elevation above the horizontal. fov_deg: vertical field of view.
     margin: fraction of the frame kept empty on each side when auto-framing.
-    target, distance: explicit look-at point (world units) and distance; ``None`` frames the mesh's bounding
-    box automatically (the neutral ``mesh.vertices``, so a series of expressions shares one camera).
+    target, distance: explicit look-at point (world units) and distance; ``None`` frames the render's
+    ``frame_vertices`` automatically (on the neutral ``mesh.vertices``, so a series of expressions shares one
+    camera).
     """
 
     yaw_deg: float = 25.0
@@ -432,13 +433,18 @@ def render_preview(mesh: FaceMesh, maps: Mapping[str, Mapping[int, np.ndarray]] 
                    supersample: int = 2, cull_backfaces: bool = True) -> np.ndarray:
     """Render ``mesh`` (optionally posed by ``vertices``) with its BRDF ``maps``; (H, W, 3) float32 linear RGB.
 
-    maps: ``{kind: {udim: (C, H, W) float32}}`` (see the module docstring); missing kinds or tiles fall back to
-    ``skin`` (albedo, specular, roughness) and a flat normal. vertices: (V, 3) positions replacing
-    ``mesh.vertices`` (an expression); the camera still frames ``mesh.vertices`` so a series shares one view.
-    hide_groups: material groups not drawn. frame_vertices: (K,) int indices of the vertices the auto-framing
-    camera fits in the frame (default: every drawn vertex). group_materials: groups drawn with a constant material instead
-    of the maps (eyes, teeth, gums of ICT-like heads). ambient: (sky, ground) hemisphere radiance.
-    supersample: rays per pixel side, box-filtered (2 = 4 samples per pixel, anti-aliased edges).
+    maps: ``{kind: {udim: (C, H, W) float32}}`` (see the module docstring); missing kinds or tiles fall back
+    to ``skin`` (albedo, specular, roughness) and a flat normal.
+    vertices: (V, 3) positions replacing ``mesh.vertices`` (an expression); the camera still frames
+    ``mesh.vertices`` so a series of expressions shares one view.
+    hide_groups: material groups not drawn.
+    frame_vertices: (K,) int indices of the vertices the auto-framing camera fits in the frame (default: every
+    drawn vertex).
+    group_materials: groups drawn with a constant material instead of the maps (eyes, teeth, gums of
+    ICT-like heads).
+    ambient: (sky, ground) hemisphere radiance.
+    supersample: samples per pixel side, box-filtered (2 = 4 samples per pixel: anti-aliased edges).
+    cull_backfaces: skip triangles facing away from the camera (faces wound clockwise as seen).
     """
     if width < 1 or height < 1 or supersample < 1:
         raise ExpDiffInputError(None, f"render size {width}x{height} and supersample {supersample} must be >= 1")
@@ -468,29 +474,59 @@ def render_preview(mesh: FaceMesh, maps: Mapping[str, Mapping[int, np.ndarray]] 
     screen_xy, depth = view.project(positions)
     frags = rasterize(screen_xy, depth, faces, ss_w, ss_h, cull_backfaces=cull_backfaces)
 
-    image = np.empty((ss_h * ss_w, 3), dtype=np.float32)
+    pixel, triangle, weight, bary = _pixel_fragments(frags, width, height, supersample)
+    image = np.empty((height * width, 3), dtype=np.float32)
     image[:] = np.asarray(background, dtype=np.float32)
-    pix = np.flatnonzero(frags.triangle.reshape(-1) >= 0)
-    if len(pix):
-        image[pix] = _shade(mesh, positions, faces, uv_faces, tri_groups, frags, pix, view, texture_maps,
-                            lights, group_materials, skin, ambient, max(ss_w, ss_h))
-    image = image.reshape(ss_h, ss_w, 3)
-    if supersample > 1:
-        image = image.reshape(height, supersample, width, supersample, 3).mean(axis=(1, 3))
-    return np.ascontiguousarray(image, dtype=np.float32)
+    if len(pixel):
+        color = _shade(mesh, positions, faces, uv_faces, tri_groups, triangle, bary, view, texture_maps,
+                       lights, group_materials, skin, ambient, max(width, height))
+        covered = np.bincount(pixel, weights=weight, minlength=height * width)
+        image *= (1.0 - covered)[:, None].astype(np.float32)
+        for c in range(3):
+            image[:, c] += np.bincount(pixel, weights=color[:, c] * weight, minlength=height * width)
+    return np.ascontiguousarray(image.reshape(height, width, 3), dtype=np.float32)
+
+
+def _pixel_fragments(frags: Fragments, width: int, height: int, supersample: int
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Merge the supersamples of each output pixel that hit the same triangle (multisample anti-aliasing:
+    visibility per sample, shading once per pixel and triangle, about 2.5x fewer shading evaluations on a
+    face at 512 px).
+
+    Returns per (pixel, triangle) fragment: pixel (N,) int64 flat output index, triangle (N,) int64,
+    weight (N,) float64 fraction of the pixel's samples it covers, bary (N, 3) float32 mean barycentrics.
+    """
+    s = supersample * supersample
+    tri = frags.triangle.reshape(height, supersample, width, supersample).transpose(0, 2, 1, 3).reshape(-1, s)
+    bary = frags.barycentric.reshape(height, supersample, width, supersample, 3).transpose(0, 2, 1, 3, 4)
+    bary = bary.reshape(-1, s, 3)
+    if s > 1:
+        order = np.argsort(tri, axis=1, kind="stable")
+        tri = np.take_along_axis(tri, order, axis=1)
+        bary = np.take_along_axis(bary, order[:, :, None], axis=1)
+    first = np.ones(tri.shape, dtype=bool)
+    first[:, 1:] = tri[:, 1:] != tri[:, :-1]
+    hit = (tri >= 0).reshape(-1)
+    first = first.reshape(-1) & hit
+    group = (np.cumsum(first) - 1)[hit]
+    n_groups = int(first.sum())
+    counts = np.bincount(group, minlength=n_groups).astype(np.float64)
+    samples = bary.reshape(-1, 3)[hit]
+    mean_bary = np.stack([np.bincount(group, samples[:, c], minlength=n_groups) for c in range(3)], axis=1)
+    mean_bary = (mean_bary / counts[:, None]).astype(np.float32)
+    pixel = np.repeat(np.arange(height * width, dtype=np.int64), s)[first]
+    return pixel, tri.reshape(-1)[first].astype(np.int64), counts / s, mean_bary
 
 
 def _shade(mesh: FaceMesh, positions: np.ndarray, faces: np.ndarray, uv_faces: np.ndarray,
-           tri_groups: np.ndarray, frags: Fragments, pix: np.ndarray, view: View,
+           tri_groups: np.ndarray, t: np.ndarray, b: np.ndarray, view: View,
            texture_maps: dict[str, dict[int, np.ndarray]], lights: Sequence[Light],
            group_materials: Mapping[str, Material], skin: Material,
-           ambient: tuple[tuple[float, float, float], tuple[float, float, float]], raster_size: int
+           ambient: tuple[tuple[float, float, float], tuple[float, float, float]], texture_size: int
            ) -> np.ndarray:
-    """Linear RGB (N, 3) for the covered pixels ``pix`` (flat indices)."""
-    t = frags.triangle.reshape(-1)[pix].astype(np.int64)
-    b = frags.barycentric.reshape(-1, 3)[pix]
+    """Linear RGB (N, 3) of N surface points: triangle ``t`` (N,) at barycentrics ``b`` (N, 3)."""
     b0, b1, b2 = b[:, 0:1], b[:, 1:2], b[:, 2:3]
-    n = len(pix)
+    n = len(t)
     normal_mapped = "normal" in texture_maps
 
     # one gather of wide rows per corner is several times faster than one gather per attribute
@@ -524,7 +560,7 @@ def _shade(mesh: FaceMesh, positions: np.ndarray, faces: np.ndarray, uv_faces: n
             sel = np.flatnonzero(udim == tile)
             if not len(sel):
                 continue
-            texels = sample_bilinear(_prefilter(tile_image, raster_size), uv_local[sel])
+            texels = sample_bilinear(_prefilter(tile_image, texture_size), uv_local[sel])
             if kind == "albedo":
                 albedo[sel] = texels
             elif kind == "specular":

@@ -19,7 +19,7 @@ import queue
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Protocol, Sequence
+from typing import Any, Iterator, Mapping, Protocol
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -30,7 +30,8 @@ from ..io.dataset import BRDF_KINDS, DatasetSpec, DatasetWriter, write_expressio
 from ..io.mesh import FaceMesh
 from ..uv.position_map import PositionMapConfig, position_maps
 from ..uv.raster import UVRaster, uv_raster
-from .skin import MAX_RESOLUTION, MIN_RESOLUTION, SkinParams, SkinRegions, SkinSynthesizer, random_skin_params
+from .skin import (MAX_RESOLUTION, MIN_RESOLUTION, SkinLayout, SkinParams, SkinRegions, SkinSynthesizer,
+                   group_vertex_uvs, random_skin_params)
 
 
 @dataclass
@@ -94,6 +95,55 @@ class IctSource:
                                                                          self._ict.ICT_COMBINED_SHAPES.items()}}
 
 
+def template_skin_regions(mesh: FaceMesh, regions: Mapping[str, np.ndarray], landmarks: Mapping[str, int]
+                          ) -> SkinRegions:
+    """Lips, brows and freckle centres in UV for our template head (or an identity on it).
+
+    regions / landmarks: the template's named vertex sets and vertices (``synth.template``). The lip outline
+    is the upper/lower lip bands' outer edge, tapered into the mouth corners with a slight Cupid's bow; each
+    brow is the centre line of its band, medial to lateral, given an arch (peak ~2/3 out, 3.5 mm high).
+    """
+    uv = group_vertex_uvs(mesh, "M_Face")
+    v3 = mesh.vertices.astype(np.float64)
+    corner_r, corner_l = uv[landmarks["mouth_corner_R"]], uv[landmarks["mouth_corner_L"]]
+    upper, lower = uv[regions["lips_upper"]], uv[regions["lips_lower"]]
+    n_bins = 12
+    edges = np.linspace(corner_r[0], corner_l[0], n_bins + 1)
+    top, bottom = [], []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        centre = 0.5 * (lo + hi)
+        s = 2.0 * (centre - corner_r[0]) / (corner_l[0] - corner_r[0]) - 1.0  # -1 at the right corner .. 1
+        rim = corner_r[1] + (corner_l[1] - corner_r[1]) * 0.5 * (s + 1.0)
+        taper = np.sqrt(max(1.0 - abs(s) ** 3, 0.0))
+        up = upper[(upper[:, 0] >= lo) & (upper[:, 0] <= hi), 1]
+        down = lower[(lower[:, 0] >= lo) & (lower[:, 0] <= hi), 1]
+        height_up = (up.max() - rim) if up.size else 0.0
+        height_down = (rim - down.min()) if down.size else 0.0
+        bow = 1.0 - 0.18 * np.exp(-(s / 0.15) ** 2)  # the philtrum notch of the upper lip
+        top.append((centre, rim + height_up * taper * bow))
+        bottom.append((centre, rim - height_down * taper))
+    lip_outline = np.array([corner_r] + top + [corner_l] + bottom[::-1], dtype=np.float64)
+
+    brow_lines = []
+    for side in ("R", "L"):
+        ids = regions[f"brow_{side}"]
+        lateral = np.abs(v3[ids, 0])
+        order = np.argsort(lateral, kind="stable")
+        chunks = np.array_split(order, 6)
+        line_uv = np.array([uv[ids[c]].mean(0) for c in chunks])
+        line_3d = np.array([v3[ids[c]].mean(0) for c in chunks])
+        cm_per_uv = (np.linalg.norm(np.diff(line_3d, axis=0), axis=1).sum()
+                     / max(np.linalg.norm(np.diff(line_uv, axis=0), axis=1).sum(), 1e-9))
+        t = np.linspace(0.0, 1.0, len(line_uv))
+        line_uv[:, 1] += 0.35 * np.sin(np.pi * t ** 0.75) / cm_per_uv
+        brow_lines.append(line_uv)
+
+    cheeks = [uv[regions[f"cheek_{side}"]].mean(0) for side in ("R", "L")]
+    bridge = 0.5 * (uv[landmarks["nasion"]] + uv[landmarks["nose_tip"]])
+    return SkinRegions(lip_outline=lip_outline, brow_lines=tuple(brow_lines),
+                       freckle_centres=np.stack(cheeks + [bridge]))
+
+
 def _plain(params: Any) -> dict[str, Any]:
     from dataclasses import asdict
 
@@ -141,14 +191,16 @@ def expression_names(source: FaceSource) -> list[str]:
     return [facs.NEUTRAL] + list(source.units)
 
 
-def iter_expressions(source: FaceSource, identity: Identity, rasters: Mapping[int, UVRaster]
+def iter_expressions(source: FaceSource, identity: Identity, rasters: Mapping[int, UVRaster],
+                     layout: SkinLayout | None = None
                      ) -> Iterator[tuple[str, np.ndarray, dict[str, dict[int, np.ndarray]]]]:
     """(expression, vertices (V, 3), {kind: {udim: (C, R, R)}}) for the neutral and every unit, in order.
 
-    One expression at a time, so a 4K subject never holds more than one expression's maps.
+    One expression at a time, so a 4K subject never holds more than one expression's maps. layout: the
+    SkinLayout of ``source.template`` and ``rasters``, to share between identities.
     """
     neutral_mesh = source.template.with_vertices(identity.neutral, name=f"identity_{identity.seed}")
-    synth = SkinSynthesizer(neutral_mesh, rasters, identity.skin, identity.seed, identity.regions)
+    synth = SkinSynthesizer(neutral_mesh, rasters, identity.skin, identity.seed, identity.regions, layout)
     for name in expression_names(source):
         if name == facs.NEUTRAL:
             yield name, identity.neutral, synth.maps()
@@ -210,9 +262,10 @@ def subject_name(index: int) -> str:
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(source: FaceSource, rasters: Mapping[int, UVRaster], spec: DatasetSpec, staging: Path,
-                 dataset_seed: int, ticks: Any) -> None:
-    _WORKER.update(source=source, rasters=rasters, spec=spec, staging=staging, seed=dataset_seed, ticks=ticks)
+def _init_worker(source: FaceSource, rasters: Mapping[int, UVRaster], layout: SkinLayout, spec: DatasetSpec,
+                 staging: Path, dataset_seed: int, ticks: Any) -> None:
+    _WORKER.update(source=source, rasters=rasters, layout=layout, spec=spec, staging=staging, seed=dataset_seed,
+                   ticks=ticks)
 
 
 def _write_identity(index: int) -> dict[str, Any]:
@@ -220,7 +273,7 @@ def _write_identity(index: int) -> dict[str, Any]:
     w = _WORKER
     seed = identity_seed(w["seed"], index)
     identity = w["source"].identity(seed)
-    for expression, vertices, maps in iter_expressions(w["source"], identity, w["rasters"]):
+    for expression, vertices, maps in iter_expressions(w["source"], identity, w["rasters"], w["layout"]):
         write_expression_files(w["staging"], w["spec"], subject_name(index), expression, vertices, maps)
         if w["ticks"] is not None:
             w["ticks"].put(1)
@@ -240,6 +293,7 @@ def write_dataset(out: str | os.PathLike, source: FaceSource, identities: int, r
         raise ExpDiffInputError(out, f"--identities must be at least 1, got {identities}")
     workers = max(1, int(workers))
     rasters = skin_rasters(source, resolution, cache_dir)
+    layout = SkinLayout(source.template, rasters)
     spec = DatasetSpec(
         units=list(source.units), map_kinds=BRDF_KINDS, resolution=resolution, udims=sorted(rasters),
         skin_groups=source.skin_groups, absent_units=dict(source.absent_units), name=Path(out).name,
@@ -252,10 +306,10 @@ def write_dataset(out: str | os.PathLike, source: FaceSource, identities: int, r
             tqdm(total=total, desc="synthesise", unit="expr", disable=not progress) as bar:
         if workers == 1:
             ticks = _BarTicks(bar)
-            _init_worker(source, rasters, spec, writer.staging, seed, ticks)
+            _init_worker(source, rasters, layout, spec, writer.staging, seed, ticks)
             infos = [_write_identity(k) for k in range(identities)]
         else:
-            infos = _write_parallel(source, rasters, spec, writer.staging, seed, identities, workers, bar)
+            infos = _write_parallel((source, rasters, layout, spec, writer.staging, seed), identities, workers, bar)
         for k, info in enumerate(infos):
             writer.add_subject(subject_name(k), splits[k], info)
     return Path(out)
@@ -271,12 +325,13 @@ class _BarTicks:
         self.bar.update(n)
 
 
-def _write_parallel(source: FaceSource, rasters: Mapping[int, UVRaster], spec: DatasetSpec, staging: Path,
-                    seed: int, identities: int, workers: int, bar: tqdm) -> list[dict[str, Any]]:
-    ctx = mp.get_context("fork")  # workers inherit the loaded source and rasters instead of re-pickling them
+def _write_parallel(state: tuple, identities: int, workers: int, bar: tqdm) -> list[dict[str, Any]]:
+    """Identities over a pool of forked workers (they inherit the loaded source, rasters and layout
+    instead of unpickling them); progress ticks come back one per expression through a queue."""
+    ctx = mp.get_context("fork")
     ticks = ctx.Queue()
     with ProcessPoolExecutor(max_workers=min(workers, identities), mp_context=ctx, initializer=_init_worker,
-                             initargs=(source, rasters, spec, staging, seed, ticks)) as pool:
+                             initargs=(*state, ticks)) as pool:
         futures = [pool.submit(_write_identity, k) for k in range(identities)]
         while not all(f.done() for f in futures):
             try:

@@ -29,7 +29,7 @@ import numpy as np
 from .. import facs
 from ..errors import ExpDiffInputError
 from ..io.mesh import FaceMesh, read_obj
-from .skin import SkinRegions
+from .skin import SkinRegions, group_vertex_uvs
 
 ICT_MESH = "generic_neutral_mesh.obj"
 ICT_DELTAS = "ict_facekit_deltas.npz"
@@ -139,18 +139,9 @@ def expression_vertices(kit: IctFaceKit, neutral: np.ndarray, unit: str) -> np.n
     return (np.asarray(neutral, dtype=np.float32) + kit.unit_deltas[unit]).astype(np.float32)
 
 
-def _skin_corner_uvs(mesh: FaceMesh, group: str) -> np.ndarray:
-    """(V, 2) UV of each vertex on ``group``'s faces (NaN for vertices not on it)."""
-    mask = mesh.group_face_mask((group,))
-    corners = np.repeat(mask, mesh.face_vertex_counts)
-    out = np.full((mesh.n_vertices, 2), np.nan, dtype=np.float64)
-    out[mesh.face_vertex_indices[corners]] = mesh.uvs[mesh.face_uv_indices[corners]]
-    return out
-
-
 def ict_skin_regions(kit: IctFaceKit) -> SkinRegions:
     """Lips, brows and freckle centres in ICT's face UVs (tile 1001) from its 68 landmarks."""
-    uv = _skin_corner_uvs(kit.mesh, "M_Face")
+    uv = group_vertex_uvs(kit.mesh, "M_Face")
     at = uv[kit.landmarks]
     if np.isnan(at).any():
         bad = [int(i) for i in np.flatnonzero(np.isnan(at[:, 0]))]

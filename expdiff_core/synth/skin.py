@@ -24,13 +24,13 @@ field is seeded from the identity seed and the UDIM tile, so maps are determinis
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Mapping
 
 import numpy as np
 
 from ..errors import ExpDiffInputError
 from ..io.mesh import FaceMesh
-from ..uv.raster import UVRaster, rasterize_attribute
+from ..uv.raster import UVRaster
 
 MAP_KINDS = ("albedo", "specular", "roughness", "normal")
 MAP_CHANNELS = {"albedo": 3, "specular": 1, "roughness": 1, "normal": 3}
@@ -38,10 +38,12 @@ MIN_RESOLUTION = 64
 MAX_RESOLUTION = 4096
 
 # Chromophore absorption (per unit concentration, linear R, G, B). Melanin absorbs more toward blue;
-# oxy-haemoglobin absorbs green and blue far more than red, which is why blood reads red.
-_MELANIN_ABSORPTION = np.array([2.0, 3.0, 4.2], dtype=np.float32)
+# oxy-haemoglobin absorbs green and blue far more than red, which is why blood reads red. Melanin and the
+# dermis colour are fitted so that melanin 0.1 gives fair skin (linear ~0.65, 0.42, 0.33) and 0.85 dark
+# brown skin (~0.13, 0.055, 0.033) at haemoglobin 0.3.
+_MELANIN_ABSORPTION = np.array([2.15, 2.71, 3.07], dtype=np.float32)
 _HAEMOGLOBIN_ABSORPTION = np.array([0.12, 0.95, 0.70], dtype=np.float32)
-_DERMIS_ALBEDO = np.array([0.80, 0.64, 0.55], dtype=np.float32)
+_DERMIS_ALBEDO = np.array([0.835, 0.73, 0.55], dtype=np.float32)
 _HAIR_ALBEDO = np.array([0.045, 0.030, 0.022], dtype=np.float32)
 
 _WRINKLE_ORIENTATIONS = 8  # orientation bins of the fold pattern; adjacent bins are 22.5 degrees apart
@@ -73,32 +75,6 @@ def metric_tensors(jacobians: np.ndarray) -> np.ndarray:
     return np.stack([(ju * ju).sum(-1), (ju * jv).sum(-1), (jv * jv).sum(-1)], axis=-1)
 
 
-def corner_metric_tensors(metrics: np.ndarray, uv_faces: np.ndarray, n_uvs: int,
-                          weights: np.ndarray) -> np.ndarray:
-    """Weighted average of per-triangle packed metrics (T, 3) onto UV corners -> (n_uvs, 3) float64.
-
-    weights: (T,) per-triangle weights, e.g. UV areas (degenerate triangles then do not count) with zeros
-    for triangles to ignore. UV corners touched by no weighted triangle get zeros.
-    """
-    metrics = np.asarray(metrics, dtype=np.float64)
-    weights = np.asarray(weights, dtype=np.float64)
-    total = np.zeros((n_uvs, 3), dtype=np.float64)
-    norm = np.zeros(n_uvs, dtype=np.float64)
-    for k in range(3):
-        idx = uv_faces[:, k]
-        norm += np.bincount(idx, weights=weights, minlength=n_uvs)
-        for c in range(3):
-            total[:, c] += np.bincount(idx, weights=weights * metrics[:, c], minlength=n_uvs)
-    return total / np.where(norm > 0, norm, 1.0)[:, None]
-
-
-def uv_triangle_areas(uvs: np.ndarray, uv_faces: np.ndarray) -> np.ndarray:
-    """(T,) float64 unsigned UV-space areas of triangles ``uv_faces`` (T, 3) over ``uvs`` (N, 2)."""
-    t = np.asarray(uvs, dtype=np.float64)[uv_faces]
-    e1, e2 = t[:, 1] - t[:, 0], t[:, 2] - t[:, 0]
-    return 0.5 * np.abs(e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0])
-
-
 @dataclass(frozen=True)
 class Strain:
     """Principal stretches of an expression relative to the neutral, over any array shape S.
@@ -128,8 +104,9 @@ def principal_stretches(metric_neutral: np.ndarray, metric_expression: np.ndarra
     Solves the 2x2 generalized eigenproblem ``G1 d = lambda G0 d`` in closed form; stretches are
     ``sqrt(lambda)``. Where the neutral metric is degenerate the result is no strain (stretches 1).
     """
-    g0 = np.asarray(metric_neutral, dtype=np.float64)
-    g1 = np.asarray(metric_expression, dtype=np.float64)
+    dtype = np.float64 if np.result_type(metric_neutral, metric_expression) == np.float64 else np.float32
+    g0 = np.asarray(metric_neutral, dtype=dtype)
+    g1 = np.asarray(metric_expression, dtype=dtype)
     a0, b0, c0 = g0[..., 0], g0[..., 1], g0[..., 2]
     a1, b1, c1 = g1[..., 0], g1[..., 1], g1[..., 2]
     det0 = a0 * c0 - b0 * b0
@@ -302,6 +279,16 @@ def _inside_polygon(points: np.ndarray, polygon: np.ndarray) -> np.ndarray:
     return inside
 
 
+def group_vertex_uvs(mesh: FaceMesh, group: str) -> np.ndarray:
+    """(V, 2) float64 UV of each vertex on material group ``group``'s faces; NaN for vertices not on it
+    (a vertex on a UV seam inside the group keeps one of its UVs)."""
+    mask = mesh.group_face_mask((group,))
+    corners = np.repeat(mask, mesh.face_vertex_counts)
+    out = np.full((mesh.n_vertices, 2), np.nan, dtype=np.float64)
+    out[mesh.face_vertex_indices[corners]] = mesh.uvs[mesh.face_uv_indices[corners]]
+    return out
+
+
 def region_masks(regions: SkinRegions | None, udim: int, resolution: int, cm_per_uv: float) -> dict[str, np.ndarray]:
     """Soft (R, R) float32 masks in [0, 1] of ``lips``, ``brows`` (with ``brow_param`` 0 medial .. 1 lateral)
     and ``freckles`` (density) for one tile. Computed at <= 256^2 and upsampled: they are smooth."""
@@ -319,25 +306,32 @@ def region_masks(regions: SkinRegions | None, udim: int, resolution: int, cm_per
         c = np.asarray(poly, dtype=np.float64).mean(0)
         return int(np.floor(c[0])) == u0 and int(np.floor(c[1])) == v0
 
+    def near(poly: np.ndarray, margin_cm: float) -> np.ndarray:
+        """Indices of the points within ``margin_cm`` of the polyline's bounding box (the only ones it touches)."""
+        lo, hi = poly.min(0) - margin_cm / cm, poly.max(0) + margin_cm / cm
+        return np.flatnonzero(((pts >= lo) & (pts <= hi)).all(1))
+
     lips = np.zeros(len(pts), dtype=np.float32)
     outline = np.asarray(regions.lip_outline, dtype=np.float64)
     if len(outline) >= 3 and on_tile(outline):
         outline = _smooth_closed_curve(outline)
-        dist, _ = _polyline_distance(pts, outline, closed=True)
-        signed = np.where(_inside_polygon(pts, outline), -dist, dist) * cm  # cm, negative inside
-        lips = 1.0 - _smoothstep(-0.12, 0.12, signed)
+        sel = near(outline, 0.2)
+        dist, _ = _polyline_distance(pts[sel], outline, closed=True)
+        signed = np.where(_inside_polygon(pts[sel], outline), -dist, dist) * cm  # cm, negative inside
+        lips[sel] = 1.0 - _smoothstep(-0.12, 0.12, signed)
     brows = np.zeros(len(pts), dtype=np.float32)
     brow_param = np.zeros(len(pts), dtype=np.float32)
     for line in regions.brow_lines:
         line = np.asarray(line, dtype=np.float64)
         if len(line) < 2 or not on_tile(line):
             continue
-        dist, t = _polyline_distance(pts, line, closed=False)
+        sel = near(line, 0.7 * regions.brow_width_cm)
+        dist, t = _polyline_distance(pts[sel], line, closed=False)
         half = 0.5 * regions.brow_width_cm * (1.0 - 0.55 * t)  # brows taper laterally
         m = 1.0 - _smoothstep(0.6, 1.15, dist * cm / half)
-        take = m > brows
-        brows = np.where(take, m, brows)
-        brow_param = np.where(take, t, brow_param).astype(np.float32)
+        take = m > brows[sel]
+        brows[sel] = np.where(take, m, brows[sel])
+        brow_param[sel] = np.where(take, t, brow_param[sel])
     freckles = np.zeros(len(pts), dtype=np.float32)
     for c in np.asarray(regions.freckle_centres, dtype=np.float64).reshape(-1, 2):
         if int(np.floor(c[0])) != u0 or int(np.floor(c[1])) != v0:
@@ -467,7 +461,7 @@ def build_skin_tile(params: SkinParams, seed: int, udim: int, resolution: int, c
 
     # brow hair: dark strokes along the brow (noise stretched along u, where brows run in a face UV layout)
     hair_noise = _streak_noise(_rng(seed, udim, "hair"), res, across_cycles=cycles(0.06), along_cycles=cycles(0.5))
-    hair = np.clip(brows * (0.72 + 0.5 * np.tanh(hair_noise)), 0.0, 1.0).astype(np.float32)
+    hair = np.clip(brows * (0.85 + 0.35 * np.tanh(hair_noise)), 0.0, 1.0).astype(np.float32)
 
     # shine: oily T-zone (middle of the face tile), moist lips, matte brows
     spec_noise = _low_noise(_rng(seed, udim, "spec"), res, 2.0, cycles(3.0))
@@ -513,29 +507,38 @@ def _albedo(melanin: np.ndarray, haemoglobin: np.ndarray, hair: np.ndarray) -> n
     return skin * (1.0 - hair[None]) + _HAIR_ALBEDO[:, None, None] * hair[None]
 
 
-def _fold_valleys(tile: SkinTile, direction: np.ndarray) -> np.ndarray:
-    """(R, R) fold-valley depth in [0, 1] for the local compression ``direction`` (R, R, 2) (unit, UV).
+def _fold_valleys(tile: SkinTile, direction: np.ndarray, active: np.ndarray) -> np.ndarray:
+    """(R, R) fold-valley depth in [0, 1] for the local compression ``direction`` (R, R, 2) (unit, UV),
+    evaluated on the ``active`` (R, R) texels only (0 elsewhere).
 
     Folds run across the compression direction: their crests are level lines of a phase whose UV
     gradient is the neutral metric applied to the direction (``G0 d``), i.e. surface-orthogonal to it.
     """
-    g = tile.g0
-    ku = g[..., 0] * direction[..., 0] + g[..., 1] * direction[..., 1]
-    kv = g[..., 1] * direction[..., 0] + g[..., 2] * direction[..., 1]
+    out = np.zeros(active.shape, dtype=np.float32)
+    idx = np.flatnonzero(active)
+    if idx.size == 0:
+        return out
+    g = tile.g0.reshape(-1, 3)[idx]
+    d = direction.reshape(-1, 2)[idx]
+    ku = g[:, 0] * d[:, 0] + g[:, 1] * d[:, 1]
+    kv = g[:, 1] * d[:, 0] + g[:, 2] * d[:, 1]
     angle = np.mod(np.arctan2(kv, ku), np.pi)  # folds are axial: theta and theta + pi are the same folds
-    pos = angle / (np.pi / _WRINKLE_ORIENTATIONS)
+    pos = angle / np.float32(np.pi / _WRINKLE_ORIENTATIONS)
     j0 = np.floor(pos).astype(np.int64) % _WRINKLE_ORIENTATIONS
     w1 = (pos - np.floor(pos)).astype(np.float32)
     j1 = (j0 + 1) % _WRINKLE_ORIENTATIONS
-    theta = np.arange(_WRINKLE_ORIENTATIONS, dtype=np.float32) * (np.pi / _WRINKLE_ORIENTATIONS)
-    u, v = tile.uv_local[0], tile.uv_local[1]
+    theta = np.arange(_WRINKLE_ORIENTATIONS) * (np.pi / _WRINKLE_ORIENTATIONS)
+    cos_t, sin_t = np.cos(theta).astype(np.float32), np.sin(theta).astype(np.float32)
+    u, v = tile.uv_local[0].ravel()[idx], tile.uv_local[1].ravel()[idx]
+    jitter = tile.wrinkle_phase.ravel()[idx]
     omega = np.float32(2.0 * np.pi * tile.wrinkle_cycles)
 
     def pattern(j: np.ndarray) -> np.ndarray:
-        phase = omega * (np.cos(theta[j]) * u + np.sin(theta[j]) * v) + tile.wrinkle_phase + tile.bin_phases[j]
+        phase = omega * (cos_t[j] * u + sin_t[j] * v) + jitter + tile.bin_phases[j]
         return (0.5 + 0.5 * np.cos(phase)) ** 4  # narrow valleys, broad flat ridges
 
-    return ((1.0 - w1) * pattern(j0) + w1 * pattern(j1)).astype(np.float32)
+    out.ravel()[idx] = (1.0 - w1) * pattern(j0) + w1 * pattern(j1)
+    return out
 
 
 def _normal_from_height(height: np.ndarray, texel_cm: float) -> np.ndarray:
@@ -560,7 +563,7 @@ def skin_maps(tile: SkinTile, strain: Strain | None = None) -> dict[str, np.ndar
         compression = strain.compression
         stretch = np.clip(strain.area_ratio - 1.0, 0.0, None)
         folding = _smoothstep(0.03, 0.30, compression) * tile.wrinkle_gain * (1.0 - tile.lips)
-        valleys = _fold_valleys(tile, strain.direction) * folding if folding.any() else np.zeros_like(height)
+        valleys = _fold_valleys(tile, strain.direction, folding > 0) * folding
         taut = _smoothstep(0.0, 0.25, stretch)
         pooled = _smoothstep(0.0, 0.30, compression)
         height = (tile.pore_height * (1.0 - 0.7 * taut)
@@ -596,68 +599,131 @@ def normal_detail_energy(normal: np.ndarray, sigma: float = 1.5) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------- per-texel strain
-def texel_metrics(raster: UVRaster, corner_metrics: np.ndarray, uv_faces: np.ndarray) -> np.ndarray:
-    """Per-UV-corner packed metrics (N, 3) -> (R, R, 3) float32 per texel (barycentric, dilated)."""
-    return rasterize_attribute(raster, corner_metrics.astype(np.float32), faces=uv_faces).transpose(1, 2, 0)
-
-
 def texel_strain(metric_neutral: np.ndarray, metric_expression: np.ndarray) -> Strain:
     """Per-texel strain from two (R, R, 3) packed metric maps."""
     return principal_stretches(metric_neutral, metric_expression)
+
+
+class SkinLayout:
+    """What the strain computation needs from a template and its skin rasters, precomputed once.
+
+    Depends only on topology, UVs and rasters, so one layout serves every identity on the template:
+    inverse UV edge matrices of the skin triangles, the sparse UV-corner averaging matrix (UV-area
+    weights), and per tile the UV corners and barycentrics every texel takes its value from (after
+    dilation): 24 bytes per texel, 400 MB per 4096^2 tile.
+    """
+
+    def __init__(self, template: FaceMesh, rasters: Mapping[int, UVRaster]):
+        from scipy import sparse
+
+        if not rasters:
+            raise ExpDiffInputError(template.name, "no skin UV tiles to synthesise maps on")
+        self.rasters = dict(sorted(rasters.items()))
+        tri = template.triangulated()
+        self.n_vertices = template.n_vertices
+        self.uvs = template.uvs
+        self.tile_triangles = {u: r.tile_triangles for u, r in self.rasters.items()}
+        self.skin_triangles = np.unique(np.concatenate(list(self.tile_triangles.values())))
+        self.faces = tri.faces[self.skin_triangles]
+        self.uv_faces = tri.uv_faces[self.skin_triangles]
+        t = template.uvs.astype(np.float64)[self.uv_faces]
+        uv_edges = np.stack([t[:, 1] - t[:, 0], t[:, 2] - t[:, 0]], axis=-1)  # (T, 2, 2) columns = edges
+        det = uv_edges[:, 0, 0] * uv_edges[:, 1, 1] - uv_edges[:, 0, 1] * uv_edges[:, 1, 0]
+        ok = np.abs(det) > 1e-14
+        safe = np.where(ok, det, 1.0)
+        inv = np.stack([np.stack([uv_edges[:, 1, 1], -uv_edges[:, 0, 1]], -1),
+                        np.stack([-uv_edges[:, 1, 0], uv_edges[:, 0, 0]], -1)], axis=1) / safe[:, None, None]
+        self.inv_uv_edges = np.where(ok[:, None, None], inv, 0.0)
+        area = 0.5 * np.abs(det)
+        n_uvs = len(template.uvs)
+        rows = self.uv_faces.ravel()
+        cols = np.repeat(np.arange(len(self.uv_faces)), 3)
+        weights = np.repeat(area, 3)
+        total = np.bincount(rows, weights=weights, minlength=n_uvs)
+        norm = np.where(total > 0, total, 1.0)
+        self.corner_average = sparse.csr_matrix((weights / norm[rows], (rows, cols)),
+                                                shape=(n_uvs, len(self.uv_faces)))
+        # local triangle index of each skin triangle in self.faces
+        local = np.full(len(tri.faces), -1, dtype=np.int64)
+        local[self.skin_triangles] = np.arange(len(self.skin_triangles))
+        self.texel_corners: dict[int, np.ndarray] = {}
+        self.texel_barycentric: dict[int, np.ndarray] = {}
+        for udim, r in self.rasters.items():
+            if r.resolution[0] != r.resolution[1]:
+                raise ExpDiffInputError(template.name, f"tile {udim} raster is {r.resolution}; skin maps need square tiles")
+            if r.dilation is not None or (r.fill_source < 0).any():
+                raise ExpDiffInputError(template.name, "skin rasters must fill every texel (dilation None)")
+            src = r.fill_source.ravel()
+            self.texel_corners[udim] = self.uv_faces[local[r.face_index.ravel()[src]]].astype(np.int32)
+            self.texel_barycentric[udim] = r.barycentric.reshape(-1, 3)[src]
+
+    def triangle_metrics(self, vertices: np.ndarray) -> np.ndarray:
+        """(T, 3) packed metrics of the skin triangles for ``vertices`` (V, 3): ``G = A^T (E^T E) A`` with
+        E the 3D edge matrix and A the inverse UV edge matrix (the Jacobian is ``J = E A``)."""
+        p = np.asarray(vertices, dtype=np.float64)[self.faces]
+        e1, e2 = p[:, 1] - p[:, 0], p[:, 2] - p[:, 0]
+        m11, m12, m22 = (e1 * e1).sum(1), (e1 * e2).sum(1), (e2 * e2).sum(1)
+        a = self.inv_uv_edges
+        a11, a12, a21, a22 = a[:, 0, 0], a[:, 0, 1], a[:, 1, 0], a[:, 1, 1]
+        g_uu = a11 * (m11 * a11 + m12 * a21) + a21 * (m12 * a11 + m22 * a21)
+        g_uv = a11 * (m11 * a12 + m12 * a22) + a21 * (m12 * a12 + m22 * a22)
+        g_vv = a12 * (m11 * a12 + m12 * a22) + a22 * (m12 * a12 + m22 * a22)
+        return np.stack([g_uu, g_uv, g_vv], axis=1)
+
+    def corner_metrics(self, vertices: np.ndarray) -> np.ndarray:
+        """(N_uv, 3) packed metrics averaged onto UV corners (UV-area weighted)."""
+        return self.corner_average @ self.triangle_metrics(vertices)
+
+    def texel_metrics(self, udim: int, corner_metrics: np.ndarray) -> np.ndarray:
+        """(R, R, 3) float32 packed metric per texel of tile ``udim``, interpolated barycentrically."""
+        res = self.rasters[udim].resolution[0]
+        corners = self.texel_corners[udim]  # (R*R, 3) UV corner ids
+        values = corner_metrics.astype(np.float32)
+        bary = self.texel_barycentric[udim]
+        out = bary[:, 0:1] * values[corners[:, 0]]
+        out += bary[:, 1:2] * values[corners[:, 1]]
+        out += bary[:, 2:3] * values[corners[:, 2]]
+        return out.reshape(res, res, 3)
+
+    def cm_per_uv(self, udim: int, vertices: np.ndarray) -> float:
+        """Median surface length (cm) per UV unit over the tile's triangles (fourth root of det G)."""
+        local = np.searchsorted(self.skin_triangles, self.tile_triangles[udim])
+        g = self.triangle_metrics(vertices)[local]
+        det = g[:, 0] * g[:, 2] - g[:, 1] ** 2
+        return float(np.median(np.sqrt(np.sqrt(det[det > 0]))))
 
 
 class SkinSynthesizer:
     """One identity's skin over the skin tiles of a template: neutral maps, and maps for any expression.
 
     neutral: the identity's neutral FaceMesh (positions in cm). rasters: {udim: UVRaster} of the skin groups
-    (dilation None, so every texel carries a value). Expression maps cost two metric rasterisations and
-    elementwise work per tile; the neutral layers are built once here.
+    (dilation None, so every texel carries a value). layout: a SkinLayout of the same template and rasters
+    to share between identities (built here if None). The neutral layers are built once here; an
+    expression then costs one metric interpolation per tile and elementwise work.
     """
 
     def __init__(self, neutral: FaceMesh, rasters: Mapping[int, UVRaster], params: SkinParams, seed: int,
-                 regions: SkinRegions | None = None):
-        if not rasters:
-            raise ExpDiffInputError(neutral.name, "no skin UV tiles to synthesise maps on")
+                 regions: SkinRegions | None = None, layout: SkinLayout | None = None):
+        self.layout = layout or SkinLayout(neutral, rasters)
+        if self.layout.n_vertices != neutral.n_vertices or sorted(self.layout.rasters) != sorted(rasters):
+            raise ExpDiffInputError(neutral.name, "skin layout was built for another template or tiles")
         self.neutral = neutral
-        self.rasters = dict(sorted(rasters.items()))
-        tri = neutral.triangulated()
-        self._faces, self._uv_faces = tri.faces, tri.uv_faces
-        self._uv_area = uv_triangle_areas(neutral.uvs, self._uv_faces)
-        self._tile_tris = {u: r.tile_triangles for u, r in self.rasters.items()}
-        self._skin_tris = np.unique(np.concatenate(list(self._tile_tris.values())))
-        weights = np.zeros(len(self._faces))
-        weights[self._skin_tris] = self._uv_area[self._skin_tris]
-        self._weights = weights
-        corner_g0 = self._corner_metrics(neutral.vertices)
+        self.rasters = self.layout.rasters
+        corner_g0 = self.layout.corner_metrics(neutral.vertices)
         self.tiles: dict[int, SkinTile] = {}
-        for udim, raster in self.rasters.items():
-            res_h, res_w = raster.resolution
-            if res_h != res_w:
-                raise ExpDiffInputError(neutral.name, f"tile {udim} raster is {res_h}x{res_w}; skin maps need square tiles")
-            if raster.dilation is not None:
-                raise ExpDiffInputError(neutral.name, "skin rasters must fill every texel (dilation None)")
-            g0 = texel_metrics(raster, corner_g0, self._uv_faces)
-            self.tiles[udim] = build_skin_tile(params, seed, udim, res_h, self.cm_per_uv(udim), g0, regions)
-
-    def _corner_metrics(self, vertices: np.ndarray) -> np.ndarray:
-        g = np.zeros((len(self._faces), 3))
-        sel = self._skin_tris
-        g[sel] = metric_tensors(uv_jacobians(vertices, self.neutral.uvs, self._faces[sel], self._uv_faces[sel]))
-        return corner_metric_tensors(g, self._uv_faces, len(self.neutral.uvs), self._weights)
+        for udim in self.rasters:
+            g0 = self.layout.texel_metrics(udim, corner_g0)
+            self.tiles[udim] = build_skin_tile(params, seed, udim, self.rasters[udim].resolution[0],
+                                               self.cm_per_uv(udim), g0, regions)
 
     def cm_per_uv(self, udim: int) -> float:
-        """Median surface length (cm) per UV unit over the tile's triangles (sqrt of the metric's det)."""
-        tris = self._tile_tris[udim]
-        g = metric_tensors(uv_jacobians(self.neutral.vertices, self.neutral.uvs, self._faces[tris],
-                                        self._uv_faces[tris]))
-        det = g[:, 0] * g[:, 2] - g[:, 1] ** 2
-        return float(np.median(np.sqrt(np.sqrt(np.maximum(det[det > 0], 0.0)))))
+        """Median surface length (cm) per UV unit of the neutral on tile ``udim``."""
+        return self.layout.cm_per_uv(udim, self.neutral.vertices)
 
     def strain(self, vertices: np.ndarray) -> dict[int, Strain]:
         """Per-texel strain {udim: Strain (R, R)} of expression ``vertices`` (V, 3) against the neutral."""
-        corner_g1 = self._corner_metrics(np.asarray(vertices, dtype=np.float64))
-        return {u: texel_strain(self.tiles[u].g0, texel_metrics(r, corner_g1, self._uv_faces))
-                for u, r in self.rasters.items()}
+        corner_g1 = self.layout.corner_metrics(vertices)
+        return {u: texel_strain(self.tiles[u].g0, self.layout.texel_metrics(u, corner_g1)) for u in self.rasters}
 
     def maps(self, vertices: np.ndarray | None = None) -> dict[str, dict[int, np.ndarray]]:
         """{kind: {udim: (C, R, R) float32}} for expression ``vertices`` (V, 3), or the neutral if None."""

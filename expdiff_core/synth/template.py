@@ -16,11 +16,13 @@ are pushed apart in the chart, which opens an almond-shaped hole with single-ver
 Rows and columns are spaced by arc length (denser on the face, sparser on the scalp and neck), so quads are
 near-square. Units: cm, Y up, the face looks down +Z, the character's left is +X, head ~15.5 cm wide.
 
-UV layout: the face (front, from the hairline to under the jaw and to just in front of the ears) is UDIM 1001
-(``u, v`` in [0, 1]); the rest (scalp, back of head, sides, neck) is UDIM 1002 (``u`` in [1, 2]). Each island
-is a least-squares conformal map (LSCM) of the template surface, so angles are kept and islands never
-overlap. The back island is cut along the scalp midline (front hairline -> crown -> nape -> neck bottom),
-where a texture seam is hidden in hair. Material groups: ``M_Face`` and ``M_BackHead``.
+UV layout: the face (front, from the hairline to under the jaw and to just in front of the ears, plus the
+front of the neck) is UDIM 1001 (``u, v`` in [0, 1]); the rest (scalp, back and sides of the head, ears, back
+of the neck) is UDIM 1002 (``u`` in [1, 2]). Both islands are topological discs (the face one with eye and
+mouth holes), so the only seam is the border between them; each is a least-squares conformal map (LSCM) of
+the template surface (angles kept, no flipped triangles, left/right symmetric), scaled uniformly into its
+tile with a 2% margin. ``u`` runs along +X on the face; ``v`` runs up. Material groups: ``M_Face`` (1001)
+and ``M_BackHead`` (1002).
 
 Everything is deterministic and built once per process (``template()`` is cached).
 """
@@ -44,14 +46,15 @@ PHI_NECK_END = np.deg2rad(-90.0)  # virtual elevation of the neck's bottom row
 NECK_BOTTOM_Y = -17.5
 PHI_CROWN = np.deg2rad(85.0)  # last ring before the pole
 
-N_COLUMNS = 112  # around the head (even, mirror-symmetric)
-N_HEAD_ROWS = 78  # rows hit by rays, PHI_NECK .. PHI_CROWN
-N_NECK_ROWS = 7  # extruded rows below PHI_NECK
+N_COLUMNS = 116  # around the head (even, mirror-symmetric)
+N_HEAD_ROWS = 74  # rows hit by rays, PHI_NECK .. PHI_CROWN
+N_NECK_ROWS = 6  # extruded rows below PHI_NECK
 
 # Face island bounds in the chart; the face group is every quad inside.
 FACE_THETA = np.deg2rad(76.0)
 FACE_PHI_TOP = np.deg2rad(40.0)  # hairline
-FACE_PHI_BOTTOM = np.deg2rad(-56.0)  # under the jaw
+FACE_PHI_BOTTOM = np.deg2rad(-56.0)  # under the jaw; below it the face island keeps the throat
+THROAT_THETA = np.deg2rad(50.0)
 
 # Features in chart coordinates (a, b); a > 0 is the character's left.
 EYE_A = 3.5  # centre of the palpebral fissure
@@ -63,7 +66,7 @@ EYE_OPEN_LOWER = 0.34
 MOUTH_B = -5.75  # row of the mouth slit (stomion)
 MOUTH_HALF_WIDTH = 2.5
 MOUTH_CURVE = 0.22  # the mouth corners sit this much below the slit row
-MOUTH_OPEN = 0.035  # each lip rim's distance from the mouth line at the centre: lips just apart
+MOUTH_OPEN = 0.02  # each lip rim's distance from the mouth line at the centre: lips just apart
 NASION_B = 2.0
 NOSE_TIP_B = -2.35
 SUBNASALE_B = -3.7
@@ -78,10 +81,10 @@ class HeadShape:
     Identities (``expdiff_core.synth.identity``) are other values of these, on the same topology.
     """
 
-    cranium_radii: tuple[float, float, float] = (7.5, 9.6, 9.7)
-    cranium_center: tuple[float, float, float] = (0.0, 2.8, -1.2)
-    face_radii: tuple[float, float, float] = (6.3, 7.7, 7.6)
-    face_center: tuple[float, float, float] = (0.0, -2.35, 1.6)
+    cranium_radii: tuple[float, float, float] = (7.5, 9.3, 9.7)
+    cranium_center: tuple[float, float, float] = (0.0, 3.0, -1.2)
+    face_radii: tuple[float, float, float] = (6.3, 8.0, 7.6)
+    face_center: tuple[float, float, float] = (0.0, -2.75, 1.8)
     jaw_taper: float = 0.80  # x scale of the face solid at the jaw line relative to the cheeks
     neck_radii: tuple[float, float] = (5.3, 5.7)
     neck_center_z: float = -1.8
@@ -152,7 +155,7 @@ def _base_sdf(p: np.ndarray, shape: HeadShape) -> np.ndarray:
 def _ray_hit(directions: np.ndarray, shape: HeadShape) -> tuple[np.ndarray, np.ndarray]:
     """First exit of each ray from RAY_ORIGIN through the base solid: points (N, 3) and unit normals (N, 3)."""
     n = directions.shape[0]
-    ts = np.linspace(2.0, 32.0, 121)
+    ts = np.linspace(3.0, 30.0, 55)  # 0.5 cm steps: thinner than any feature the rays could skip
     lo = np.full(n, ts[0])
     hi = np.full(n, ts[-1])
     found = np.zeros(n, dtype=bool)
@@ -163,7 +166,7 @@ def _ray_hit(directions: np.ndarray, shape: HeadShape) -> tuple[np.ndarray, np.n
         lo[hit], hi[hit] = t0, t1
         found |= hit
         prev = cur
-    for _ in range(30):
+    for _ in range(24):
         mid = 0.5 * (lo + hi)
         inside = _base_sdf(RAY_ORIGIN + mid[:, None] * directions, shape) < 0
         lo = np.where(inside, mid, lo)
@@ -237,16 +240,18 @@ def _features(a: np.ndarray, b: np.ndarray, shape: HeadShape) -> np.ndarray:
     fold = (0.12 + 0.25 * shape.laxity + 0.1 * shape.cheek_fullness) * np.sin(np.pi * t) ** 0.5
     h += fold * (0.9 * np.exp(-0.5 * ((dist - 0.35) / 0.3) ** 2) * (side > 0) - _gauss(dist, 0.18))
     # Upper lip, philtrum, lips, mouth corners, mentolabial sulcus, chin.
-    lip = np.clip(1.0 - (a / MOUTH_HALF_WIDTH) ** 2, 0.0, 1.0) ** 0.5
-    h += 0.6 * _gauss2(a, b, 0.0, MOUTH_B + 1.0, 2.6, 1.3)
+    lip = 1.0 - _smoothstep(0.45 * MOUTH_HALF_WIDTH, 1.1 * MOUTH_HALF_WIDTH, ax)
+    h += 0.45 * _gauss2(a, b, 0.0, MOUTH_B + 1.0, 3.0, 1.3)
     h -= 0.08 * _gauss2(a, b, 0.0, MOUTH_B + 1.05, 0.22, 0.55)
-    bow = ml + 0.42 - 0.07 * _gauss(a, 0.3)
-    h += 0.42 * shape.lip_fullness * lip * _gauss(b - bow, 0.22)
-    h += 0.50 * shape.lip_fullness * lip * _gauss(b - (ml - 0.5), 0.30)
-    h -= 0.40 * lip**0.5 * _gauss(b - ml, 0.12)
-    h -= 0.35 * _gauss2(ax, b, MOUTH_HALF_WIDTH + 0.05, MOUTH_B - MOUTH_CURVE, 0.5, 0.5)
+    # The vermilion thins toward the corners: its height and its distance from the mouth line shrink.
+    taper = 0.35 + 0.65 * lip
+    bow = ml + 0.42 * taper - 0.07 * _gauss(a, 0.3)
+    h += 0.42 * shape.lip_fullness * lip * _gauss(b - bow, 0.22 * taper)
+    h += 0.55 * shape.lip_fullness * lip * _gauss(b - (ml - 0.45 * taper), 0.30 * taper)
+    h -= 0.08 * lip**0.5 * _gauss(b - ml, 0.1)
+    h -= 0.25 * _gauss2(ax, b, MOUTH_HALF_WIDTH + 0.1, MOUTH_B - MOUTH_CURVE, 0.7, 0.6)
     h -= 0.28 * _gauss2(a, b, 0.0, MOUTH_B - 1.45, 1.7, 0.4)
-    h += shape.chin * _gauss2(a, b, 0.0, MOUTH_B - 2.9, 1.5, 0.95)
+    h += shape.chin * _gauss2(a, b, 0.0, MOUTH_B - 2.6, 1.5, 0.95)
     return h
 
 
@@ -256,11 +261,11 @@ def _ear(theta: np.ndarray, phi: np.ndarray) -> np.ndarray:
     v = 7.6 * (phi - EAR_PHI)  # + up
     width = 1.55 - 0.45 * _smoothstep(-1.0, -3.0, v)  # the lobe is narrower
     er = np.hypot((u - 0.1) / width, v / 3.0)
-    body = _smoothstep(1.08, 0.86, er)
-    h = body * (0.35 + 1.0 * _smoothstep(-1.6, 1.3, u)) * (1.0 - 0.5 * _smoothstep(-1.8, -3.0, v))
-    h += 0.35 * np.exp(-(((er - 0.86) / 0.09) ** 2)) * _smoothstep(-1.5, 0.0, u + v)
-    h += 0.2 * np.exp(-(((er - 0.55) / 0.1) ** 2)) * _smoothstep(-0.5, 0.5, v + 0.5 * u)
-    h -= 0.6 * body * _gauss2(u, v, -0.2, -0.35, 0.75, 0.9)
+    body = _smoothstep(1.2, 0.8, er)
+    h = body * (0.3 + 0.8 * _smoothstep(-1.6, 1.3, u)) * (1.0 - 0.5 * _smoothstep(-1.8, -3.0, v))
+    h += 0.3 * np.exp(-(((er - 0.85) / 0.13) ** 2)) * _smoothstep(-1.5, 0.0, u + v)
+    h += 0.15 * np.exp(-(((er - 0.55) / 0.13) ** 2)) * _smoothstep(-0.5, 0.5, v + 0.5 * u)
+    h -= 0.5 * body * _gauss2(u, v, -0.2, -0.35, 0.75, 0.9)
     return h
 
 
@@ -308,13 +313,14 @@ def _equalized(samples: np.ndarray, density: np.ndarray, count: int) -> np.ndarr
 
 def _column_angles(shape: HeadShape) -> np.ndarray:
     """(N_COLUMNS,) ascending azimuths in (-pi, pi], mirror-symmetric, 0 and pi included."""
-    half = np.linspace(0.0, np.pi, 1201)
-    speed = np.zeros_like(half)
-    for phi_deg in (-40.0, -28.0, -15.0, -5.0, 10.0, 25.0):
-        p = head_surface(half, np.full_like(half, np.deg2rad(phi_deg)), shape)
-        seg = np.linalg.norm(np.diff(p, axis=0), axis=1) / np.diff(half)
-        speed += np.concatenate([seg[:1], 0.5 * (seg[1:] + seg[:-1]), seg[-1:]])
-    weight = 0.45 + 0.55 * _smoothstep(np.deg2rad(100.0), np.deg2rad(70.0), half)
+    half = np.linspace(0.0, np.pi, 721)
+    ref = np.deg2rad([-40.0, -28.0, -15.0, -5.0, 10.0, 25.0])
+    p = head_surface(np.tile(half, len(ref)), np.repeat(ref, len(half)), shape).reshape(len(ref), -1, 3)
+    seg = np.linalg.norm(np.diff(p, axis=1), axis=2) / np.diff(half)
+    speed = np.concatenate([seg[:, :1], 0.5 * (seg[:, 1:] + seg[:, :-1]), seg[:, -1:]], axis=1).sum(0)
+    face = _smoothstep(np.deg2rad(100.0), np.deg2rad(70.0), half)
+    ear = np.exp(-(((half - EAR_THETA) / np.deg2rad(12.0)) ** 4))
+    weight = 0.45 + 0.55 * np.maximum(face, 0.85 * ear)
     pos = _equalized(half, speed * weight, N_COLUMNS // 2 + 1)
     for target in (EYE_A - EYE_HALF_WIDTH, EYE_A + EYE_HALF_WIDTH, MOUTH_HALF_WIDTH):
         k = int(np.argmin(np.abs(pos - target / CHART_SCALE)))
@@ -325,12 +331,12 @@ def _column_angles(shape: HeadShape) -> np.ndarray:
 
 def _row_angles(shape: HeadShape) -> np.ndarray:
     """(N_NECK_ROWS + N_HEAD_ROWS,) ascending elevations, neck (virtual) rows first."""
-    phis = np.linspace(PHI_NECK, PHI_CROWN, 1601)
-    speed = np.zeros_like(phis)
-    for th_deg, w in ((0.0, 2.0), (12.0, 1.0), (30.0, 1.0), (55.0, 1.0), (110.0, 0.5), (180.0, 0.5)):
-        p = head_surface(np.full_like(phis, np.deg2rad(th_deg)), phis, shape)
-        seg = np.linalg.norm(np.diff(p, axis=0), axis=1) / np.diff(phis)
-        speed += w * np.concatenate([seg[:1], 0.5 * (seg[1:] + seg[:-1]), seg[-1:]])
+    phis = np.linspace(PHI_NECK, PHI_CROWN, 961)
+    ref = np.deg2rad([0.0, 12.0, 30.0, 55.0, 110.0, 180.0])
+    ref_weight = np.array([2.0, 1.0, 1.0, 1.0, 0.5, 0.5])
+    p = head_surface(np.repeat(ref, len(phis)), np.tile(phis, len(ref)), shape).reshape(len(ref), -1, 3)
+    seg = np.linalg.norm(np.diff(p, axis=1), axis=2) / np.diff(phis)
+    speed = ref_weight @ np.concatenate([seg[:, :1], 0.5 * (seg[:, 1:] + seg[:, :-1]), seg[:, -1:]], axis=1)
     weight = 0.4 + 0.6 * _smoothstep(np.deg2rad(-64.0), np.deg2rad(-54.0), phis) * \
         _smoothstep(np.deg2rad(52.0), np.deg2rad(40.0), phis)
     head = _equalized(phis, speed * weight, N_HEAD_ROWS)
@@ -473,6 +479,8 @@ def _build_layout() -> TemplateLayout:
     i_face1 = int(np.searchsorted(phis, FACE_PHI_TOP))
     j_face0 = int(np.searchsorted(thetas, -FACE_THETA))
     j_face1 = int(np.searchsorted(thetas, FACE_THETA))
+    j_throat0 = int(np.searchsorted(thetas, -THROAT_THETA))
+    j_throat1 = int(np.searchsorted(thetas, THROAT_THETA))
     for i in range(n_rows - 1):
         for j in range(n_cols):
             jn = (j + 1) % n_cols
@@ -481,7 +489,8 @@ def _build_layout() -> TemplateLayout:
             quad[1] = upper_of.get((i, jn), quad[1])
             counts.append(4)
             corners.extend(quad)
-            face = i_face0 <= i < i_face1 and j_face0 <= j < j_face1
+            face = (i_face0 <= i < i_face1 and j_face0 <= j < j_face1) or \
+                (i < i_face0 and j_throat0 <= j < j_throat1)
             groups.append(0 if face else 1)
     for j in range(n_cols):
         counts.append(3)
@@ -492,11 +501,10 @@ def _build_layout() -> TemplateLayout:
     groups_a = np.asarray(groups, dtype=np.int32)
 
     vertices = head_surface(th, ph, shape).astype(np.float32)
-    # Seam of the back island: the scalp midline (front column above the face, the pole, the back column).
     eye_row = slit_cols["eye_L"][0]
     face_pins = (int(grid[eye_row, j_face0]), int(grid[eye_row, j_face1]))
-    face_uv_indices, uvs = _uv_layout(vertices, counts_a, corners_a, groups_a, rows, cols, pole,
-                                      j_front, j_back, i_face1, face_pins)
+    face_uv_indices, uvs = _uv_layout(vertices, counts_a, corners_a, groups_a, face_pins,
+                                      (int(grid[0, j_back]), pole))
     mesh = FaceMesh(vertices, counts_a, corners_a, uvs, face_uv_indices, groups_a,
                     ["M_Face", "M_BackHead"], "cm", "expdiff_template_head")
     angles = np.stack([th, ph], axis=1)
@@ -577,51 +585,33 @@ def _fit_tile(uv: np.ndarray, tile_u: int, margin: float = 0.02) -> np.ndarray:
 
 
 def _uv_layout(vertices: np.ndarray, counts: np.ndarray, corners: np.ndarray, groups: np.ndarray,
-               rows: np.ndarray, cols: np.ndarray, pole: int, j_front: int, j_back: int,
-               i_hair: int, face_pins: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Per-corner UV indices and the UV array for the two islands (face: 1001, back: 1002)."""
-    n_v = len(vertices)
-    offsets = np.concatenate([[0], np.cumsum(counts[:-1])])
-    corner_face = np.repeat(np.arange(len(counts)), counts)
-    # Back island: corners on the +X side of the scalp midline cut get a duplicate vertex id.
-    on_cut = ((cols == j_back) | ((cols == j_front) & (rows >= i_hair))) | (np.arange(n_v) == pole)
-    island_vertex = corners.copy()
-    back_corner = groups[corner_face] == 1
-    # The +X side of column j_front is the quad (j_front, j_front+1); of j_back, the quad (j_back-1, j_back).
-    fcol = cols[corners[offsets]][corner_face]  # column of each face's first corner
-    plus_x_side = np.zeros(len(corners), dtype=bool)
-    plus_x_side |= (cols[corners] == j_front) & (fcol == j_front)
-    plus_x_side |= (cols[corners] == j_back) & (fcol == j_back - 1)
-    # Pole fan triangles: first corner column in (j_front, j_back) lies on the +X side.
-    pole_corner = corners == pole
-    plus_x_side |= pole_corner & (fcol >= j_front) & (fcol < j_back)
-    dup = back_corner & on_cut[corners] & plus_x_side
-    island_vertex[dup] = corners[dup] + n_v
+               face_pins: tuple[int, int], back_pins: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-corner UV indices and the UV array of the two islands (face: 1001, back: 1002).
 
+    Both islands are discs (the face with eye and mouth holes), so each is one LSCM solve; pins lie on the
+    symmetry plane or mirror each other, which keeps the layout left/right symmetric.
+    """
+    n_v = len(vertices)
+    corner_face = np.repeat(np.arange(len(counts)), counts)
+    back_corner = groups[corner_face] == 1
+    island_vertex = np.where(back_corner, corners + n_v, corners)  # boundary vertices get one UV per island
     tri_corners, _ = _triangles(counts, corners)
     tri_group = groups[corner_face[tri_corners[:, 0]]]
-    uv_all = np.zeros((2 * n_v, 2))
     verts2 = np.concatenate([vertices, vertices]).astype(np.float64)
-    # Face island: pinned at its two edge vertices on the eye row, so u runs along +X and v up.
+    uv_all = np.zeros((2 * n_v, 2))
+    # Face: pinned at its two edge vertices on the eye row, so u runs along +X and v up.
     face_tris = island_vertex[tri_corners[tri_group == 0]]
     used = np.unique(face_tris)
-    uv_face = lscm(verts2, face_tris, face_pins)
-    uv_all[used] = _fit_tile(uv_face[used], 0)
-    # Back island: orient so the neck is at the bottom (v up toward the crown).
+    uv_all[used] = _fit_tile(lscm(verts2, face_tris, face_pins)[used], 0)
+    # Back: pinned at the nape (bottom) and the crown, rotated so the crown is up.
     back_tris = island_vertex[tri_corners[tri_group == 1]]
     used_b = np.unique(back_tris)
-    bottom = used_b[rows[used_b % n_v] == 0]
-    pin_a, pin_b = bottom[np.argmin(vertices[bottom % n_v, 2])], pole
-    uv_back = lscm(verts2, back_tris, (int(pin_a), int(pin_b)))[used_b]
-    # Rotate so pole - neck_back points +v.
-    k_a = np.searchsorted(used_b, pin_a)
-    k_b = np.searchsorted(used_b, pin_b)
-    d = uv_back[k_b] - uv_back[k_a]
-    ang = np.arctan2(d[1], d[0])
-    rot = np.array([[np.cos(np.pi / 2 - ang), -np.sin(np.pi / 2 - ang)],
-                    [np.sin(np.pi / 2 - ang), np.cos(np.pi / 2 - ang)]])
-    uv_all[used_b] = _fit_tile(uv_back @ rot.T, 1)
-
+    pins = (back_pins[0] + n_v, back_pins[1] + n_v)
+    uv_back = lscm(verts2, back_tris, pins)
+    d = uv_back[pins[1]] - uv_back[pins[0]]
+    turn = np.pi / 2 - np.arctan2(d[1], d[0])
+    rot = np.array([[np.cos(turn), -np.sin(turn)], [np.sin(turn), np.cos(turn)]])
+    uv_all[used_b] = _fit_tile(uv_back[used_b] @ rot.T, 1)
     all_used = np.union1d(used, used_b)
     remap = np.full(2 * n_v, -1, dtype=np.int64)
     remap[all_used] = np.arange(len(all_used))
@@ -654,12 +644,15 @@ def _regions(layout: TemplateLayout) -> tuple[dict[str, np.ndarray], dict[str, i
         regions[f"brow_{side}"] = ids(on_side & (np.abs(ax - 3.1) < 2.3) & (np.abs(b - 3.7) < 0.6))
         regions[f"cheek_{side}"] = ids(on_side & (np.hypot(ax - 4.3, (b + 1.8) / 1.2) < 1.6))
         regions[f"nostril_{side}"] = ids(on_side & (np.hypot((ax - 0.7) / 0.45, (b - SUBNASALE_B - 0.3) / 0.3) < 1))
-        c_med, c_lat = (slit.corners if side == "L" else slit.corners[::-1])
-        landmarks[f"eye_inner_corner_{side}"] = int(c_med)
-        landmarks[f"eye_outer_corner_{side}"] = int(c_lat)
-        mid = len(slit.upper) // 2
-        landmarks[f"upper_lid_{side}"] = int(slit.upper[mid])
-        landmarks[f"lower_lid_{side}"] = int(slit.lower[mid])
+
+    # Landmarks of the left eye, then mirrored for the right.
+    eye = layout.slits["eye_L"]
+    landmarks["eye_inner_corner_L"], landmarks["eye_outer_corner_L"] = (int(c) for c in eye.corners)
+    peak = int(np.argmax(v[eye.upper, 1] - v[eye.lower, 1]))
+    landmarks["upper_lid_L"] = int(eye.upper[peak])
+    landmarks["lower_lid_L"] = int(eye.lower[peak])
+    for name in ("eye_inner_corner", "eye_outer_corner", "upper_lid", "lower_lid"):
+        landmarks[f"{name}_R"] = int(layout.mirror[landmarks[f"{name}_L"]])
     mouth = layout.slits["mouth"]
     landmarks["mouth_corner_R"], landmarks["mouth_corner_L"] = (int(c) for c in mouth.corners)
     mid = len(mouth.upper) // 2
@@ -678,12 +671,16 @@ def _regions(layout: TemplateLayout) -> tuple[dict[str, np.ndarray], dict[str, i
     landmarks["nose_tip"] = int(np.flatnonzero(nose)[np.argmax(v[nose, 2])])
     regions["nose_tip"] = np.array([landmarks["nose_tip"]], dtype=np.int64)
     regions["chin"] = ids((ax < 2.0) & (np.abs(b - (MOUTH_B - 2.9)) < 1.1))
-    chin_line = (ax < 0.3) & (b < MOUTH_B - 1.0) & (b > MOUTH_B - 4.5)
-    landmarks["chin"] = int(np.flatnonzero(chin_line)[np.argmax(v[chin_line, 2])])
-    landmarks["menton"] = int(np.flatnonzero(chin_line)[np.argmin(v[chin_line, 1] - 0.5 * v[chin_line, 2])])
-    landmarks["nasion"] = int(np.flatnonzero(ax < 0.3)[np.argmin(np.abs(b[ax < 0.3] - NASION_B))])
-    under = (ax < 0.3) & (b < SUBNASALE_B + 0.5) & (b > MOUTH_B + 0.5)
-    landmarks["subnasale"] = int(np.flatnonzero(under)[np.argmin(v[under, 2])])
+    midline = np.flatnonzero((a == 0.0) & (layout.grid_column >= 0))
+
+    def on_midline(b_target: float) -> int:
+        return int(midline[np.argmin(np.abs(b[midline] - b_target))])
+
+    landmarks["nasion"] = on_midline(NASION_B)
+    landmarks["subnasale"] = on_midline(SUBNASALE_B)
+    landmarks["chin"] = on_midline(MOUTH_B - 2.6)
+    chin_line = midline[(b[midline] < MOUTH_B - 1.0) & (b[midline] > MOUTH_B - 5.0)]
+    landmarks["menton"] = int(chin_line[np.argmin(v[chin_line, 1] - 0.5 * v[chin_line, 2])])
     regions["forehead"] = ids((ax < 5.0) & (b > 4.2) & face_vertices)
     regions["jaw"] = ids((b < MOUTH_B - 0.6) & face_vertices)
     regions["neck"] = ids(layout.chart_angles[:, 1] < np.deg2rad(-62.0))

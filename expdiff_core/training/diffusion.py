@@ -531,17 +531,51 @@ def _publish(out_dir: Path, model: ExpDiffDenoiser, ema, noise_scheduler, manife
 
 
 # ---------------------------------------------------------------------------------------- command line
+FLAG_HELP = {
+    "steps": "optimizer steps in total (a resumed run continues up to this)",
+    "batch_size": "samples per step over all processes (must divide by the process count)",
+    "learning_rate": "AdamW peak learning rate",
+    "weight_decay": "AdamW weight decay",
+    "warmup_steps": "linear learning-rate warm-up steps",
+    "lr_schedule": "learning-rate schedule after warm-up",
+    "ema_decay": "decay of the EMA weights that are published",
+    "grad_clip": "clip the gradient norm to this (0 = no clipping)",
+    "checkpoint_every": "write a resumable checkpoint every N steps (and at the end)",
+    "keep_checkpoints": "keep only the newest N checkpoints",
+    "seed": "seed of the model init, sample order, noise, timesteps and text dropout",
+    "prediction_type": "network target (Eq. 6 is epsilon)",
+    "text_dropout": "probability of dropping a sample's prompt (trains classifier-free guidance)",
+    "mixed_precision": "auto = bf16 autocast on CUDA, fp32 on CPU",
+    "num_train_timesteps": "DDPM steps of the forward process",
+    "beta_schedule": "diffusers beta schedule of the forward process",
+    "beta_start": "first beta of the schedule",
+    "beta_end": "last beta of the schedule",
+    "split": "manifest split to train on",
+    "include_neutral": "also train on neutral as a target (mesh recovery, Eq. 9, needs the generated neutral)",
+    "repeat_albedo": "fill the neutral condition's specular/roughness/normal slots with its albedo latent",
+}
+
+FLAG_CHOICES = {"lr_schedule": LR_SCHEDULES, "prediction_type": PREDICTION_TYPES, "mixed_precision": MIXED_PRECISIONS}
+
+
 def _add_dataclass_flags(parser: argparse.ArgumentParser, cls) -> None:
     for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
         default = f.default
-        if isinstance(default, bool):
-            parser.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes", "on"), default=default,
-                                metavar="BOOL", help=f"(default {default})")
+        if f.name == "device":
+            parser.add_argument(flag, default=None, help="auto | cpu | cuda | cuda:N (default: settings' device, 'auto')")
         elif f.name == "snr_gamma":
-            parser.add_argument(flag, type=float, default=None, help="min-SNR-γ weighting, e.g. 5 (default off)")
+            parser.add_argument(flag, type=float, default=None, metavar="GAMMA",
+                                help="min-SNR-gamma loss weighting, e.g. 5 (default: off, plain Eq. 6)")
+        elif isinstance(default, bool):
+            parser.add_argument(flag, type=lambda v: v.lower() in ("1", "true", "yes", "on"), default=default,
+                                metavar="BOOL", help=f"{FLAG_HELP[f.name]} (default {default})")
+        elif f.name in FLAG_CHOICES:
+            parser.add_argument(flag, default=default, choices=FLAG_CHOICES[f.name],
+                                help=f"{FLAG_HELP[f.name]} (default {default})")
         else:
-            parser.add_argument(flag, type=type(default), default=default, help=f"(default {default})")
+            parser.add_argument(flag, type=type(default), default=default, metavar=f.name.split("_")[-1].upper(),
+                                help=f"{FLAG_HELP[f.name]} (default {default})")
 
 
 def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -562,7 +596,8 @@ def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
     return parser
 
 
-def run_from_args(args: argparse.Namespace) -> TrainResult:
+def run_from_args(args: argparse.Namespace, default_device: str = "auto") -> TrainResult:
+    """Run what :func:`build_arg_parser`'s flags ask for; ``default_device`` applies when --device is absent."""
     manifest = read_manifest(args.latents)
     overrides: dict[str, Any] = {}
     if args.model_config:
@@ -578,14 +613,18 @@ def run_from_args(args: argparse.Namespace) -> TrainResult:
     model_config = denoiser_config(manifest.kinds, len(manifest.udims), manifest.latent_shape[0],
                                    manifest.latent_shape[1:], args.preset, **overrides)
     cfg = DiffusionTrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(DiffusionTrainConfig)})
+    cfg.device = args.device or default_device
     return train_diffusion(args.latents, args.out, model_config, cfg, progress=not args.no_progress)
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ..config import load_settings
+    from ..errors import ExpDiffError
+
     args = build_arg_parser().parse_args(argv)
     try:
-        result = run_from_args(args)
-    except ExpDiffInputError as exc:
+        result = run_from_args(args, default_device=load_settings().device)
+    except ExpDiffError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if int(os.environ.get("RANK", "0")) == 0:

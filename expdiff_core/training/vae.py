@@ -16,13 +16,18 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
 from ..device import autocast, resolve_device
 from ..errors import ExpDiffInputError
 from ..models.vae import MAP_KINDS, RANGE_TOLERANCE, LatentCodec, map_kind, offline_vae_config, to_vae_input
+
+if TYPE_CHECKING:
+    from ..io.dataset import Dataset
+    from ..uv.position_map import PositionMapConfig
 
 MapSample = tuple[str, torch.Tensor]
 ProgressCallback = Callable[[int, int, dict[str, float]], None]
@@ -46,6 +51,7 @@ class VAETrainConfig:
     grad_clip: float = 1.0
     held_out_fraction: float = 0.1  # used only when no held-out set is given
     scaling_samples: int = 256  # training maps encoded to measure the latent std -> scaling_factor
+    held_out_max_maps: int | None = 512  # a seeded random subset keeps evaluation to minutes on a CPU
     seed: int = 0
     device: str = "auto"
     model: dict[str, Any] = field(default_factory=offline_vae_config)
@@ -59,6 +65,7 @@ class VAETrainConfig:
             "kl_weight": self.kl_weight >= 0,
             "held_out_fraction": 0 < self.held_out_fraction < 1,
             "scaling_samples": self.scaling_samples >= 1,
+            "held_out_max_maps": self.held_out_max_maps is None or self.held_out_max_maps >= 1,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -76,7 +83,8 @@ def _checked_sample(maps: Sequence[MapSample], index: int) -> MapSample:
     spec = map_kind(kind)
     image = torch.as_tensor(image, dtype=torch.float32)
     if image.ndim != 3 or image.shape[0] not in (spec.channels, 3):
-        raise ExpDiffInputError(None, f"map {index} ({kind}) must be ({spec.channels} or 3, H, W), "
+        channels = "3" if spec.channels == 3 else f"{spec.channels} or 3"
+        raise ExpDiffInputError(None, f"map {index} ({kind}) must be ({channels}, H, W), "
                                       f"got shape {tuple(image.shape)}")
     lo, hi = float(image.min()), float(image.max())
     if not (spec.low - RANGE_TOLERANCE <= lo and hi <= spec.high + RANGE_TOLERANCE):
@@ -91,6 +99,71 @@ def _split(count: int, fraction: float, seed: int) -> tuple[list[int], list[int]
     if held >= count:
         raise ExpDiffInputError(None, f"{count} map(s) are too few to hold out {fraction:.0%} and still train")
     return sorted(order[held:]), sorted(order[:held])
+
+
+def _subset(indices: Sequence[int], limit: int | None, seed: int) -> list[int]:
+    """At most ``limit`` of ``indices``, drawn at random (strides could alias with the kind/tile nesting)."""
+    indices = list(indices)
+    if limit is None or len(indices) <= limit:
+        return indices
+    pick = torch.randperm(len(indices), generator=torch.Generator().manual_seed(seed))[:limit]
+    return sorted(indices[i] for i in pick.tolist())
+
+
+def _kind_of(maps: Sequence[MapSample], index: int) -> str:
+    kind_of = getattr(maps, "kind_of", None)
+    return kind_of(index) if kind_of is not None else maps[index][0]
+
+
+class DatasetMaps(Sequence):
+    """Every map tile of some subjects of an ExpDiff dataset as ``(kind, (C, R, R) tensor)``, read on access.
+
+    Items nest subject > expression > kind > UDIM tile; kinds are ``position`` plus the dataset's BRDF kinds.
+    Position maps are made from the stored vertices as the latent encoder makes them: displacement from the
+    dataset template's shape per tile (``training.encode.dataset_rasters``), normalised by ``position``.
+    """
+
+    def __init__(self, dataset: "Dataset", subjects: Sequence[str], position: "PositionMapConfig | None" = None,
+                 *, expressions: Sequence[str] | None = None, cache_dir: str | os.PathLike | None = None):
+        from ..uv.position_map import PositionMapConfig
+
+        unknown = sorted(set(subjects) - set(dataset.subjects))
+        if unknown:
+            raise ExpDiffInputError(dataset.root, f"subject(s) {unknown} not in this dataset")
+        self.dataset = dataset
+        self.position = position or PositionMapConfig()
+        self.kinds = ["position", *dataset.map_kinds]
+        self.items = [(s, e, k, u) for s in subjects for e in (expressions or dataset.expressions)
+                      for k in self.kinds for u in dataset.udims]
+        self._cache_dir = cache_dir
+        self._rasters = None
+        self._last: tuple[tuple[str, str], dict[int, Any]] | None = None
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def kind_of(self, index: int) -> str:
+        """The kind of item ``index`` without reading it."""
+        return self.items[index][2]
+
+    def __getitem__(self, index: int) -> MapSample:
+        subject, expression, kind, udim = self.items[index]
+        if kind != "position":
+            return kind, torch.from_numpy(self.dataset.load_map(subject, expression, kind, udim))
+        return kind, torch.from_numpy(self._position_maps(subject, expression)[udim])
+
+    def _position_maps(self, subject: str, expression: str) -> dict[int, Any]:
+        from ..uv.position_map import position_maps
+        from .encode import dataset_rasters
+
+        if self._last is None or self._last[0] != (subject, expression):
+            if self._rasters is None:
+                self._rasters = dataset_rasters(self.dataset, self._cache_dir)
+            template = self.dataset.template()
+            maps = position_maps(self.dataset.load_vertices(subject, expression), template.vertices,
+                                 self._rasters, self.position.scale_in(template.units))
+            self._last = ((subject, expression), maps)
+        return self._last[1]
 
 
 class _Batches:
@@ -202,11 +275,12 @@ def _model_card(codec: LatentCodec, metrics: dict[str, Any]) -> str:
 
 def train_vae(maps: Sequence[MapSample], config: VAETrainConfig, out_dir: str | os.PathLike, *,
               held_out: Sequence[MapSample] | None = None, progress: ProgressCallback | None = None,
-              show_progress: bool = True) -> Path:
+              show_progress: bool = True, data_info: dict[str, Any] | None = None) -> Path:
     """Train an AutoencoderKL on ``maps`` and publish it to ``out_dir`` (which must not exist yet).
 
     held_out: maps kept out of training for metrics.json (e.g. other identities); default: a seeded
     ``config.held_out_fraction`` of ``maps``. progress(step, steps, {"loss": ...}) is called every step.
+    data_info: where the maps came from (dataset, splits, position-map scale), kept in metrics.json.
     Deterministic on CPU given ``config.seed``. Returns ``out_dir``.
     """
     from diffusers.optimization import get_cosine_schedule_with_warmup
@@ -225,6 +299,7 @@ def train_vae(maps: Sequence[MapSample], config: VAETrainConfig, out_dir: str | 
         if len(held_out) == 0:
             raise ExpDiffInputError(None, "the held-out set is empty")
         train_idx, held_idx, eval_maps = list(range(len(maps))), list(range(len(held_out))), held_out
+    held_idx = _subset(held_idx, config.held_out_max_maps, config.seed + 3)
 
     device = resolve_device(config.device)
     codec = LatentCodec.from_config(config.model, seed=config.seed, device=device)
@@ -268,7 +343,7 @@ def train_vae(maps: Sequence[MapSample], config: VAETrainConfig, out_dir: str | 
     seconds = time.perf_counter() - started
 
     vae.eval().requires_grad_(False)
-    scaling_idx = train_idx[:: max(1, len(train_idx) // config.scaling_samples)][: config.scaling_samples]
+    scaling_idx = _subset(train_idx, config.scaling_samples, config.seed + 4)
     scaling = measure_scaling_factor(codec, maps, scaling_idx)
     vae.register_to_config(scaling_factor=scaling)
     held_metrics = evaluate_codec(codec, eval_maps, held_idx)
@@ -276,7 +351,8 @@ def train_vae(maps: Sequence[MapSample], config: VAETrainConfig, out_dir: str | 
     def counts(source: Sequence[MapSample], indices: Sequence[int]) -> dict[str, int]:
         out: dict[str, int] = {}
         for i in indices:
-            out[source[i][0]] = out.get(source[i][0], 0) + 1
+            kind = _kind_of(source, i)
+            out[kind] = out.get(kind, 0) + 1
         return dict(sorted(out.items()))
 
     metrics = {
@@ -291,6 +367,7 @@ def train_vae(maps: Sequence[MapSample], config: VAETrainConfig, out_dir: str | 
         "final_loss": curve[-1][1],
         "loss_curve": curve,
         "config": dataclasses.asdict(config),
+        "data": dict(data_info or {}),
     }
     codec.save_pretrained(out_dir, extra_files={
         "metrics.json": json.dumps(metrics, indent=2) + "\n",

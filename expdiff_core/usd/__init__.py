@@ -11,11 +11,13 @@ from usd_schemas import register as _register_schemas
 _register_schemas()
 
 from .schema import FACS_API, PROVENANCE_API, FacsInfo, Provenance, facs_info_for, read_facs_api, read_provenance_api  # noqa: E402
-from .validate import ValidationIssue, validate_asset, validate_stage  # noqa: E402
+from .read import channel_weights, posed_points  # noqa: E402
+from .validate import ValidationIssue, find_entry_layer, validate_asset, validate_stage  # noqa: E402
 from .writer import ExportOptions, PublishedAsset, next_version, publish_character, write_asset  # noqa: E402
 
 __all__ = [
     "FACS_API", "PROVENANCE_API", "FacsInfo", "Provenance", "facs_info_for", "read_facs_api", "read_provenance_api",
-    "ValidationIssue", "validate_asset", "validate_stage",
+    "channel_weights", "posed_points",
+    "ValidationIssue", "find_entry_layer", "validate_asset", "validate_stage",
     "ExportOptions", "PublishedAsset", "next_version", "publish_character", "write_asset",
 ]

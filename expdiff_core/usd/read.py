@@ -5,14 +5,6 @@ from __future__ import annotations
 import numpy as np
 
 
-def skinned_meshes(stage) -> list:
-    """Every Mesh prim on ``stage`` that carries blendshapes (``skel:blendShapes`` authored)."""
-    from pxr import UsdGeom
-
-    return [p for p in stage.Traverse()
-            if p.IsA(UsdGeom.Mesh) and p.GetAttribute("skel:blendShapes").HasAuthoredValue()]
-
-
 def channel_weights(mesh_prim, time: float) -> dict[str, float]:
     """The animation's blendshape weight of each of the mesh's channels at ``time``."""
     from pxr import UsdSkel

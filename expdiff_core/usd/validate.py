@@ -93,20 +93,25 @@ def validate_asset(path: str | os.PathLike) -> list[ValidationIssue]:
             trap.Clear()
             raise ExpDiffInputError(entry, f"cannot open as a USD stage: {str(exc).strip()}") from None
         issues = _diagnostics(trap, "usd:open")
-    return issues + validate_stage(stage)
+    return _unique(issues + validate_stage(stage))
 
 
 def validate_stage(stage) -> list[ValidationIssue]:
-    """OpenUSD's validators (``USD_VALIDATOR_KEYWORDS``) and the TD checks (``TD_CHECKS``) on an open stage."""
+    """OpenUSD's validators (``USD_VALIDATOR_KEYWORDS``) and the TD checks (``TD_CHECKS``) on an open stage.
+
+    Material variants are visited and ``<UDIM>`` textures resolved through temporary opinions in the stage's
+    session layer, which are removed again before returning.
+    """
     issues = _run_usd_validators(stage)
     for check in (_check_stage_metadata, _check_root_kind, _check_skel, _check_time_range, _check_materials,
                   _check_mesh_uvs, _check_schemas):
         issues.extend(check(stage))
-    return issues
+    return _unique(issues)
 
 
-def errors_of(issues: list[ValidationIssue]) -> list[ValidationIssue]:
-    return [i for i in issues if i.is_error]
+def _unique(issues: list[ValidationIssue]) -> list[ValidationIssue]:
+    """Issues in order, each reported once (USD repeats some diagnostics per layer visit)."""
+    return list(dict.fromkeys(issues))
 
 
 # ------------------------------------------------------------------------- OpenUSD validators

@@ -127,6 +127,7 @@ def publish_character(
     """
     shapes = _checked_expressions(neutral, expression_vertices)
     _check_character(character)
+    _check_options(options, neutral)
     _check_maps(maps, shapes)
     facs = {name: facs_info_for(name, facs_lookup) for name in shapes}
     character_dir = Path(output_root) / character
@@ -135,8 +136,6 @@ def publish_character(
     try:
         with atomic_dir(target) as tmp:
             write_asset(tmp, character, neutral, shapes, maps, provenance, facs, options, version=version)
-    except PublishError:
-        raise
     except OSError as exc:
         if target.exists():
             raise PublishError(f"{target}: another export published this version first; nothing was "
@@ -163,7 +162,7 @@ def write_asset(
     from pxr import Sdf, Usd, UsdGeom
 
     folder = Path(folder)
-    _check_options(options)
+    _check_options(options, neutral)
     names = _prim_names(shapes)
     n_frames = options.frames_per_expression * max(len(names), 1)
     time_range = (options.start_frame, options.start_frame + n_frames)
@@ -180,8 +179,8 @@ def write_asset(
     stage = _new_stage(root_path, character, neutral.units, options, time_range)
     root = UsdGeom.Xform.Define(stage, f"/{character}").GetPrim()
     stage.SetDefaultPrim(root)
-    Usd.ModelAPI(root).SetKind("component")
     model = Usd.ModelAPI(root)
+    model.SetKind("component")
     model.SetAssetName(character)
     model.SetAssetVersion(f"v{version:03d}")
     model.SetAssetIdentifier(Sdf.AssetPath(f"./{character}.usda"))
@@ -248,7 +247,12 @@ def _check_character(character: str) -> None:
                                 "(letters, digits and '_', not starting with a digit)")
 
 
-def _check_options(options: ExportOptions) -> None:
+def _check_options(options: ExportOptions, neutral: FaceMesh) -> None:
+    if options.textured_groups is not None:
+        unknown = sorted(set(options.textured_groups) - set(neutral.group_names))
+        if unknown:
+            raise ExpDiffInputError(None, f"textured_groups {unknown} are not material groups of the mesh "
+                                    f"(groups: {neutral.group_names})")
     if options.texture_format not in TEXTURE_FORMATS:
         raise ExpDiffInputError(None, f"texture_format {options.texture_format!r}: use one of {list(TEXTURE_FORMATS)}")
     if options.up_axis not in ("Y", "Z"):
@@ -459,12 +463,12 @@ def _bind_material(stage, mesh, neutral: FaceMesh, material_path, textured_group
 
     groups = [(g, np.flatnonzero(neutral.face_groups == i)) for i, g in enumerate(neutral.group_names)]
     groups = [(g, faces) for g, faces in groups if faces.size]
-    if textured_groups is not None:
-        unknown = sorted(set(textured_groups) - {g for g, _ in groups})
-        if unknown:
-            raise ExpDiffInputError(None, f"textured_groups {unknown} are not face groups of the mesh "
-                                    f"(groups: {[g for g, _ in groups]})")
-    material = UsdShade.Material(stage.OverridePrim(material_path))
+
+    def bind(prim) -> None:
+        # The material lives in the mtl layer: target its path rather than author an over for it here.
+        UsdShade.MaterialBindingAPI.Apply(prim)
+        prim.CreateRelationship(UsdShade.Tokens.materialBinding, False).SetTargets([material_path])
+
     if len(groups) > 1:
         used: set[str] = set()
         for group, faces in groups:
@@ -476,9 +480,9 @@ def _bind_material(stage, mesh, neutral: FaceMesh, material_path, textured_group
                                                      Vt.IntArray.FromNumpy(faces.astype(np.int32)),
                                                      UsdShade.Tokens.materialBind, UsdGeom.Tokens.partition)
             if textured_groups is None or group in textured_groups:
-                UsdShade.MaterialBindingAPI.Apply(subset.GetPrim()).Bind(material)
+                bind(subset.GetPrim())
         return
-    UsdShade.MaterialBindingAPI.Apply(mesh.GetPrim()).Bind(material)
+    bind(mesh.GetPrim())
 
 
 def _write_mtl_layer(path: Path, character: str, units: str, texture_paths: Mapping[str, Mapping[str, str]],

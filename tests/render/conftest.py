@@ -1,4 +1,6 @@
-"""Test meshes and maps made by our own generators for the renderer tests."""
+"""Renderer test data made by our own generators (a UV sphere, constant and procedural maps), and
+ICT-FaceKit from shared data (skips if absent). Generators are handed to tests as fixtures because tests are
+imported with ``--import-mode=importlib`` (no test-folder imports)."""
 
 from __future__ import annotations
 
@@ -72,30 +74,6 @@ def tilted_normal_map(tilt_u: float, tilt_v: float, size: int = 8) -> np.ndarray
     return np.broadcast_to((0.5 * n + 0.5)[:, None, None], (3, size, size)).astype(np.float32).copy()
 
 
-@pytest.fixture(scope="session")
-def sphere() -> FaceMesh:
-    return uv_sphere()
-
-
-@pytest.fixture(scope="session")
-def ict_mesh() -> FaceMesh:
-    path = ICT_DIR / "generic_neutral_mesh.obj"
-    if not path.is_file():
-        pytest.skip(f"ICT-FaceKit data not found at {path}")
-    from expdiff_core.io.mesh import read_obj
-
-    return read_obj(path)
-
-
-@pytest.fixture(scope="session")
-def ict_expressions() -> dict[str, np.ndarray]:
-    path = ICT_DIR / "ict_facekit_deltas.npz"
-    if not path.is_file():
-        pytest.skip(f"ICT-FaceKit data not found at {path}")
-    with np.load(path) as data:
-        return {str(n): d for n, d in zip(data["expression_names"], data["expression_deltas"])}
-
-
 def merge_meshes(parts: list[tuple[FaceMesh, str]]) -> FaceMesh:
     """One FaceMesh holding every part in order, each part's faces in its own material group."""
     vertices, uvs, counts, fv, ft, groups = [], [], [], [], [], []
@@ -121,3 +99,52 @@ def constant_maps(albedo=(0.5, 0.5, 0.5), specular: float = 0.04, roughness: flo
         "specular": {t: np.full((1, 4, 4), specular, np.float32) for t in tiles},
         "roughness": {t: np.full((1, 4, 4), roughness, np.float32) for t in tiles},
     }
+
+
+@pytest.fixture(scope="session")
+def sphere() -> FaceMesh:
+    return uv_sphere()
+
+
+@pytest.fixture(name="make_sphere")
+def _make_sphere():
+    return uv_sphere
+
+
+@pytest.fixture(name="merge_meshes")
+def _merge_meshes():
+    return merge_meshes
+
+
+@pytest.fixture(name="constant_maps")
+def _constant_maps():
+    return constant_maps
+
+
+@pytest.fixture(name="tilted_normal_map")
+def _tilted_normal_map():
+    return tilted_normal_map
+
+
+@pytest.fixture(name="sine_bump_normal_map")
+def _sine_bump_normal_map():
+    return sine_bump_normal_map
+
+
+@pytest.fixture(scope="session")
+def ict_mesh() -> FaceMesh:
+    path = ICT_DIR / "generic_neutral_mesh.obj"
+    if not path.is_file():
+        pytest.skip(f"ICT-FaceKit data not found at {path}")
+    from expdiff_core.io.mesh import read_obj
+
+    return read_obj(path)
+
+
+@pytest.fixture(scope="session")
+def ict_expressions() -> dict[str, np.ndarray]:
+    path = ICT_DIR / "ict_facekit_deltas.npz"
+    if not path.is_file():
+        pytest.skip(f"ICT-FaceKit data not found at {path}")
+    with np.load(path) as data:
+        return {str(n): d for n, d in zip(data["expression_names"], data["expression_deltas"])}

@@ -6,7 +6,6 @@ import math
 
 import numpy as np
 import pytest
-from conftest import constant_maps, merge_meshes, sine_bump_normal_map, tilted_normal_map, uv_sphere
 
 from expdiff_core.errors import ExpDiffInputError
 from expdiff_core.io.images import read_image
@@ -49,9 +48,9 @@ def test_silhouette_area_matches_the_projected_sphere(sphere):
     assert (frags.triangle >= 0).sum() == pytest.approx(math.pi * radius_px**2, rel=0.02)
 
 
-def test_nearer_surface_wins_whatever_the_triangle_order():
-    far = uv_sphere(radius=10.0)
-    near = uv_sphere(radius=3.0, rings=12, segments=24, center=(0.0, 0.0, 12.0))
+def test_nearer_surface_wins_whatever_the_triangle_order(make_sphere, merge_meshes):
+    far = make_sphere(radius=10.0)
+    near = make_sphere(radius=3.0, rings=12, segments=24, center=(0.0, 0.0, 12.0))
     materials = {"Near": Material((0.8, 0.05, 0.05)), "Far": Material((0.05, 0.05, 0.8))}
     renders = []
     for parts in ([(far, "Far"), (near, "Near")], [(near, "Near"), (far, "Far")]):
@@ -81,7 +80,7 @@ def test_back_faces_are_culled_so_an_inside_out_sphere_shows_its_far_inner_side(
 
 
 # ---------------------------------------------------------------------------------------------- textures
-def test_each_udim_tile_is_sampled_from_its_own_map(sphere):
+def test_each_udim_tile_is_sampled_from_its_own_map(sphere, constant_maps):
     maps = constant_maps(tiles=(1001,), albedo=(0.8, 0.05, 0.05))
     maps["albedo"][1002] = constant_maps(tiles=(1002,), albedo=(0.05, 0.05, 0.8))["albedo"][1002]
     img = render_preview(sphere, maps, width=SIZE, height=SIZE, camera=FRONT_CAMERA)
@@ -100,7 +99,7 @@ def test_texture_row_zero_is_the_top_of_uv_space(sphere):
     assert top[1] > 3 * top[0] and bottom[0] > 3 * bottom[1]
 
 
-def test_missing_maps_fall_back_to_skin_defaults(sphere):
+def test_missing_maps_fall_back_to_skin_defaults(sphere, constant_maps):
     default = render_preview(sphere, None, width=64, height=64)
     explicit = render_preview(sphere, constant_maps(albedo=(0.46, 0.36, 0.31), specular=0.04, roughness=0.5),
                               width=64, height=64)
@@ -118,7 +117,7 @@ def test_fine_texture_detail_is_prefiltered_not_aliased(sphere):
 
 
 # ---------------------------------------------------------------------------------------------- shading
-def test_lambert_white_surface_facing_a_light_of_radiance_pi_is_one(sphere):
+def test_lambert_white_surface_facing_a_light_of_radiance_pi_is_one(sphere, constant_maps):
     maps = constant_maps(albedo=(1.0, 1.0, 1.0), specular=0.0)
     img = render_preview(sphere, maps, width=SIZE, height=SIZE, camera=FRONT_CAMERA, ambient=NO_AMBIENT,
                          lights=[Light((0.0, 0.0, 1.0), (math.pi,) * 3)])
@@ -126,7 +125,7 @@ def test_lambert_white_surface_facing_a_light_of_radiance_pi_is_one(sphere):
     np.testing.assert_allclose(img[SIZE // 2, SIZE // 2], 1.0, rtol=0.005)
 
 
-def test_ggx_peak_matches_the_closed_form(sphere):
+def test_ggx_peak_matches_the_closed_form(sphere, constant_maps):
     roughness = 0.5
     maps = constant_maps(albedo=(0.0, 0.0, 0.0), specular=0.04, roughness=roughness)
     img = render_preview(sphere, maps, width=SIZE, height=SIZE, camera=FRONT_CAMERA, ambient=NO_AMBIENT,
@@ -137,7 +136,7 @@ def test_ggx_peak_matches_the_closed_form(sphere):
     assert img[SIZE // 2, SIZE // 2, 1] == pytest.approx(expected, rel=0.03)
 
 
-def test_specular_highlight_sits_at_the_mirror_point_and_widens_with_roughness(sphere):
+def test_specular_highlight_sits_at_the_mirror_point_and_widens_with_roughness(sphere, constant_maps):
     peaks, spreads = [], []
     for roughness in (0.25, 0.6):
         maps = constant_maps(albedo=(0.0, 0.0, 0.0), roughness=roughness)
@@ -151,8 +150,8 @@ def test_specular_highlight_sits_at_the_mirror_point_and_widens_with_roughness(s
 
 
 @pytest.mark.parametrize("mirrored", [False, True], ids=["uv", "mirrored-u"])
-def test_normal_map_tilts_follow_the_uv_axes(mirrored):
-    mesh = uv_sphere()
+def test_normal_map_tilts_follow_the_uv_axes(mirrored, make_sphere, constant_maps, tilted_normal_map):
+    mesh = make_sphere()
     if mirrored:  # u runs toward -X: a left-handed tangent frame
         mesh.uvs = np.stack([2.0 - mesh.uvs[:, 0], mesh.uvs[:, 1]], axis=1).astype(np.float32)
     u_dir = -1.0 if mirrored else 1.0
@@ -183,7 +182,7 @@ def test_flat_encoded_normal_map_changes_nothing(sphere):
     np.testing.assert_allclose(plain, mapped, atol=1e-5)
 
 
-def test_bump_normal_map_adds_detail_but_keeps_mean_brightness(sphere):
+def test_bump_normal_map_adds_detail_but_keeps_mean_brightness(sphere, sine_bump_normal_map):
     plain = luminance(render_preview(sphere, None, width=SIZE, height=SIZE, camera=FRONT_CAMERA))
     nm = sine_bump_normal_map(256, frequency=10.0, amplitude=0.5)
     bumpy = luminance(render_preview(sphere, {"normal": {1001: nm, 1002: nm}}, width=SIZE, height=SIZE,
@@ -224,7 +223,7 @@ def test_to_display_encodes_srgb_and_clips():
     assert out.tolist() == [[[0, 188, 255], [255, 0, 10]]]
 
 
-def test_same_inputs_give_byte_identical_png(tmp_path, sphere):
+def test_same_inputs_give_byte_identical_png(tmp_path, sphere, sine_bump_normal_map):
     nm = sine_bump_normal_map(64)
     paths = []
     for i in range(2):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from expdiff_core.io.mesh import FaceMesh, read_obj
-from expdiff_core.uv import uv_raster
+from expdiff_core.uv import VertexSampler, uv_raster
 
 ICT_DIR = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "ict-facekit"
 ICT_SKIN = ("M_Face", "M_BackHead")
@@ -77,3 +77,9 @@ def ict_data():
 def ict_rasters_512(ict_data):
     """ICT skin rasterised once per session at 512^2 per tile (~0.5 s)."""
     return uv_raster(ict_data[0], 512, groups=ICT_SKIN)
+
+
+@pytest.fixture(scope="session")
+def ict_sampler_512(ict_data, ict_rasters_512):
+    """Least-squares vertex sampler on the ICT skin rasters (factorised once)."""
+    return VertexSampler(ict_data[0], ict_rasters_512)

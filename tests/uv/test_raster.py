@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 from safetensors.numpy import load_file
@@ -76,12 +78,22 @@ def test_bounded_dilation_leaves_far_texels_empty():
 def test_groups_select_the_rasterised_faces(sheet):
     eye_triangles = np.flatnonzero(sheet.face_groups[sheet.triangulated().source_face] == 1)
     skin_only = uv_raster(sheet, 64, groups=("skin",))
-    everything = uv_raster(sheet, 64)
+    with pytest.warns(UserWarning, match="overlap"):
+        everything = uv_raster(sheet, 64)
     assert not np.isin(skin_only[1001].face_index, eye_triangles).any()
     assert np.isin(everything[1001].face_index, eye_triangles).any()
     assert sorted(skin_only) == [1001, 1002]
     with pytest.raises(ExpDiffInputError, match="M_Nose"):
         uv_raster(sheet, 64, groups=("M_Nose",))
+
+
+def test_overlapping_uv_islands_are_reported(sheet):
+    # The eye patch lies over the sheet on tile 1001 (0.04 of the tile), the skin islands overlap nothing.
+    with pytest.warns(UserWarning, match="overlap on tile 1001"):
+        uv_raster(sheet, 64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        uv_raster(sheet, 64, groups=("skin",))
 
 
 def test_uvs_outside_udim_tiles_are_refused():
@@ -106,7 +118,8 @@ def test_cache_is_safetensors_keyed_by_topology_groups_and_resolution(sheet, tmp
     again = uv_raster(sheet, 32, groups=("skin",), cache_dir=tmp_path)
     np.testing.assert_array_equal(again[1002].barycentric, first[1002].barycentric)
     uv_raster(sheet, 48, groups=("skin",), cache_dir=tmp_path)
-    uv_raster(sheet, 32, cache_dir=tmp_path)
+    with pytest.warns(UserWarning, match="overlap"):  # the eye patch lies over the sheet
+        uv_raster(sheet, 32, groups=("skin", "eye"), cache_dir=tmp_path)
     assert len(list(tmp_path.glob("*.safetensors"))) == 3
 
 
@@ -145,11 +158,11 @@ def test_sampler_refuses_maps_of_another_resolution(sheet):
         VertexSampler(sheet, rasters).sample({1001: np.zeros((3, 16, 16)), 1002: np.zeros((3, 32, 32))})
 
 
-def test_least_squares_beats_bilinear_on_thin_eyelid_islands(ict_data, ict_rasters_512):
+def test_least_squares_beats_bilinear_on_thin_eyelid_islands(ict_data, ict_rasters_512, ict_sampler_512):
     # The reason for the least-squares sampler: eyelid islands are a few texels wide at 512^2.
     mesh, names, expressions, _ = ict_data
     delta = expressions[names.index("eyeBlink_R")]
-    sampler = VertexSampler(mesh, ict_rasters_512)
+    sampler = ict_sampler_512
     maps = {u: rasterize_attribute(r, delta) for u, r in ict_rasters_512.items()}
     moving = sampler.covered & (np.linalg.norm(delta, axis=1) > 1e-3)
     least_squares = np.linalg.norm(sampler.sample(maps)[0] - delta, axis=1)[moving].mean()

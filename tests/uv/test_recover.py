@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from expdiff_core.errors import ExpDiffInputError
-from expdiff_core.uv import PositionMapConfig, VertexSampler, follow_nearest, position_maps, recover_mesh, uv_raster
+from expdiff_core.uv import PositionMapConfig, follow_nearest, position_maps, recover_mesh, uv_raster
 
 
 def same_topology(a, b) -> bool:
@@ -54,15 +54,16 @@ def test_missing_tiles_are_refused(sheet):
         recover_mesh(sheet, {1001: maps[1001]}, maps, rasters, 2.0)
 
 
-def test_ict_identity_with_equal_generated_maps_is_bitwise(ict_data, ict_rasters_512):
+def test_ict_identity_with_equal_generated_maps_is_bitwise(ict_data, ict_rasters_512, ict_sampler_512):
     mesh = ict_data[0]
     maps = position_maps(mesh.vertices, mesh.vertices, ict_rasters_512, PositionMapConfig().scale_in("cm"))
-    recovered = recover_mesh(mesh, maps, maps, ict_rasters_512, PositionMapConfig().scale_in("cm"))
+    recovered = recover_mesh(mesh, maps, maps, ict_rasters_512, PositionMapConfig().scale_in("cm"),
+                             sampler=ict_sampler_512)
     assert np.array_equal(recovered.vertices, mesh.vertices) and same_topology(recovered, mesh)
 
 
 @pytest.mark.parametrize("name", ["jawOpen", "eyeBlink_R"])
-def test_ict_expression_is_reproduced_on_another_identity(name, ict_data, ict_rasters_512):
+def test_ict_expression_is_reproduced_on_another_identity(name, ict_data, ict_rasters_512, ict_sampler_512):
     # Maps made on the template (the "model's" identity), applied to a different user's neutral: the
     # identity difference cancels in P_n - P_neutral, so the user gets their neutral + the expression.
     mesh, names, expressions, identities = ict_data
@@ -70,7 +71,7 @@ def test_ict_expression_is_reproduced_on_another_identity(name, ict_data, ict_ra
     delta = expressions[names.index(name)]
     identity = np.tensordot(np.random.default_rng(7).normal(size=len(identities)), identities, axes=1)
     user = mesh.with_vertices(mesh.vertices + identity.astype(np.float32), name="user")
-    sampler = VertexSampler(mesh, ict_rasters_512)
+    sampler = ict_sampler_512
     P_neutral = position_maps(mesh.vertices, mesh.vertices, ict_rasters_512, scale)
     P_n = position_maps(mesh.vertices + delta, mesh.vertices, ict_rasters_512, scale)
     recovered = recover_mesh(user, P_n, P_neutral, ict_rasters_512, scale, sampler=sampler, name=name)

@@ -1,0 +1,442 @@
+"""ExpDiffPipeline: neutral face + expressions -> generated UV maps -> recovered meshes (paper III-B..D).
+
+Stages, each callable alone (the Prefect tasks call them one by one):
+
+1. ``neutral_maps``: the user's neutral as model-resolution maps (position map from the mesh, textures
+   resampled; missing specular/roughness/normal slots filled with albedo as the paper does).
+2. ``encode``: maps -> neutral latents (M, C, h, w), maps tile-major (Eq. 5).
+3. ``sample``: every expression of the character in one batch (chunked), SDEdit from the noised neutral
+   (strength < 1, the paper's inference) or pure noise (strength 1); deterministic per expression and seed.
+4. ``decode``: latents -> position and BRDF maps per expression (Eq. 7).
+5. ``recover``: Eq. 9 on the user's own mesh, against the *generated* neutral so the model's identity bias
+   cancels; ``transfer_maps`` does the same for textures at the user's texture resolution.
+
+A pretrained pipeline is a folder: ``pipeline_config.json``, ``template.obj`` (topology + the reference
+shape position maps are measured from), ``vae/``, ``denoiser/`` (+ ``scheduler_config.json``), ``README.md``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from ..device import autocast, resolve_device
+from ..errors import ExpDiffInputError
+from ..fileio import atomic_dir
+from ..io.mesh import FaceMesh, read_obj, write_obj
+from ..io.template import check_template
+from ..models.denoiser import ExpDiffDenoiser, encode_prompts, fit_prompt_tokens
+from ..models.vae import LatentCodec
+from ..schedulers import load_noise_scheduler, sampling_scheduler
+from ..uv.position_map import PositionMapConfig, position_maps
+from ..uv.raster import UVRaster, VertexSampler, uv_raster
+from ..uv.recover import recover_mesh
+from ..training.latents import NEUTRAL, NEUTRAL_PROMPT, expression_prompt
+
+CONFIG_NAME = "pipeline_config.json"
+TEMPLATE_NAME = "template.obj"
+POSITION = "position"
+BRDF_KINDS = ("albedo", "specular", "roughness", "normal")
+ALBEDO_FILLED = ("specular", "roughness", "normal")
+Maps = dict[str, dict[int, np.ndarray]]  # {kind: {udim: (C, H, W) float32}}
+
+
+@dataclass
+class PipelineConfig:
+    """What a trained ExpDiff model expects; stored as ``pipeline_config.json``.
+
+    kinds: map kinds in the denoiser's order (``position`` + BRDF kinds); udims: generated tiles;
+    resolution: map size (texels) the VAE and denoiser were trained at; skin_groups: material groups the
+    position maps are rasterised from; text_encoder: ``"minilm"`` (the offline default) or the name of the
+    production text encoder the denoiser was trained with.
+    """
+
+    kinds: list[str]
+    udims: list[int]
+    resolution: int
+    skin_groups: list[str]
+    position: dict[str, Any] = field(default_factory=lambda: PositionMapConfig().to_dict())
+    text_encoder: str = "minilm"
+    neutral_prompt: str = NEUTRAL_PROMPT
+    sampler: str = "ddim"
+    steps: int = 30
+    strength: float = 1.0
+    guidance_scale: float = 1.0
+    format: str = "expdiff-pipeline/1"
+
+    @property
+    def position_config(self) -> PositionMapConfig:
+        return PositionMapConfig.from_dict(self.position)
+
+    @classmethod
+    def load(cls, path: Path) -> "PipelineConfig":
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ExpDiffInputError(path, "pipeline config not found; not an ExpDiff model folder") from None
+        except json.JSONDecodeError as exc:
+            raise ExpDiffInputError(path, f"invalid JSON: {exc}") from None
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ExpDiffInputError(path, f"unknown pipeline config key(s) {unknown}")
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class Expression:
+    """One requested expression: a FACS unit, ``neutral``, a free prompt, or a blend of two prompts.
+
+    label: the name used for blendshapes and files; prompt_b/weight: blend ``(1-w) * a + w * b``.
+    """
+
+    label: str
+    prompt: str
+    prompt_b: str | None = None
+    weight: float = 0.0
+
+    @classmethod
+    def parse(cls, text: str) -> "Expression":
+        """``jawOpen`` | ``neutral`` | ``nose right`` (free prompt) | ``jawOpen->mouthSmile_L@0.25`` (blend)."""
+        text = text.strip()
+        if not text:
+            raise ExpDiffInputError(None, "empty expression")
+        if "->" in text:
+            a, _, rest = text.partition("->")
+            b, _, w = rest.partition("@")
+            try:
+                weight = float(w) if w else 0.5
+            except ValueError:
+                raise ExpDiffInputError(None, f"expression {text!r}: blend weight {w!r} is not a number") from None
+            return cls(_label(text), expression_prompt(a.strip()), expression_prompt(b.strip()), weight)
+        return cls(_label(text), expression_prompt(text))
+
+
+def _label(text: str) -> str:
+    """A USD/file-safe name: unit names stay as they are, free prompts become ``prompt_<words>``."""
+    safe = "".join(c if c.isalnum() else "_" for c in text).strip("_")
+    while "__" in safe:
+        safe = safe.replace("__", "_")
+    if safe == text:
+        return text
+    return f"prompt_{safe}"[:64] if safe else "prompt_" + hashlib.sha1(text.encode()).hexdigest()[:8]
+
+
+@dataclass
+class ExpDiffOutput:
+    """labels: expression names in order; vertices: {label: (V, 3)}; maps: {label: Maps} at model resolution."""
+
+    labels: list[str]
+    vertices: dict[str, np.ndarray]
+    maps: dict[str, Maps]
+    latents: torch.Tensor
+
+
+class ExpDiffPipeline:
+    """Load once per flow run; every stage reuses the loaded models."""
+
+    def __init__(self, config: PipelineConfig, codec: LatentCodec, denoiser: ExpDiffDenoiser, noise_scheduler,
+                 template: FaceMesh, text_encoder: Any = None, device: str | torch.device = "auto"):
+        self.config = config
+        self.device = device if isinstance(device, torch.device) else resolve_device(device)
+        self.codec = codec.to(self.device)
+        self.denoiser = denoiser.to(self.device).eval().requires_grad_(False)
+        self.noise_scheduler = noise_scheduler
+        self.template = template
+        self.text_encoder = text_encoder
+        self._rasters: dict[str, dict[int, UVRaster]] = {}
+        expected = list(denoiser.config.kinds)
+        if expected != list(config.kinds) or int(denoiser.config.n_udims) != len(config.udims):
+            raise ExpDiffInputError(None, f"denoiser expects kinds {expected} on {denoiser.config.n_udims} tile(s); "
+                                    f"pipeline config says {config.kinds} on {config.udims}")
+
+    # ------------------------------------------------------------------ persistence
+    @classmethod
+    def from_pretrained(cls, folder: str | os.PathLike, *, device: str | torch.device = "auto",
+                        text_encoder_path: str | os.PathLike | None = None) -> "ExpDiffPipeline":
+        """Load a pipeline folder (safetensors only). ``text_encoder_path``: production text encoder folder."""
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise ExpDiffInputError(folder, "model folder not found")
+        config = PipelineConfig.load(folder / CONFIG_NAME)
+        device = device if isinstance(device, torch.device) else resolve_device(device)
+        codec = LatentCodec.from_pretrained(folder / "vae", device=device)
+        denoiser = ExpDiffDenoiser.from_pretrained(folder / "denoiser")
+        scheduler = load_noise_scheduler(folder / "denoiser")
+        template = read_obj(folder / TEMPLATE_NAME)
+        text_encoder = None
+        if denoiser.config.text_conditioning == "encoder":
+            from ..models.text_encoder import TextEncoder
+
+            if config.text_encoder != "minilm" and text_encoder_path is None:
+                raise ExpDiffInputError(folder, f"was trained with text encoder {config.text_encoder!r}; "
+                                        "configure clip_text_encoder_path to its local folder")
+            text_encoder = TextEncoder.from_pretrained(text_encoder_path if config.text_encoder != "minilm" else None,
+                                                       device="cpu")
+        return cls(config, codec, denoiser, scheduler, template, text_encoder, device)
+
+    @staticmethod
+    def assemble(folder: str | os.PathLike, config: PipelineConfig, vae_folder: str | os.PathLike,
+                 denoiser_folder: str | os.PathLike, template: FaceMesh, model_card: str) -> Path:
+        """Write a new pipeline folder from trained parts (copies; ``folder`` must not exist)."""
+        import shutil
+
+        folder = Path(folder)
+        with atomic_dir(folder) as tmp:
+            (tmp / CONFIG_NAME).write_text(json.dumps(asdict(config), indent=2) + "\n")
+            write_obj(template, tmp / TEMPLATE_NAME)
+            shutil.copytree(vae_folder, tmp / "vae")
+            shutil.copytree(denoiser_folder, tmp / "denoiser")
+            (tmp / "README.md").write_text(model_card)
+        return folder
+
+    # ------------------------------------------------------------------ stage 1: neutral maps
+    def rasters(self, mesh: FaceMesh, cache_dir: str | os.PathLike | None = None) -> dict[int, UVRaster]:
+        """Texel tables of ``mesh``'s skin groups at the model resolution (cached per topology)."""
+        key = mesh.topology_hash()
+        if key not in self._rasters:
+            rasters = uv_raster(mesh, self.config.resolution, groups=self.config.skin_groups or None,
+                                cache_dir=cache_dir, dilation=None)
+            missing = sorted(set(self.config.udims) - set(rasters))
+            if missing:
+                raise ExpDiffInputError(None, f"mesh {mesh.name!r} has no skin UVs on tile(s) {missing} the model generates")
+            self._rasters[key] = {u: rasters[u] for u in self.config.udims}
+        return self._rasters[key]
+
+    def check_mesh(self, mesh: FaceMesh, path: str | os.PathLike | None = None) -> None:
+        """The mesh must be on the model's template topology (vertex order, faces, UVs)."""
+        check_template(mesh, self.template, path)
+
+    def neutral_maps(self, mesh: FaceMesh, textures: Mapping[str, Mapping[int, np.ndarray]],
+                     cache_dir: str | os.PathLike | None = None) -> Maps:
+        """{kind: {udim: (C, R, R)}} at the model resolution R for every kind the model uses.
+
+        textures: the user's maps at any resolution (albedo required; missing specular / roughness / normal
+        slots hold the albedo, as in the paper).
+        """
+        if "albedo" not in textures:
+            raise ExpDiffInputError(None, "the neutral needs at least an albedo texture")
+        r = self.config.resolution
+        scale = self.config.position_config.scale_in(mesh.units)
+        maps: Maps = {POSITION: position_maps(mesh.vertices, self._reference(mesh), self.rasters(mesh, cache_dir), scale)}
+        for kind in self.config.kinds:
+            if kind == POSITION:
+                continue
+            source = textures.get(kind) or textures["albedo"]
+            missing = sorted(set(self.config.udims) - set(source))
+            if missing:
+                raise ExpDiffInputError(None, f"{kind} texture lacks UDIM tile(s) {missing}")
+            maps[kind] = {u: resize_map(source[u], r) for u in self.config.udims}
+        return maps
+
+    def _reference(self, mesh: FaceMesh) -> np.ndarray:
+        """The template shape in ``mesh``'s units (position maps measure displacement from it)."""
+        factor = {"cm": 1.0, "mm": 10.0, "m": 0.01}
+        return self.template.vertices * np.float32(factor[mesh.units] / factor[self.template.units])
+
+    # ------------------------------------------------------------------ stage 2: encode
+    @torch.no_grad()
+    def encode(self, maps: Maps) -> torch.Tensor:
+        """Maps -> latents (M, C, h, w) float32 on CPU, tile-major in the denoiser's map order."""
+        out = []
+        for udim in self.config.udims:
+            for kind in self.config.kinds:
+                out.append(self.codec.encode(torch.from_numpy(np.asarray(maps[kind][udim])), kind).float().cpu())
+        return torch.stack(out)
+
+    # ------------------------------------------------------------------ stage 3: sample
+    def prompt_tokens(self, expressions: Sequence[Expression]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(tokens (N, L, D), mask (N, L)) for the expressions, blends included."""
+        cfg = self.denoiser.config
+        tokens, masks = [], []
+        for e in expressions:
+            if e.prompt_b is not None and cfg.text_conditioning == "encoder":
+                emb = self.text_encoder.interpolate(e.prompt, e.prompt_b, e.weight).to("cpu")
+                t, m = fit_prompt_tokens(emb.tokens.float(), emb.mask.bool(), int(cfg.text_len))
+                tokens.append(t[0] * m[0, :, None])
+                masks.append(m[0])
+            else:
+                pt = encode_prompts(cfg, [e.prompt] if e.prompt_b is None else [e.prompt, e.prompt_b], self.text_encoder)
+                if e.prompt_b is None:
+                    tokens.append(pt.tokens[0])
+                    masks.append(pt.mask[0])
+                else:
+                    tokens.append((1 - e.weight) * pt.tokens[0] + e.weight * pt.tokens[1])
+                    masks.append(pt.mask[0] | pt.mask[1])
+        return torch.stack(tokens), torch.stack(masks)
+
+    @torch.no_grad()
+    def sample(self, neutral_latents: torch.Tensor, expressions: Sequence[Expression], *, seed: int = 0,
+               steps: int | None = None, sampler: str | None = None, strength: float | None = None,
+               guidance_scale: float | None = None, batch_size: int = 16,
+               on_progress: Callable[[int, int], None] | None = None, progress: bool = True) -> torch.Tensor:
+        """Denoise every expression's latents -> (N, M, C, h, w) float32 on CPU.
+
+        strength in (0, 1]: 1 starts from pure noise; below 1 starts from the neutral latents noised to that
+        fraction of the schedule (SDEdit, the paper's inference). Each expression's noise is seeded from
+        (seed, label), so results do not depend on batch composition or chunking.
+        """
+        cfg = self.config
+        steps = int(steps or cfg.steps)
+        strength = float(cfg.strength if strength is None else strength)
+        guidance = float(cfg.guidance_scale if guidance_scale is None else guidance_scale)
+        if not 0.0 < strength <= 1.0:
+            raise ExpDiffInputError(None, f"strength must be in (0, 1], got {strength}")
+        if steps < 1:
+            raise ExpDiffInputError(None, f"steps must be at least 1, got {steps}")
+        tokens, mask = self.prompt_tokens(expressions)
+        neutral = neutral_latents.float()
+        results = []
+        total_chunks = (len(expressions) + batch_size - 1) // batch_size
+        done = 0
+        bar = tqdm(total=len(expressions) * steps, desc="diffuse", unit="step", disable=not progress)
+        for start in range(0, len(expressions), batch_size):
+            chunk = list(expressions[start:start + batch_size])
+            n = len(chunk)
+            scheduler = sampling_scheduler(sampler or cfg.sampler, self.noise_scheduler)
+            scheduler.set_timesteps(steps)
+            timesteps = scheduler.timesteps
+            first = 0
+            if strength < 1.0:
+                first = steps - max(1, int(round(steps * strength)))
+                timesteps = timesteps[first:]
+                if hasattr(scheduler, "set_begin_index"):
+                    scheduler.set_begin_index(first * getattr(scheduler, "order", 1))
+            noise = torch.stack([_seeded_noise(seed, e.label, tuple(neutral.shape)) for e in chunk])
+            cond = neutral[None].expand(n, *neutral.shape).to(self.device)
+            noise = noise.to(self.device)
+            if strength < 1.0:
+                x = self.noise_scheduler.add_noise(cond, noise, timesteps[:1].repeat(n).to(self.device))
+            else:
+                x = noise * scheduler.init_noise_sigma
+            t_tok = tokens[start:start + n].to(self.device)
+            t_mask = mask[start:start + n].to(self.device)
+            generator = torch.Generator("cpu").manual_seed(seed)
+            for t in timesteps:
+                model_in = scheduler.scale_model_input(x, t)
+                with autocast(self.device):
+                    if guidance != 1.0:
+                        eps = self.denoiser(torch.cat([model_in, model_in]), t, torch.cat([cond, cond]),
+                                            torch.cat([t_tok, torch.zeros_like(t_tok)]),
+                                            torch.cat([t_mask, torch.zeros_like(t_mask)])).float()
+                        eps_c, eps_u = eps.chunk(2)
+                        eps = eps_u + guidance * (eps_c - eps_u)
+                    else:
+                        eps = self.denoiser(model_in, t, cond, t_tok, t_mask).float()
+                x = _step(scheduler, eps, t, x, generator)
+                bar.update(n)
+            results.append(x.float().cpu())
+            done += 1
+            if on_progress is not None:
+                on_progress(done, total_chunks)
+        bar.close()
+        return torch.cat(results)
+
+    # ------------------------------------------------------------------ stage 4: decode
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> list[Maps]:
+        """(N, M, C, h, w) latents -> per expression {kind: {udim: (C, R, R) float32}} (1 channel for spec/rough)."""
+        n = latents.shape[0]
+        out: list[Maps] = [{k: {} for k in self.config.kinds} for _ in range(n)]
+        k = len(self.config.kinds)
+        for m in range(latents.shape[1]):
+            kind, udim = self.config.kinds[m % k], self.config.udims[m // k]
+            decoded = self.codec.decode(latents[:, m].to(self.device), kind).float().cpu().numpy()
+            for i in range(n):
+                out[i][kind][udim] = decoded[i]
+        return out
+
+    # ------------------------------------------------------------------ stage 5: recover
+    def recover(self, mesh: FaceMesh, position_n: Mapping[int, np.ndarray], position_neutral: Mapping[int, np.ndarray],
+                sampler: VertexSampler | None = None, name: str | None = None) -> FaceMesh:
+        """Eq. 9 on the user's mesh: its neutral plus the generated (expression - neutral) displacement."""
+        rasters = self.rasters(mesh)
+        scale = self.config.position_config.scale_in(mesh.units)
+        return recover_mesh(mesh, position_n, position_neutral, rasters, scale, sampler=sampler, name=name)
+
+    def vertex_sampler(self, mesh: FaceMesh) -> VertexSampler:
+        """Build once per mesh to recover many expressions."""
+        return VertexSampler(mesh, self.rasters(mesh))
+
+    # ------------------------------------------------------------------ all stages
+    def __call__(self, mesh: FaceMesh, textures: Mapping[str, Mapping[int, np.ndarray]],
+                 expressions: Sequence[str | Expression], *, seed: int = 0, steps: int | None = None,
+                 sampler: str | None = None, strength: float | None = None, progress: bool = True) -> ExpDiffOutput:
+        """Generate every expression for one character (the generated neutral is added when missing)."""
+        exprs = [e if isinstance(e, Expression) else Expression.parse(e) for e in expressions]
+        if NEUTRAL not in [e.label for e in exprs]:
+            exprs = [Expression(NEUTRAL, self.config.neutral_prompt)] + exprs
+        self.check_mesh(mesh)
+        z0 = self.encode(self.neutral_maps(mesh, textures))
+        latents = self.sample(z0, exprs, seed=seed, steps=steps, sampler=sampler, strength=strength, progress=progress)
+        decoded = self.decode(latents)
+        labels = [e.label for e in exprs]
+        neutral_pos = decoded[labels.index(NEUTRAL)][POSITION]
+        sampler_ = self.vertex_sampler(mesh)
+        vertices = {label: self.recover(mesh, maps[POSITION], neutral_pos, sampler_).vertices
+                    for label, maps in zip(labels, decoded)}
+        return ExpDiffOutput(labels, vertices, dict(zip(labels, decoded)), latents)
+
+
+# ---------------------------------------------------------------------- helpers
+def _seeded_noise(seed: int, label: str, shape: tuple[int, ...]) -> torch.Tensor:
+    digest = hashlib.sha256(f"{int(seed)}:{label}".encode()).digest()
+    gen = torch.Generator("cpu").manual_seed(int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF)
+    return torch.randn(shape, generator=gen)
+
+
+def _step(scheduler, eps: torch.Tensor, t, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One scheduler step; DDPM's variance noise is drawn on CPU from ``generator`` for determinism."""
+    try:
+        return scheduler.step(eps, t, x, generator=generator).prev_sample
+    except TypeError:  # schedulers without a generator argument are deterministic anyway
+        return scheduler.step(eps, t, x).prev_sample
+
+
+def resize_map(image: np.ndarray, size: int) -> np.ndarray:
+    """(C, H, W) -> (C, size, size): area averaging when shrinking, bilinear when growing."""
+    image = np.asarray(image, dtype=np.float32)
+    if image.shape[1:] == (size, size):
+        return image
+    t = torch.from_numpy(image)[None]
+    mode = "area" if image.shape[1] >= size and image.shape[2] >= size else "bilinear"
+    kwargs = {} if mode == "area" else {"align_corners": False}
+    return F.interpolate(t, size=(size, size), mode=mode, **kwargs)[0].numpy()
+
+
+def _channels(image: np.ndarray, channels: int) -> np.ndarray:
+    if image.shape[0] == channels:
+        return image
+    if channels == 1:
+        return image.mean(axis=0, keepdims=True)
+    return np.repeat(image[:1], 3, axis=0) if image.shape[0] == 1 else image[:3]
+
+
+def transfer_map(user_neutral: np.ndarray, generated: np.ndarray, generated_neutral: np.ndarray, kind: str) -> np.ndarray:
+    """Directional texture transfer at the user's resolution (the texture analogue of Eq. 9).
+
+    ``user_neutral + upsample(generated - generated_neutral)``, clipped to [0, 1]; normal maps are
+    renormalised. Keeps every detail of the user's own texture and adds only what the expression changes.
+    user_neutral: (C, H, W); generated, generated_neutral: (C', R, R) at the model resolution.
+    """
+    c, h, w = user_neutral.shape
+    delta = generated.astype(np.float32) - generated_neutral.astype(np.float32)
+    if delta.shape[0] != c:
+        delta = _channels(delta, c)
+    if delta.shape[1:] != (h, w):
+        delta = F.interpolate(torch.from_numpy(delta)[None], size=(h, w), mode="bilinear", align_corners=False)[0].numpy()
+    out = user_neutral.astype(np.float32) + delta
+    if kind == "normal":
+        n = out * 2.0 - 1.0
+        n /= np.maximum(np.linalg.norm(n, axis=0, keepdims=True), 1e-6)
+        out = n * 0.5 + 0.5
+    return np.clip(out, 0.0, 1.0).astype(np.float32)

@@ -1,0 +1,97 @@
+"""Encode a dataset into latents for diffusion training: every subject x expression x map kind x UDIM tile.
+
+Position maps are made here from the stored vertices (displacement from the dataset template's shape,
+normalised by ``PositionMapConfig``), BRDF maps are read from the dataset's EXR files; both go through the
+latent codec (Eq. 5). Output: the ``expdiff-latents/1`` format of :mod:`expdiff_core.training.latents`, one
+safetensors shard per subject. Resumable: shards already written are kept, so a killed run continues.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..errors import ExpDiffInputError
+from ..io.dataset import Dataset, require_valid_dataset
+from ..models.vae import LatentCodec
+from ..uv.position_map import PositionMapConfig, position_maps
+from ..uv.raster import UVRaster, uv_raster
+from .latents import LatentManifest, expression_prompt, latent_key, read_manifest, write_latent_shard, write_manifest
+
+POSITION = "position"
+
+
+def dataset_rasters(dataset: Dataset, cache_dir: str | os.PathLike | None = None) -> dict[int, UVRaster]:
+    """Texel tables of the dataset template's skin groups at the dataset's resolution."""
+    skin = dataset.manifest["template"].get("skin_groups") or None
+    return uv_raster(dataset.template(), dataset.resolution, groups=skin, cache_dir=cache_dir, dilation=None)
+
+
+def subject_maps(dataset: Dataset, subject: str, expression: str, rasters: Mapping[int, UVRaster],
+                 position: PositionMapConfig) -> dict[str, dict[int, np.ndarray]]:
+    """{kind: {udim: (C, R, R)}} of one sample: ``position`` from its vertices plus the stored BRDF maps."""
+    template = dataset.template()
+    maps = dataset.load_maps(subject, expression)
+    maps[POSITION] = position_maps(dataset.load_vertices(subject, expression), template.vertices, rasters,
+                                   position.scale_in(template.units))
+    return maps
+
+
+def encode_subject(codec: LatentCodec, maps_by_expression: Mapping[str, Mapping[str, Mapping[int, np.ndarray]]],
+                   kinds: list[str], udims: list[int]) -> dict[str, torch.Tensor]:
+    """Latents ``"<expression>/<kind>/<udim>" -> (C, h, w) float32`` of one subject, one codec call per kind."""
+    out: dict[str, torch.Tensor] = {}
+    expressions = list(maps_by_expression)
+    for kind in kinds:
+        keys = [(e, u) for e in expressions for u in udims]
+        batch = np.stack([maps_by_expression[e][kind][u] for e, u in keys])
+        latents = codec.encode(torch.from_numpy(batch), kind).float().cpu()
+        for (e, u), z in zip(keys, latents):
+            out[latent_key(e, kind, u)] = z.clone()
+    return out
+
+
+def encode_dataset(dataset_root: str | os.PathLike, codec: LatentCodec, out: str | os.PathLike,
+                   position: PositionMapConfig = PositionMapConfig(), *, cache_dir: str | os.PathLike | None = None,
+                   progress: bool = True) -> Path:
+    """Encode every sample of the dataset at ``dataset_root`` into ``out``; resumes a partial ``out``.
+
+    The manifest is written first (so a resumed run can check it matches) and shards are atomic, so an
+    interrupted run leaves only whole shards. Returns ``out``.
+    """
+    require_valid_dataset(dataset_root)
+    dataset = Dataset(dataset_root)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    kinds = [POSITION, *dataset.map_kinds]
+    h, w = dataset.resolution // codec.downsample_factor, dataset.resolution // codec.downsample_factor
+    manifest = LatentManifest(
+        kinds=kinds, udims=list(dataset.udims), latent_shape=[codec.latent_channels, h, w],
+        scaling_factor=float(codec.scaling_factor), expressions=list(dataset.expressions),
+        subjects={s: dataset.split(s) for s in ("train", "val", "test") if dataset.split(s)},
+        codec={"config": {k: v for k, v in dict(codec.config).items() if not k.startswith("_")},
+               "position_map": position.to_dict(), "dataset": str(Path(dataset_root).resolve()),
+               "resolution": dataset.resolution},
+        prompts={e: expression_prompt(e) for e in dataset.expressions},
+    )
+    if (out / "manifest.json").is_file():
+        existing = read_manifest(out)
+        if existing.to_json() != manifest.to_json():
+            raise ExpDiffInputError(out / "manifest.json", "an encoding with different settings is already "
+                                    "here; choose a new --out folder")
+    else:
+        write_manifest(out, manifest)
+    rasters = dataset_rasters(dataset, cache_dir)
+    todo = [s for s in dataset.subjects if not (out / f"{s}.safetensors").is_file()]
+    with torch.no_grad(), tqdm(total=len(dataset.subjects), initial=len(dataset.subjects) - len(todo),
+                               desc="encode", unit="subject", disable=not progress) as bar:
+        for subject in todo:
+            maps = {e: subject_maps(dataset, subject, e, rasters, position) for e in dataset.expressions}
+            write_latent_shard(out / f"{subject}.safetensors", encode_subject(codec, maps, kinds, dataset.udims))
+            bar.update(1)
+    return out

@@ -1,0 +1,125 @@
+"""train_vae: publishes a loadable codec with held-out metrics; deterministic; learns; refuses bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from expdiff_core.errors import ExpDiffInputError
+from expdiff_core.models.vae import MAP_KINDS, LatentCodec, offline_vae_config
+from expdiff_core.training.vae import VAETrainConfig, evaluate_codec, measure_scaling_factor, psnr_db, train_vae
+
+TINY = offline_vae_config(block_out_channels=[8, 16, 16, 16], norm_num_groups=8, sample_size=32)
+
+
+def smooth_map(kind: str, seed: int, size: int = 32) -> torch.Tensor:
+    """A smooth random field in ``kind``'s range: bicubic upsampling of a 4x4 grid (like skin-map variation)."""
+    spec = MAP_KINDS[kind]
+    g = torch.Generator().manual_seed(seed)
+    grid = torch.rand(1, spec.channels, 4, 4, generator=g)
+    field = F.interpolate(grid, size=(size, size), mode="bicubic", align_corners=True)[0].clamp(0, 1)
+    return field * (spec.high - spec.low) + spec.low
+
+
+def dataset(count: int, seed: int = 0) -> list[tuple[str, torch.Tensor]]:
+    kinds = sorted(MAP_KINDS)
+    return [(kinds[i % len(kinds)], smooth_map(kinds[i % len(kinds)], seed * 1000 + i)) for i in range(count)]
+
+
+def tiny_config(**changes) -> VAETrainConfig:
+    base = dict(steps=4, batch_size=4, crop_size=None, warmup_steps=2, device="cpu", model=TINY,
+                scaling_samples=8)
+    return VAETrainConfig(**{**base, **changes})
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # The test machine's 2 cores are shared: tiny convolutions run ~5x faster on one thread than on two.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """60 steps on 40 smooth maps of all kinds, 10 more held out: about 5 s on one core."""
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("vae") / "model"
+    steps: list[int] = []
+    train_vae(dataset(40), tiny_config(steps=60, learning_rate=3e-3, warmup_steps=5), out,
+              held_out=dataset(10, seed=1), progress=lambda step, total, values: steps.append(step),
+              show_progress=False)
+    return out, steps
+
+
+def test_training_publishes_a_loadable_codec_with_metrics_and_model_card(trained):
+    out, steps = trained
+    assert steps == list(range(1, 61))
+    assert {p.name for p in out.iterdir()} == {"config.json", "diffusion_pytorch_model.safetensors",
+                                               "metrics.json", "README.md"}
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["held_out"]) == set(MAP_KINDS)
+    assert sum(row["maps"] for row in metrics["held_out"].values()) == 10
+    codec = LatentCodec.from_pretrained(out, device="cpu")
+    assert codec.scaling_factor == pytest.approx(metrics["scaling_factor"])
+    assert "| position |" in (out / "README.md").read_text()
+
+
+def test_training_lowers_the_held_out_error_below_the_untrained_codec(trained):
+    out, _ = trained
+    held_out = dataset(10, seed=1)
+    before = evaluate_codec(LatentCodec.from_config(TINY, seed=0, device="cpu"), held_out)
+    after = json.loads((out / "metrics.json").read_text())["held_out"]
+    print("\nheld-out PSNR (dB) untrained -> 60 steps: " + ", ".join(
+        f"{k} {before[k]['psnr_db']:.1f} -> {after[k]['psnr_db']:.1f}" for k in sorted(after)))
+    for kind in MAP_KINDS:
+        assert after[kind]["mean_abs_error"] < before[kind]["mean_abs_error"]
+
+
+def test_training_is_deterministic_given_a_seed(tmp_path):
+    maps = dataset(12)
+    a = train_vae(maps, tiny_config(crop_size=16), tmp_path / "a", show_progress=False)
+    b = train_vae(maps, tiny_config(crop_size=16), tmp_path / "b", show_progress=False)
+    c = train_vae(maps, tiny_config(crop_size=16, seed=1), tmp_path / "c", show_progress=False)
+    wa, wb, wc = (load_file(p / "diffusion_pytorch_model.safetensors") for p in (a, b, c))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert not all(torch.equal(wa[k], wc[k]) for k in wa)
+
+
+def test_the_scaling_factor_gives_unit_variance_latents():
+    codec = LatentCodec.from_config({**TINY, "scaling_factor": 0.5}, seed=0, device="cpu")
+    maps = dataset(10)
+    scale = measure_scaling_factor(codec, maps, range(10))
+    codec.vae.register_to_config(scaling_factor=scale)
+    latents = torch.cat([codec.encode(image, kind).flatten() for kind, image in maps])
+    # 1e-4: float64 accumulation of float32 latents; the factor is exact by construction
+    assert latents.double().std(unbiased=False).item() == pytest.approx(1.0, abs=1e-4)
+
+
+def test_psnr_of_a_known_error():
+    reference = torch.zeros(3, 8, 8)
+    assert psnr_db(reference, reference + 0.1, 1.0) == pytest.approx(20.0)
+    assert psnr_db(reference, reference + 0.1, 2.0) == pytest.approx(20.0 + 20 * 0.30103, abs=1e-4)
+
+
+def test_an_existing_output_folder_is_never_overwritten(tmp_path):
+    (tmp_path / "model").mkdir()
+    with pytest.raises(ExpDiffInputError, match="already exists"):
+        train_vae(dataset(6), tiny_config(), tmp_path / "model", show_progress=False)
+
+
+@pytest.mark.parametrize("maps, problem", [
+    ([("albedo", torch.full((3, 32, 32), 2.0))] * 4, "expected within"),
+    ([("albedo", torch.zeros(2, 32, 32))] * 4, r"must be \(3, H, W\)"),
+    ([("gloss", torch.zeros(3, 32, 32))] * 4, "unknown map kind"),
+    ([("albedo", torch.zeros(3, 32, 32))], "too few"),
+])
+def test_bad_training_data_is_refused(tmp_path, maps, problem):
+    with pytest.raises(ExpDiffInputError, match=problem):
+        train_vae(maps, tiny_config(), tmp_path / "model", show_progress=False)
+    assert not (tmp_path / "model").exists()
