@@ -29,13 +29,12 @@ from diffusers.models.embeddings import TimestepEmbedding, Timesteps, get_1d_sin
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-from ..errors import ExpDiffInputError, UnsafeModelFileError
+from ..errors import ExpDiffInputError
+from .weights import require_safetensors
 
 ALL_KINDS = ("position", "albedo", "specular", "roughness", "normal")
 GEOMETRY_KINDS = ("position",)
 TEXT_CONDITIONINGS = ("encoder", "one-hot")
-WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 
 # Offline default: trains on a 2-core CPU from 16x16 latents (128^2 maps through the 8x VAE), ~6M params.
 OFFLINE_DEFAULT: dict[str, Any] = dict(patch_size=2, width=160, depth=5, heads=4, mlp_ratio=4.0,
@@ -381,12 +380,7 @@ class ExpDiffDenoiser(ModelMixin, ConfigMixin):
         if not (folder / "config.json").is_file():
             raise ExpDiffInputError(folder, "not a denoiser folder (config.json missing); models load from local "
                                     "folders only, never from a hub")
-        if not any(folder.glob("*.safetensors")):
-            pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
-            if pickles:
-                raise UnsafeModelFileError(folder / pickles[0], "pickle checkpoints are refused (arbitrary code "
-                                           "execution on load); convert the weights to safetensors")
-            raise ExpDiffInputError(folder, f"no {WEIGHTS_NAME} in the denoiser folder")
+        require_safetensors(folder)
         kwargs["use_safetensors"] = True
         kwargs.setdefault("local_files_only", True)
         return super().from_pretrained(folder, **kwargs)

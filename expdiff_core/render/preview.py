@@ -500,22 +500,29 @@ def _pixel_fragments(frags: Fragments, width: int, height: int, supersample: int
     tri = frags.triangle.reshape(height, supersample, width, supersample).transpose(0, 2, 1, 3).reshape(-1, s)
     bary = frags.barycentric.reshape(height, supersample, width, supersample, 3).transpose(0, 2, 1, 3, 4)
     bary = bary.reshape(-1, s, 3)
-    if s > 1:
-        order = np.argsort(tri, axis=1, kind="stable")
-        tri = np.take_along_axis(tri, order, axis=1)
-        bary = np.take_along_axis(bary, order[:, :, None], axis=1)
-    first = np.ones(tri.shape, dtype=bool)
-    first[:, 1:] = tri[:, 1:] != tri[:, :-1]
-    hit = (tri >= 0).reshape(-1)
-    first = first.reshape(-1) & hit
-    group = (np.cumsum(first) - 1)[hit]
-    n_groups = int(first.sum())
-    counts = np.bincount(group, minlength=n_groups).astype(np.float64)
-    samples = bary.reshape(-1, 3)[hit]
-    mean_bary = np.stack([np.bincount(group, samples[:, c], minlength=n_groups) for c in range(3)], axis=1)
-    mean_bary = (mean_bary / counts[:, None]).astype(np.float32)
-    pixel = np.repeat(np.arange(height * width, dtype=np.int64), s)[first]
-    return pixel, tri.reshape(-1)[first].astype(np.int64), counts / s, mean_bary
+    # most pixels see one triangle (or none) in every sample: one fragment each, no sorting needed
+    lo, hi = tri.min(axis=1), tri.max(axis=1)
+    whole = np.flatnonzero((lo == hi) & (lo >= 0))
+    parts = [(whole, tri[whole, 0].astype(np.int64), np.ones(len(whole)), bary[whole].mean(axis=1))]
+    mixed = np.flatnonzero(lo != hi)
+    if len(mixed):
+        mtri, mbary = tri[mixed], bary[mixed]
+        order = np.argsort(mtri, axis=1, kind="stable")
+        mtri = np.take_along_axis(mtri, order, axis=1)
+        mbary = np.take_along_axis(mbary, order[:, :, None], axis=1)
+        first = np.ones(mtri.shape, dtype=bool)
+        first[:, 1:] = mtri[:, 1:] != mtri[:, :-1]
+        hit = (mtri >= 0).reshape(-1)
+        first = first.reshape(-1) & hit
+        group = (np.cumsum(first) - 1)[hit]
+        n_groups = int(first.sum())
+        counts = np.bincount(group, minlength=n_groups).astype(np.float64)
+        samples = mbary.reshape(-1, 3)[hit]
+        sums = np.stack([np.bincount(group, samples[:, c], minlength=n_groups) for c in range(3)], axis=1)
+        parts.append((np.repeat(mixed, s)[first], mtri.reshape(-1)[first].astype(np.int64), counts / s,
+                      sums / counts[:, None]))
+    pixel, triangle, weight, mean_bary = (np.concatenate(p) for p in zip(*parts))
+    return pixel.astype(np.int64), triangle, weight, mean_bary.astype(np.float32)
 
 
 def _shade(mesh: FaceMesh, positions: np.ndarray, faces: np.ndarray, uv_faces: np.ndarray,

@@ -12,7 +12,7 @@ from expdiff_core.models.vae import LatentCodec, offline_vae_config
 from expdiff_core.training.vae import VAETrainConfig
 
 TINY_FLAGS = ["--steps", "2", "--resolution", "32", "--widths", "8,8,16,16", "--batch-size", "2",
-              "--held-out-maps", "6", "--device", "cpu"]
+              "--held-out-maps", "15", "--device", "cpu"]
 
 
 @pytest.fixture(autouse=True)

@@ -200,7 +200,7 @@ def test_pickle_checkpoints_are_refused(tmp_path):
     folder = tmp_path / "denoiser"
     tiny_model().save_config(folder)
     torch.save(tiny_model().state_dict(), folder / "diffusion_pytorch_model.bin")
-    with pytest.raises(UnsafeModelFileError, match="pickle checkpoints are refused"):
+    with pytest.raises(UnsafeModelFileError, match="diffusion_pytorch_model.bin.*safetensors only"):
         ExpDiffDenoiser.from_pretrained(folder)
 
 

@@ -11,7 +11,14 @@ from safetensors.torch import load_file
 
 from expdiff_core.errors import ExpDiffInputError
 from expdiff_core.models.vae import MAP_KINDS, LatentCodec, offline_vae_config
-from expdiff_core.training.vae import VAETrainConfig, evaluate_codec, measure_scaling_factor, psnr_db, train_vae
+from expdiff_core.training.vae import (
+    DatasetMaps,
+    VAETrainConfig,
+    evaluate_codec,
+    measure_scaling_factor,
+    psnr_db,
+    train_vae,
+)
 
 TINY = offline_vae_config(block_out_channels=[8, 16, 16, 16], norm_num_groups=8, sample_size=32)
 
@@ -123,3 +130,35 @@ def test_bad_training_data_is_refused(tmp_path, maps, problem):
     with pytest.raises(ExpDiffInputError, match=problem):
         train_vae(maps, tiny_config(), tmp_path / "model", show_progress=False)
     assert not (tmp_path / "model").exists()
+
+
+def test_dataset_maps_hold_every_kind_and_tile_of_the_chosen_subjects(make_tiny_dataset, tmp_path):
+    from expdiff_core.io.dataset import Dataset
+
+    data = Dataset(make_tiny_dataset(tmp_path / "data"))
+    maps = DatasetMaps(data, ["s0", "s2"])
+    assert len(maps) == 2 * 3 * 5  # subjects x (neutral + 2 units) x kinds, one tile
+    assert maps.kinds == ["position", *data.map_kinds]
+    for index in range(len(maps)):
+        kind, image = maps[index]
+        spec = MAP_KINDS[kind]
+        assert kind == maps.kind_of(index)
+        assert image.shape == (spec.channels, 64, 64) and image.dtype == torch.float32
+        assert spec.low <= image.min() and image.max() <= spec.high
+    subject, expression, kind, udim = maps.items[7]
+    assert torch.equal(maps[7][1], torch.from_numpy(data.load_map(subject, expression, kind, udim)))
+    with pytest.raises(ExpDiffInputError, match="not in this dataset"):
+        DatasetMaps(data, ["s9"])
+
+
+def test_dataset_position_maps_are_the_ones_the_latent_encoder_makes(make_tiny_dataset, tmp_path):
+    from expdiff_core.io.dataset import Dataset
+    from expdiff_core.training.encode import dataset_rasters, subject_maps
+    from expdiff_core.uv.position_map import PositionMapConfig
+
+    data = Dataset(make_tiny_dataset(tmp_path / "data"))
+    maps = DatasetMaps(data, ["s1"], PositionMapConfig(scale_cm=2.0))
+    index = maps.items.index(("s1", "jawOpen", "position", 1001))
+    expected = subject_maps(data, "s1", "jawOpen", dataset_rasters(data), PositionMapConfig(scale_cm=2.0))
+    assert torch.equal(maps[index][1], torch.from_numpy(expected["position"][1001]))
+    assert maps[index][1].abs().max() > 0.1  # the squeeze really moved the sheet

@@ -1,0 +1,247 @@
+"""One character build, stage by stage: ingest -> encode -> diffuse -> decode -> recover -> textures -> USD.
+
+Every stage is a plain function taking and returning small JSON-able dicts (paths, hashes, figures) and
+exchanging arrays through files in a work folder, so an orchestrator can run, cache and retry each stage
+alone (``tasks/`` wraps one function each). ``build_character`` chains them for plain-Python use.
+Models are loaded once per process (``load_pipeline``).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from . import __version__
+from .errors import ExpDiffInputError
+from .fileio import atomic_path, file_sha256
+from .io.images import read_image, write_image
+from .io.mesh import FaceMesh, read_mesh
+from .io.textures import discover_udim_set, read_texture_set
+from .pipelines.expdiff import NEUTRAL, POSITION, Expression, ExpDiffPipeline, transfer_map
+
+BRDF_KINDS = ("albedo", "specular", "roughness", "normal")
+
+
+@functools.lru_cache(maxsize=4)
+def load_pipeline(model_dir: str, device: str = "auto", text_encoder_path: str | None = None) -> ExpDiffPipeline:
+    """The pipeline of ``model_dir``, loaded once per process and device."""
+    return ExpDiffPipeline.from_pretrained(model_dir, device=device, text_encoder_path=text_encoder_path)
+
+
+def _json(path: Path, data: Any) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def _save_tensors(path: Path, tensors: Mapping[str, torch.Tensor | np.ndarray]) -> Path:
+    with atomic_path(path) as tmp:
+        save_file({k: torch.as_tensor(np.asarray(v)).contiguous() for k, v in tensors.items()}, str(tmp))
+    return path
+
+
+# ---------------------------------------------------------------------- 1. ingest
+def ingest(mesh_path: str | os.PathLike, textures: Mapping[str, str | os.PathLike], model_dir: str | os.PathLike,
+           device: str = "cpu") -> dict[str, Any]:
+    """Load and check the neutral asset: mesh on the model's template, texture tiles readable and consistent.
+
+    textures: kind -> a UDIM pattern (``albedo.<UDIM>.exr``), one tile's path, or a folder. albedo is required.
+    Returns {"mesh", "units", "n_vertices", "textures": {kind: {udim: path}}, "hashes": {path: sha256}}.
+    """
+    mesh_path = Path(mesh_path)
+    mesh = read_mesh(mesh_path)
+    pipe = load_pipeline(str(model_dir), device)
+    pipe.check_mesh(mesh, mesh_path)
+    if "albedo" not in textures:
+        raise ExpDiffInputError(mesh_path, "no albedo texture given; the build needs at least albedo")
+    unknown = sorted(set(textures) - set(BRDF_KINDS))
+    if unknown:
+        raise ExpDiffInputError(None, f"unknown texture kind(s) {unknown}; use {list(BRDF_KINDS)}")
+    tiles: dict[str, dict[int, str]] = {}
+    for kind, where in textures.items():
+        found = discover_udim_set(where, kind)
+        missing = sorted(set(pipe.config.udims) - set(found))
+        if missing:
+            raise ExpDiffInputError(where, f"{kind} texture lacks UDIM tile(s) {missing} of the face")
+        read_texture_set(found, kind)  # every tile readable, one resolution, right channels
+        tiles[kind] = {int(u): str(p) for u, p in sorted(found.items())}
+    files = [str(mesh_path)] + [p for t in tiles.values() for p in t.values()]
+    return {"mesh": str(mesh_path.resolve()), "units": mesh.units, "n_vertices": mesh.n_vertices,
+            "textures": tiles, "hashes": {p: file_sha256(p) for p in files}}
+
+
+def _load_textures(ingested: Mapping[str, Any]) -> dict[str, dict[int, np.ndarray]]:
+    return {kind: read_texture_set({int(u): p for u, p in tiles.items()}, kind)
+            for kind, tiles in ingested["textures"].items()}
+
+
+# ---------------------------------------------------------------------- 2. encode
+def encode_neutral(ingested: Mapping[str, Any], model_dir: str | os.PathLike, work_dir: str | os.PathLike,
+                   device: str = "auto") -> dict[str, Any]:
+    """Neutral maps at model resolution -> latents (M, C, h, w) in ``<work>/neutral_latents.safetensors``."""
+    pipe = load_pipeline(str(model_dir), device)
+    mesh = read_mesh(ingested["mesh"])
+    z0 = pipe.encode(pipe.neutral_maps(mesh, _load_textures(ingested)))
+    path = _save_tensors(Path(work_dir) / "neutral_latents.safetensors", {"latents": z0})
+    return {"latents": str(path), "shape": list(z0.shape)}
+
+
+# ---------------------------------------------------------------------- 3. diffuse
+def expression_list(expressions: Sequence[str]) -> list[Expression]:
+    """Parsed expressions with the generated neutral first (Eq. 9 needs it); duplicates refused."""
+    parsed = [Expression.parse(e) for e in expressions]
+    labels = [e.label for e in parsed]
+    dupes = sorted({x for x in labels if labels.count(x) > 1})
+    if dupes:
+        raise ExpDiffInputError(None, f"expression(s) {dupes} requested more than once")
+    if NEUTRAL not in labels:
+        parsed.insert(0, Expression.parse(NEUTRAL))
+    return parsed
+
+
+def diffuse(encoded: Mapping[str, Any], model_dir: str | os.PathLike, expressions: Sequence[str],
+            work_dir: str | os.PathLike, *, seed: int = 0, steps: int | None = None, sampler: str | None = None,
+            strength: float | None = None, device: str = "auto", batch_size: int = 16,
+            on_progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Sample every expression's latents in one (chunked) batch -> ``<work>/expression_latents.safetensors``."""
+    pipe = load_pipeline(str(model_dir), device)
+    exprs = expression_list(expressions)
+    z0 = load_file(encoded["latents"])["latents"]
+    t0 = time.perf_counter()
+    latents = pipe.sample(z0, exprs, seed=seed, steps=steps, sampler=sampler, strength=strength,
+                          batch_size=batch_size, on_progress=on_progress)
+    path = _save_tensors(Path(work_dir) / "expression_latents.safetensors", {"latents": latents})
+    cfg = pipe.config
+    return {"latents": str(path), "labels": [e.label for e in exprs], "prompts": [e.prompt for e in exprs],
+            "seed": seed, "steps": int(steps or cfg.steps), "sampler": sampler or cfg.sampler,
+            "strength": float(cfg.strength if strength is None else strength), "seconds": time.perf_counter() - t0}
+
+
+# ---------------------------------------------------------------------- 4. decode
+def decode(diffused: Mapping[str, Any], model_dir: str | os.PathLike, work_dir: str | os.PathLike,
+           device: str = "auto") -> dict[str, Any]:
+    """Latents -> model-resolution maps ``<work>/decoded/<label>/<kind>.<udim>.exr`` (float EXR)."""
+    pipe = load_pipeline(str(model_dir), device)
+    latents = load_file(diffused["latents"])["latents"]
+    root = Path(work_dir) / "decoded"
+    for label, maps in zip(diffused["labels"], pipe.decode(latents)):
+        for kind, tiles in maps.items():
+            for udim, image in tiles.items():
+                write_image(root / label / f"{kind}.{udim}.exr", image.transpose(1, 2, 0), pixel_type="float")
+    return {"decoded": str(root), "labels": list(diffused["labels"]), "kinds": list(pipe.config.kinds),
+            "udims": list(pipe.config.udims)}
+
+
+def _decoded_map(decoded: Mapping[str, Any], label: str, kind: str, udim: int) -> np.ndarray:
+    return read_image(Path(decoded["decoded"]) / label / f"{kind}.{udim}.exr").transpose(2, 0, 1)
+
+
+# ---------------------------------------------------------------------- 5. recover
+def recover(decoded: Mapping[str, Any], ingested: Mapping[str, Any], model_dir: str | os.PathLike,
+            work_dir: str | os.PathLike) -> dict[str, Any]:
+    """Eq. 9 for every expression on the user's mesh -> ``<work>/vertices.safetensors`` + per-expression figures.
+
+    figures: mean and max vertex displacement from the neutral, in mm.
+    """
+    pipe = load_pipeline(str(model_dir), "cpu")
+    mesh = read_mesh(ingested["mesh"])
+    udims = decoded["udims"]
+    position = {label: {u: _decoded_map(decoded, label, POSITION, u) for u in udims} for label in decoded["labels"]}
+    sampler = pipe.vertex_sampler(mesh)
+    to_mm = {"cm": 10.0, "mm": 1.0, "m": 1000.0}[mesh.units]
+    vertices, figures = {}, {}
+    for label in decoded["labels"]:
+        v = pipe.recover(mesh, position[label], position[NEUTRAL], sampler).vertices
+        d = np.linalg.norm(v - mesh.vertices, axis=1) * to_mm
+        vertices[label] = v
+        figures[label] = {"mean_displacement_mm": float(d.mean()), "max_displacement_mm": float(d.max())}
+    path = _save_tensors(Path(work_dir) / "vertices.safetensors", vertices)
+    return {"vertices": str(path), "labels": list(decoded["labels"]), "figures": figures}
+
+
+# ---------------------------------------------------------------------- 6. textures
+def transfer_textures(decoded: Mapping[str, Any], ingested: Mapping[str, Any], kind: str,
+                      work_dir: str | os.PathLike) -> dict[str, Any]:
+    """One map kind for every expression at the user's texture resolution (directional transfer, see
+    ``pipelines.expdiff.transfer_map``) -> ``<work>/maps/<label>/<kind>.<udim>.exr``.
+
+    Kinds the user did not supply are the generated maps at model resolution.
+    """
+    root = Path(work_dir) / "maps"
+    user = ingested["textures"].get(kind)
+    user_maps = read_texture_set({int(u): p for u, p in user.items()}, kind) if user else None
+    generated_neutral = {u: _decoded_map(decoded, NEUTRAL, kind, u) for u in decoded["udims"]}
+    for label in decoded["labels"]:
+        for udim in decoded["udims"]:
+            gen = _decoded_map(decoded, label, kind, udim)
+            if user_maps is None:
+                out = gen
+            else:
+                ref = user_maps[udim] if kind not in ("specular", "roughness") else user_maps[udim][:1]
+                out = transfer_map(ref, gen, generated_neutral[udim], kind)
+            write_image(root / label / f"{kind}.{udim}.exr", out.transpose(1, 2, 0), pixel_type="half")
+    return {"maps": str(root), "kind": kind, "labels": list(decoded["labels"]), "udims": list(decoded["udims"])}
+
+
+def _read_maps(maps_root: str, labels: Sequence[str], kinds: Sequence[str], udims: Sequence[int]
+               ) -> dict[str, dict[str, dict[int, np.ndarray]]]:
+    root = Path(maps_root)
+    return {label: {k: {u: read_image(root / label / f"{k}.{u}.exr").transpose(2, 0, 1) for u in udims}
+                    for k in kinds} for label in labels}
+
+
+# ---------------------------------------------------------------------- 7. publish
+def export_usd(ingested: Mapping[str, Any], recovered: Mapping[str, Any], textured: Sequence[Mapping[str, Any]],
+               character: str, output_root: str | os.PathLike, provenance: Mapping[str, Any]) -> dict[str, Any]:
+    """Publish ``<output_root>/<character>/v###/`` (never overwriting a published version)."""
+    from .usd.schema import Provenance
+    from .usd.writer import publish_character
+
+    mesh = read_mesh(ingested["mesh"])
+    labels = list(recovered["labels"])
+    vertices = load_file(recovered["vertices"])
+    kinds = [t["kind"] for t in textured]
+    maps = _read_maps(textured[0]["maps"], labels, kinds, textured[0]["udims"])
+    prov = Provenance(input_hashes=dict(ingested["hashes"]), package_version=__version__, **provenance)
+    asset = publish_character(output_root, character, mesh, {k: vertices[k].numpy() for k in labels}, maps, prov)
+    return {"version_dir": str(asset.version_dir), "root_layer": str(asset.root_layer), "version": asset.version,
+            "blendshapes": list(asset.blendshapes)}
+
+
+def validate_usd(exported: Mapping[str, Any]) -> dict[str, Any]:
+    """Run OpenUSD's validators + our TD checklist; raises ExpDiffInputError listing any error."""
+    from .usd.validate import validate_asset
+
+    issues = validate_asset(exported["root_layer"])
+    errors = [i for i in issues if i.severity == "error"]
+    report = [f"{i.severity}: {i.check}: {i.message}" for i in issues]
+    if errors:
+        raise ExpDiffInputError(exported["root_layer"], "USD validation failed:\n" + "\n".join(report))
+    return {"root_layer": exported["root_layer"], "issues": report}
+
+
+# ---------------------------------------------------------------------- 8. preview
+def contact_sheet(ingested: Mapping[str, Any], recovered: Mapping[str, Any], textured: Sequence[Mapping[str, Any]],
+                  out_path: str | os.PathLike, size: int = 192) -> dict[str, Any]:
+    """A PNG contact sheet of every expression rendered with its own maps."""
+    from .render.contact_sheet import write_contact_sheet
+    from .render.preview import render_preview, to_display
+
+    mesh = read_mesh(ingested["mesh"])
+    vertices = load_file(recovered["vertices"])
+    labels = list(recovered["labels"])
+    kinds = [t["kind"] for t in textured]
+    images = []
+    for label in labels:
+        maps = _read_maps(textured[0]["maps"], [label], kinds, textured[0]["udims"])[label]
+        images.append(to_display(render_preview(mesh, maps, vertices=vertices[label].numpy(), width=size, height=size)))
+    path = write_contact_sheet(out_path, images, labels, title=f"{Path(ingested['mesh']).stem}: {len(labels)} expressions")
+    return {"contact_sheet": str(path)}

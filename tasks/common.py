@@ -1,0 +1,129 @@
+"""What every ExpDiff task shares: settings, result storage, content-hash cache keys, retry policy, tags.
+
+Results: tasks return small JSON values (paths, hashes, figures), serialised as JSON and persisted under
+``<state_dir>/prefect-results`` (``results_path``). A flow binds its tasks to that folder at run time with
+``bind_result_storage`` (Prefect fixes a task's storage when the task object is made, and the state folder is
+a run-time setting). The folder is a plain path, which Prefect 3 turns into a ``LocalFileSystem`` without
+a server-side block, so it works the same on the ephemeral API, the test harness and a real server.
+
+Cache hits across runs: a pure step's cache key is a hash of its input files' contents (``content_cache_key``)
+plus its other parameters (model version, config) and the ExpDiff version; the result record is stored under
+that key in the results folder, so a rerun with the same inputs finds it and the task run ends ``Cached``
+without running. Side-effecting steps (export, register) use ``NO_CACHE``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence, TypeVar
+
+from prefect.cache_policies import NO_CACHE
+from prefect.context import TaskRunContext
+from prefect.states import State
+from prefect.tasks import Task, exponential_backoff
+
+from expdiff_core import __version__
+from expdiff_core.config import Settings, load_settings
+from expdiff_core.fileio import hash_files
+
+__all__ = [
+    "ARTIFACTS_FOLDER", "GPU_TAG", "IO_RETRIES", "IO_RETRY_DELAYS", "IO_RETRY_JITTER", "NO_CACHE",
+    "RESULTS_FOLDER", "RESULT_SERIALIZER", "artifacts_path", "bind_result_storage", "content_cache_key",
+    "folder_files", "results_path", "retry_on_transient_io", "run_settings",
+]
+
+RESULTS_FOLDER = "prefect-results"
+ARTIFACTS_FOLDER = "artifacts"
+RESULT_SERIALIZER = "json"
+
+# Tasks that run on the GPU carry this tag; a tag concurrency limit of 1 per GPU machine (``expdiff infra
+# setup`` or ``prefect concurrency-limit create gpu 1``) keeps one diffusion at a time on a GPU.
+GPU_TAG = "gpu"
+
+# I/O steps retry transient failures (network file systems, object stores, the MLflow server) 3 times,
+# waiting 2 s, 4 s, 8 s (+- 50 % jitter so parallel runs do not retry in lockstep).
+IO_RETRIES = 3
+IO_RETRY_DELAYS = exponential_backoff(backoff_factor=2)
+IO_RETRY_JITTER = 0.5
+
+T = TypeVar("T", bound=Task)
+
+
+def run_settings(config_file: str | None = None) -> Settings:
+    """Settings for a run: defaults < ``config_file`` (or $EXPDIFF_CONFIG) < EXPDIFF_* env of the worker."""
+    return load_settings(config_file)
+
+
+def results_path(settings: Settings) -> Path:
+    """Where task results (and so cache records) are persisted: ``<state_dir>/prefect-results``."""
+    return settings.state_path / RESULTS_FOLDER
+
+
+def artifacts_path(settings: Settings) -> Path:
+    """Where run images (contact sheets) are written for the artifact server: ``<state_dir>/artifacts``."""
+    return settings.state_path / ARTIFACTS_FOLDER
+
+
+def bind_result_storage(settings: Settings, *tasks: T) -> tuple[T, ...]:
+    """``tasks`` with results persisted under ``results_path(settings)`` (one copy of each task)."""
+    storage = results_path(settings)
+    storage.mkdir(parents=True, exist_ok=True)
+    return tuple(t.with_options(result_storage=storage) for t in tasks)
+
+
+def folder_files(folder: str | os.PathLike) -> list[Path]:
+    """Every file under ``folder``, sorted by relative path (what a folder's content hash covers)."""
+    root = Path(folder)
+    return sorted((p for p in root.rglob("*") if p.is_file()), key=lambda p: p.relative_to(root).as_posix())
+
+
+def _as_list(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, (str, os.PathLike)):
+        return [os.fspath(value)]
+    return [os.fspath(v) for v in value]
+
+
+def content_cache_key(step: str, files: Sequence[str] = (), folders: Sequence[str] = (),
+                      values: Sequence[str] | None = None
+                      ) -> Callable[[TaskRunContext, Mapping[str, Any]], str]:
+    """A Prefect ``cache_key_fn`` for a pure step: ``"<step>-<sha256>"`` of what determines its result.
+
+    files: names of parameters holding a file path (or a list of them): each file's path and sha256.
+    folders: names of parameters holding a folder: every file under it, relative path and sha256.
+    values: names of parameters taken by value (model version, seed, config...); default every other
+    parameter. The ExpDiff version is always included, so a new release recomputes.
+    A changed byte in any input file, or a changed value, gives a new key (a cache miss).
+    """
+    content = set(files) | set(folders)
+
+    def key(context: TaskRunContext, parameters: Mapping[str, Any]) -> str:
+        names = values if values is not None else sorted(k for k in parameters if k not in content)
+        record: dict[str, Any] = {"step": step, "expdiff": __version__,
+                                  "values": {k: parameters.get(k) for k in names}, "files": {}, "folders": {}}
+        for name in files:
+            paths = [str(Path(p).resolve()) for p in _as_list(parameters.get(name))]
+            record["files"][name] = hash_files(paths)
+        for name in folders:
+            for folder in _as_list(parameters.get(name)):
+                root = Path(folder).resolve()
+                hashes = hash_files(folder_files(root))
+                record["folders"][str(root)] = {Path(p).relative_to(root).as_posix(): h for p, h in hashes.items()}
+        blob = json.dumps(record, sort_keys=True, default=str).encode("utf-8")
+        return f"{step}-{hashlib.sha256(blob).hexdigest()}"
+
+    return key
+
+
+def retry_on_transient_io(task: Task, task_run: Any, state: State) -> bool:
+    """Retry condition for I/O steps: retry OS-level errors (network file systems, connections, timeouts).
+
+    ExpDiff's own errors (a missing or malformed input, a refused overwrite) are not transient: retrying
+    them only delays the failure, so they fail at once.
+    """
+    exc = state.result(raise_on_failure=False)
+    return isinstance(exc, OSError)
