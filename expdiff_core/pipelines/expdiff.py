@@ -186,8 +186,13 @@ class ExpDiffPipeline:
 
     @staticmethod
     def assemble(folder: str | os.PathLike, config: PipelineConfig, vae_folder: str | os.PathLike,
-                 denoiser_folder: str | os.PathLike, template: FaceMesh, model_card: str) -> Path:
-        """Write a new pipeline folder from trained parts (copies; ``folder`` must not exist)."""
+                 denoiser_folder: str | os.PathLike, template: FaceMesh, model_card: str,
+                 scheduler_folder: str | os.PathLike | None = None) -> Path:
+        """Write a new pipeline folder from trained parts (copies; ``folder`` must not exist).
+
+        scheduler_folder: where the training noise schedule's ``scheduler_config.json`` is, when it is not
+        in ``denoiser_folder`` already.
+        """
         import shutil
 
         folder = Path(folder)
@@ -196,6 +201,8 @@ class ExpDiffPipeline:
             write_obj(template, tmp / TEMPLATE_NAME)
             shutil.copytree(vae_folder, tmp / "vae")
             shutil.copytree(denoiser_folder, tmp / "denoiser")
+            if scheduler_folder is not None:
+                shutil.copy2(Path(scheduler_folder) / "scheduler_config.json", tmp / "denoiser")
             (tmp / "README.md").write_text(model_card)
         return folder
 

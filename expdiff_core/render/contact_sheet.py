@@ -115,11 +115,12 @@ def render_expression_sheet(mesh: FaceMesh, expressions: Mapping[str, np.ndarray
     expressions: name -> (V, 3) posed vertices on ``mesh``'s topology, in sheet order. maps: optional
     name -> ``{kind: {udim: (C, H, W)}}`` per expression (a missing name renders with default maps).
     All cells share ``camera``, placed on the neutral ``mesh.vertices``; with ``frame_moving`` it frames
-    only the vertices that some expression moves (the expressive part of the face, not neck and scalp).
+    only the vertices that some expression moves (the expressive part of the face, not neck and scalp),
+    unless ``frame_vertices`` is given.
     render_options go to ``render_preview`` (lights, hide_groups, supersample, ...).
     """
-    frame = None
-    if frame_moving and "frame_vertices" not in render_options:
+    frame = render_options.pop("frame_vertices", None)
+    if frame is None and frame_moving:
         frame = moving_vertices(mesh, expressions.values())
     images = []
     for name in tqdm(list(expressions), desc="preview renders", unit="expr", disable=not progress):
