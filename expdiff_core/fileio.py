@@ -11,6 +11,12 @@ import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator
 
+# mkstemp/mkdtemp create private (0600/0700) entries; published files get the usual umask-based modes.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+FILE_MODE = 0o666 & ~_UMASK
+DIR_MODE = 0o777 & ~_UMASK
+
 
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike, *, overwrite: bool = True) -> Iterator[Path]:
@@ -30,6 +36,8 @@ def atomic_path(target: str | os.PathLike, *, overwrite: bool = True) -> Iterato
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        if tmp_path.exists():
+            os.chmod(tmp_path, FILE_MODE)
         os.replace(tmp_path, target)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
@@ -51,6 +59,7 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
     try:
         yield tmp
+        os.chmod(tmp, DIR_MODE)
         os.rename(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

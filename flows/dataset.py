@@ -18,7 +18,7 @@ from tasks.dataset import Source, render_dataset_sheet, synthesise_dataset, vali
 
 
 @flow(name="dataset", description="Synthesise a dataset (identities x neutral + expression units, meshes and "
-      "BRDF maps), validate every file, and preview one subject.", result_serializer="json")
+      "BRDF maps), validate every file, and preview one subject.")
 def dataset(out: str, identities: int = 2, resolution: int = 128, seed: int = 0, source: Source = "procedural",
             source_path: str | None = None, workers: int = 1, preview: bool = True,
             config_file: str | None = None) -> dict:

@@ -9,7 +9,9 @@ a server-side block, so it works the same on the ephemeral API, the test harness
 Cache hits across runs: a pure step's cache key is a hash of its input files' contents (``content_cache_key``)
 plus its other parameters (model version, config) and the ExpDiff version; the result record is stored under
 that key in the results folder, so a rerun with the same inputs finds it and the task run ends ``Cached``
-without running. Side-effecting steps (export, register) use ``NO_CACHE``.
+without running. Side-effecting steps (synthesise, export, register) are never served from the cache
+(``NOT_CACHED``): Prefect 3.9 persists a result only under a transaction key and ``NO_CACHE`` gives none, so
+they store their result under their own task run id instead - persisted, never a hit for another run.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence, TypeVar
 
-from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 from prefect.states import State
 from prefect.tasks import Task, exponential_backoff
@@ -30,7 +31,7 @@ from expdiff_core.config import Settings, load_settings
 from expdiff_core.fileio import hash_files
 
 __all__ = [
-    "ARTIFACTS_FOLDER", "GPU_TAG", "IO_RETRIES", "IO_RETRY_DELAYS", "IO_RETRY_JITTER", "NO_CACHE",
+    "ARTIFACTS_FOLDER", "GPU_TAG", "IO_RETRIES", "IO_RETRY_DELAYS", "IO_RETRY_JITTER", "NOT_CACHED",
     "RESULTS_FOLDER", "RESULT_SERIALIZER", "artifacts_path", "bind_result_storage", "content_cache_key",
     "folder_files", "results_path", "retry_on_transient_io", "run_settings",
 ]
@@ -38,6 +39,9 @@ __all__ = [
 RESULTS_FOLDER = "prefect-results"
 ARTIFACTS_FOLDER = "artifacts"
 RESULT_SERIALIZER = "json"
+
+# Task options of side-effecting steps (see the module docstring).
+NOT_CACHED: dict[str, Any] = {"cache_policy": None, "result_storage_key": "{task_run.id}"}
 
 # Tasks that run on the GPU carry this tag; a tag concurrency limit of 1 per GPU machine (``expdiff infra
 # setup`` or ``prefect concurrency-limit create gpu 1``) keeps one diffusion at a time on a GPU.

@@ -12,7 +12,7 @@ from expdiff_core.io.dataset import require_valid_dataset
 from expdiff_core.orchestration_helpers.previews import dataset_contact_sheet
 from expdiff_core.synth import factory
 
-from .common import IO_RETRIES, IO_RETRY_DELAYS, IO_RETRY_JITTER, NO_CACHE, RESULT_SERIALIZER, retry_on_transient_io
+from .common import IO_RETRIES, IO_RETRY_DELAYS, IO_RETRY_JITTER, NOT_CACHED, RESULT_SERIALIZER, retry_on_transient_io
 
 Source = Literal["procedural", "ict-facekit"]
 SOURCES: tuple[str, ...] = ("procedural", "ict-facekit")
@@ -29,9 +29,9 @@ def face_source(source: str, source_path: str | None) -> Any:
     raise ExpDiffInputError(None, f"unknown dataset source {source!r}; use one of {list(SOURCES)}")
 
 
-# Publishes a new folder (refuses an existing one), so no cache: a rerun must not claim a dataset that was
+# Publishes a new folder (refuses an existing one), so never cached: a rerun must not claim a dataset that was
 # deleted since. The write is atomic, so retrying after an I/O error starts clean.
-@task(name="synthesise-dataset", cache_policy=NO_CACHE, result_serializer=RESULT_SERIALIZER,
+@task(name="synthesise-dataset", **NOT_CACHED, result_serializer=RESULT_SERIALIZER,
       retries=IO_RETRIES, retry_delay_seconds=IO_RETRY_DELAYS, retry_jitter_factor=IO_RETRY_JITTER,
       retry_condition_fn=retry_on_transient_io)
 def synthesise_dataset(out: str, identities: int, resolution: int, seed: int, source: str = "procedural",
@@ -44,7 +44,7 @@ def synthesise_dataset(out: str, identities: int, resolution: int, seed: int, so
     return {"path": str(Path(path).resolve()), "identities": identities, "resolution": resolution, "seed": seed}
 
 
-@task(name="validate-dataset", cache_policy=NO_CACHE, result_serializer=RESULT_SERIALIZER,
+@task(name="validate-dataset", **NOT_CACHED, result_serializer=RESULT_SERIALIZER,
       retries=IO_RETRIES, retry_delay_seconds=IO_RETRY_DELAYS, retry_jitter_factor=IO_RETRY_JITTER,
       retry_condition_fn=retry_on_transient_io)
 def validate_dataset(path: str, check_pixels: bool = True) -> dict[str, Any]:
@@ -61,7 +61,7 @@ def validate_dataset(path: str, check_pixels: bool = True) -> dict[str, Any]:
     }
 
 
-@task(name="dataset-contact-sheet", cache_policy=NO_CACHE, result_serializer=RESULT_SERIALIZER)
+@task(name="dataset-contact-sheet", **NOT_CACHED, result_serializer=RESULT_SERIALIZER)
 def render_dataset_sheet(path: str, out: str, subject: str | None = None, size: int = 160) -> str:
     """``dataset_contact_sheet``: a PNG of one subject's expressions; returns its path."""
     return str(dataset_contact_sheet(path, out, subject=subject, size=size))

@@ -124,6 +124,19 @@ def _smoothstep(e0: float, e1: float, x: np.ndarray) -> np.ndarray:
     return t * t * (3.0 - 2.0 * t)
 
 
+def _half(a: np.ndarray, s: float, start: float = 0.0) -> np.ndarray:
+    """Smooth 0 -> 1 across chart a = s * start toward side s (keeps one-sided units free of creases)."""
+    return _smoothstep(start - 0.4, start + 0.4, s * a)
+
+
+def _above_mouth(rig: FaceRig) -> np.ndarray:
+    """1 on the upper-lip side of the mouth line, 0 on the lower; the split is sharp between the lips (the
+    slit separates them) and widens beyond the corners where the skin is continuous."""
+    a = rig.a
+    width = 0.005 + 0.6 * _smoothstep(0.8 * MOUTH_HALF_WIDTH, MOUTH_HALF_WIDTH + 0.6, np.abs(a))
+    return _smoothstep(-width, width, rig.b - mouth_line(a))
+
+
 def _bump(rig: FaceRig, a: np.ndarray, b: np.ndarray, ca: float, cb: float, ra: float, rb: float,
           spread: float = 1.0) -> np.ndarray:
     """Compactly supported smooth bump in the chart: 1 at (ca, cb), 0 beyond the (ra, rb) ellipse.
@@ -177,6 +190,9 @@ def _jaw_weight(rig: FaceRig) -> np.ndarray:
     # A sharp split at the lips, a wide band of stretching cheek toward the ramus (wider when lax).
     width = 0.01 + (1.4 + 0.8 * rig.laxity) * _smoothstep(0.6 * MOUTH_HALF_WIDTH, MOUTH_HALF_WIDTH + 2.5, ax)
     w = _smoothstep(-width, width, line - b)
+    # The lower lip lags toward its corners, so the opening is an oval rather than a box.
+    lag = np.minimum(ax / MOUTH_HALF_WIDTH, 1.0) ** 2 * (1.0 - _smoothstep(MOUTH_HALF_WIDTH, MOUTH_HALF_WIDTH + 1.5, ax))
+    w *= 1.0 - 0.3 * lag * np.exp(-(((line - b) / 0.9) ** 2))
     w *= _smoothstep(PHI_NECK, np.deg2rad(-56.0), rig.phi)  # the neck stays
     w *= _smoothstep(np.deg2rad(88.0), np.deg2rad(72.0), np.abs(rig.theta))  # behind the ramus stays
     return w
@@ -189,8 +205,8 @@ def _jaw_rotation(rig: FaceRig, angle: float) -> np.ndarray:
 
 
 def jaw_open(rig: FaceRig) -> np.ndarray:
-    # ~12 degrees about the hinge; the chin's travel is the identity's own hinge-to-chin arc.
-    d = _jaw_rotation(rig, np.deg2rad(12.0))
+    # ~10 degrees about the hinge; the chin's travel is the identity's own hinge-to-chin arc.
+    d = _jaw_rotation(rig, np.deg2rad(10.0))
     w = _jaw_weight(rig)
     # Condylar glide forward on wide opening, and lax cheeks/jowls lag and hang.
     d += w[:, None] * np.array([0.0, -0.1, 0.2])
@@ -280,7 +296,7 @@ def eye_blink(rig: FaceRig, s: float) -> np.ndarray:
 
 def eye_wide(rig: FaceRig, s: float) -> np.ndarray:
     up, low = _rim_angles(rig, s)
-    return _lid_rotation(rig, s, -0.3 * (up - low), 0.0, reach_up=1.0)
+    return _lid_rotation(rig, s, -0.45 * (up - low), 0.0, reach_up=1.0)
 
 
 def eye_look_vertical(rig: FaceRig, s: float, direction: float) -> np.ndarray:
@@ -289,14 +305,14 @@ def eye_look_vertical(rig: FaceRig, s: float, direction: float) -> np.ndarray:
     gap = up - low
     if direction < 0:
         return _lid_rotation(rig, s, 0.35 * gap, -0.15 * gap)
-    return _lid_rotation(rig, s, -0.18 * gap, 0.12 * gap, reach_up=1.0)
+    return _lid_rotation(rig, s, -0.3 * gap, 0.12 * gap, reach_up=1.0)
 
 
 def eye_look_sideways(rig: FaceRig, s: float, toward_x: float) -> np.ndarray:
     # The lid skin drifts with the cornea: rotation about the globe's vertical axis, fading with distance.
     c = rig.eyeballs[1 if s > 0 else 0]
     a, b = rig.a, rig.b
-    w = _bump(rig, s * a, b, EYE_A, EYE_B, EYE_HALF_WIDTH + 0.9, 1.6) * (s * a > 0)
+    w = _bump(rig, s * a, b, EYE_A, EYE_B, EYE_HALF_WIDTH + 0.9, 1.6) * _half(a, s, 0.0)
     moved = _rotate(rig.neutral, c, np.array([0.0, 1.0, 0.0]), toward_x * np.deg2rad(9.0) * w)
     return moved - rig.neutral
 
@@ -307,7 +323,7 @@ def eye_squint(rig: FaceRig, s: float) -> np.ndarray:
     d = _lid_rotation(rig, s, 0.12 * gap, 0.4 * gap, reach_low=1.2)
     # Orbicularis pars palpebralis: the lateral canthus is drawn in and up.
     a, b = rig.a, rig.b
-    w = _bump(rig, s * a, b, EYE_A + EYE_HALF_WIDTH, EYE_B, 1.3, 1.0) * (s * a > 0)
+    w = _bump(rig, s * a, b, EYE_A + EYE_HALF_WIDTH, EYE_B, 1.3, 1.0) * _half(a, s, 0.0)
     d += _tangential(rig, w[:, None] * np.array([-0.18 * s, 0.1, 0.0]))
     return d
 
@@ -334,7 +350,7 @@ def brow_inner_up(rig: FaceRig, s: float) -> np.ndarray:
 
 def brow_outer_up(rig: FaceRig, s: float) -> np.ndarray:
     a, b = rig.a, rig.b
-    w = _bump(rig, s * a, b, 4.5, EYE_B + 2.0, 2.2, 2.4) * (s * a > 0)
+    w = _bump(rig, s * a, b, 4.5, EYE_B + 2.0, 2.2, 2.4) * _half(a, s, 0.0)
     w *= np.where(b > EYE_B + 2.0, 1.0, _smoothstep(EYE_B + 0.4, EYE_B + 2.0, b) ** 0.5)
     return _tangential(rig, w[:, None] * np.array([0.1 * s, 0.7, 0.0]) * rig.size)
 
@@ -343,12 +359,12 @@ def brow_outer_up(rig: FaceRig, s: float) -> np.ndarray:
 def cheek_puff(rig: FaceRig, s: float) -> np.ndarray:
     a, b = rig.a, rig.b
     ml = mouth_line(a)
-    w = _bump(rig, s * a, b - ml, 3.6, 1.0, 2.4, 2.6, spread=0.6) * (s * a > -0.5)
+    w = _bump(rig, s * a, b - ml, 3.6, 1.0, 2.4, 2.6, spread=0.6) * _half(a, s, -0.5)
     # Air stretches lean cheeks more than full ones, lax skin balloons further.
     amount = 0.95 * (1.0 + 0.5 * rig.laxity) / (1.0 + 0.4 * rig.cheek_fullness)
     d = (amount * w)[:, None] * rig.normals
     # Lips sealed and pushed slightly forward on that side.
-    lips = _bump(rig, s * a, b - ml, 1.2, 0.0, 2.0, 0.9) * (s * a > -1.0)
+    lips = _bump(rig, s * a, b - ml, 1.2, 0.0, 2.0, 0.9) * _half(a, s, -1.0)
     d += (0.15 * lips)[:, None] * np.array([0.0, 0.0, 1.0])
     return d
 
@@ -356,11 +372,11 @@ def cheek_puff(rig: FaceRig, s: float) -> np.ndarray:
 def cheek_raise(rig: FaceRig, s: float, local: bool) -> np.ndarray:
     a, b = rig.a, rig.b
     if local:  # cheekSquint: the ring under the eye squeezes up and in
-        w = _bump(rig, s * a, b, 4.0, EYE_B - 1.3, 1.6, 1.1) * (s * a > 0)
+        w = _bump(rig, s * a, b, 4.0, EYE_B - 1.3, 1.6, 1.1) * _half(a, s, 0.0)
         move = np.array([-0.1 * s, 0.45, 0.0])
         bulge = 0.1
     else:  # cheekRaiser: the whole malar mass lifts toward the eye
-        w = _bump(rig, s * a, b, 4.3, EYE_B - 2.2, 2.2, 1.9) * (s * a > 0)
+        w = _bump(rig, s * a, b, 4.3, EYE_B - 2.2, 2.2, 1.9) * _half(a, s, 0.0)
         move = np.array([-0.05 * s, 0.55, 0.0])
         bulge = 0.2 + 0.25 * rig.cheek_fullness
     d = _tangential(rig, w[:, None] * move * rig.size)
@@ -383,7 +399,8 @@ def _corner_weight(rig: FaceRig, s: float, ra: float = 1.7, rb: float = 1.5) -> 
     wc = _bump(rig, s * a, b - ml, MOUTH_HALF_WIDTH, 0.0, ra, rb)
     # The orbicularis ring carries part of the pull along both lips toward the midline.
     along = np.clip((s * a + MOUTH_HALF_WIDTH) / (2.0 * MOUTH_HALF_WIDTH), 0.0, 1.0) ** 1.6
-    lips = np.exp(-0.5 * ((b - ml) / 0.8) ** 2) * (np.abs(a) < MOUTH_HALF_WIDTH + 0.3)
+    lips = np.exp(-0.5 * ((b - ml) / 0.8) ** 2) * \
+        (1.0 - _smoothstep(MOUTH_HALF_WIDTH - 0.2, MOUTH_HALF_WIDTH + 0.6, np.abs(a)))
     return np.maximum(wc, 0.85 * along * lips) * _front(rig)
 
 
@@ -405,7 +422,7 @@ def mouth_smile(rig: FaceRig, s: float) -> np.ndarray:
     ml = mouth_line(a)
     # The cheek bunches up and out between corner and cheekbone; fuller and laxer cheeks more, and the
     # bulge grows faster than linearly with the fat pad.
-    w = _bump(rig, s * a, b - ml, 3.6, 2.1, 1.7, 1.9) * (s * a > 0)
+    w = _bump(rig, s * a, b - ml, 3.6, 2.1, 1.7, 1.9) * _half(a, s, 0.0)
     bunch = 0.25 + 0.6 * rig.cheek_fullness**1.5 + 0.25 * rig.laxity
     d += (bunch * w)[:, None] * rig.normals + _tangential(rig, (0.3 * w)[:, None] * np.array([0.0, 1.0, 0.0]))
     up, low = _rim_angles(rig, s)
@@ -441,10 +458,8 @@ def _lip_band(rig: FaceRig, upper: bool, depth: float = 1.0) -> np.ndarray:
     """Weight of the upper or lower lip (vermilion and the skin just beyond), 1 at the rim."""
     a, b = rig.a, rig.b
     ml = mouth_line(a)
-    slit = rig.layout.slits["mouth"]
-    is_upper = np.zeros(len(a), dtype=bool)
-    is_upper[slit.upper] = True
-    on_side = ((b > ml) | is_upper) if upper else ((b < ml) & ~is_upper)
+    above = _above_mouth(rig)
+    on_side = above if upper else 1.0 - above
     across = 1.0 - _smoothstep(0.6 * MOUTH_HALF_WIDTH, MOUTH_HALF_WIDTH + 0.6, np.abs(a))
     reach = depth * (1.0 + 0.35 * rig.laxity)
     away = np.clip(1.0 - np.abs(b - ml) / reach, 0.0, 1.0) ** (2.0 - 0.8 * rig.laxity)
@@ -493,10 +508,10 @@ def mouth_upper_up(rig: FaceRig, s: float) -> np.ndarray:
     a, b = rig.a, rig.b
     ml = mouth_line(a)
     w = _bump(rig, s * a, b - ml, 1.2, 0.5, 1.6, 2.6) * _side_ramp(a, s)
-    w *= (b > ml) | np.isin(np.arange(len(a)), rig.layout.slits["mouth"].upper)
+    w *= _above_mouth(rig)
     d = (0.6 * w)[:, None] * np.array([0.1 * s, 1.0, -0.1]) * rig.size
     # The nasolabial fold deepens: the cheek beside it bulges.
-    fold = _bump(rig, s * a, b - ml, 3.1, 2.0, 1.2, 1.6) * (s * a > 0)
+    fold = _bump(rig, s * a, b - ml, 3.1, 2.0, 1.2, 1.6) * _half(a, s, 0.0)
     d += ((0.15 + 0.2 * rig.cheek_fullness) * fold)[:, None] * rig.normals
     return d
 
@@ -571,10 +586,10 @@ def nose_sneer(rig: FaceRig, s: float) -> np.ndarray:
     lip = _bump(rig, s * a, b - ml, 1.1, 0.6, 1.2, 1.4) * _side_ramp(a, s)
     d += (0.3 * lip)[:, None] * np.array([0.0, 1.0, 0.0])
     # Skin under the eye bunches up; procerus draws the inner brow down a little.
-    under_eye = _bump(rig, s * a, b, 2.2, EYE_B - 1.1, 1.4, 0.9) * (s * a > 0)
+    under_eye = _bump(rig, s * a, b, 2.2, EYE_B - 1.1, 1.4, 0.9) * _half(a, s, 0.0)
     d += _tangential(rig, (0.25 * under_eye)[:, None] * np.array([0.0, 1.0, 0.0]))
     d += ((0.1 + 0.1 * rig.laxity) * under_eye)[:, None] * rig.normals
-    brow = _bump(rig, s * a, b, 1.3, EYE_B + 1.9, 1.3, 1.0) * (s * a > -0.2)
+    brow = _bump(rig, s * a, b, 1.3, EYE_B + 1.9, 1.3, 1.0) * _half(a, s, -0.2)
     d += _tangential(rig, (0.2 * brow)[:, None] * np.array([0.0, -1.0, 0.0]))
     return d
 
@@ -650,3 +665,23 @@ def expression_vertices(identity: Identity, unit_name: str) -> np.ndarray:
 def expression_set(identity: Identity, names: tuple[str, ...] = EXPRESSIONS) -> np.ndarray:
     """(len(names), V, 3) float32 vertices for ``names`` (default: neutral + the 56 units, in facs order)."""
     return np.stack([expression_vertices(identity, n) for n in names])
+
+
+def mean_delta_transfer_error(train: list[Identity], test: list[Identity],
+                              names: tuple[str, ...] = UNIT_NAMES) -> dict[str, float]:
+    """How wrong the linear "3DMM" transfer is on held-out identities, per unit.
+
+    The baseline adds the mean displacement of ``train`` to each test neutral. Returned per unit:
+    sum over test identities and vertices of |baseline - truth| divided by the sum of |truth displacement|
+    (both vertex-wise Euclidean), i.e. mean vertex error as a fraction of mean expression displacement.
+    """
+    out: dict[str, float] = {}
+    for name in names:
+        mean = np.mean([expression_displacement(p, name).astype(np.float64) for p in train], axis=0)
+        err = disp = 0.0
+        for p in test:
+            truth = expression_displacement(p, name).astype(np.float64)
+            err += float(np.linalg.norm(mean - truth, axis=1).sum())
+            disp += float(np.linalg.norm(truth, axis=1).sum())
+        out[name] = err / disp
+    return out

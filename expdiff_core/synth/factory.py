@@ -35,11 +35,12 @@ from .skin import (MAX_RESOLUTION, MIN_RESOLUTION, SkinLayout, SkinParams, SkinR
 
 
 @dataclass
-class Identity:
-    """An identity ready to be posed and textured.
+class SourceIdentity:
+    """An identity drawn from a face source, ready to be posed and textured.
 
     seed: what it was drawn from. neutral: (V, 3) float32 cm. skin: its skin parameters. regions: lips,
     brows and freckle centres in UV (None: plain skin). info: JSON-able description (parameters, weights).
+    model: the source's own identity object, if it has one (passed back to ``expression``).
     """
 
     seed: int
@@ -47,6 +48,7 @@ class Identity:
     skin: SkinParams
     regions: SkinRegions | None
     info: dict[str, Any] = field(default_factory=dict)
+    model: Any = None
 
 
 class FaceSource(Protocol):
@@ -58,9 +60,9 @@ class FaceSource(Protocol):
     units: list[str]
     absent_units: dict[str, str]
 
-    def identity(self, seed: int) -> Identity: ...
+    def identity(self, seed: int) -> SourceIdentity: ...
 
-    def expression(self, identity: Identity, unit: str) -> np.ndarray: ...
+    def expression(self, identity: SourceIdentity, unit: str) -> np.ndarray: ...
 
 
 class IctSource:
@@ -79,20 +81,74 @@ class IctSource:
         self.identity_scale = ict.DEFAULT_IDENTITY_SCALE if identity_scale is None else float(identity_scale)
         self._regions = ict.ict_skin_regions(self.kit)
 
-    def identity(self, seed: int) -> Identity:
+    def identity(self, seed: int) -> SourceIdentity:
         skin = random_skin_params(seed)
         weights = self._ict.identity_weights(seed, len(self.kit.identity_deltas), self.identity_scale)
-        return Identity(seed, self._ict.identity_vertices(self.kit, seed, self.identity_scale), skin,
+        return SourceIdentity(seed, self._ict.identity_vertices(self.kit, seed, self.identity_scale), skin,
                         self._regions, {"skin": _plain(skin), "identity_weights": [round(float(w), 6) for w in weights],
                                         "identity_scale": self.identity_scale})
 
-    def expression(self, identity: Identity, unit: str) -> np.ndarray:
+    def expression(self, identity: SourceIdentity, unit: str) -> np.ndarray:
         return self._ict.expression_vertices(self.kit, identity.neutral, unit)
 
     def describe(self) -> dict[str, Any]:
         return {"source": self.name, "identity_model": "neutral + sum_i w_i identity_deltas[i], w ~ N(0, 1) * scale",
                 "identity_scale": self.identity_scale, "combined_shapes": {k: list(v) for k, v in
                                                                          self._ict.ICT_COMBINED_SHAPES.items()}}
+
+
+class ProceduralSource:
+    """Our procedural faces: template head, identities from ``synth.identity``, the 56 units from
+    ``synth.expressions``; skin from each identity's own skin parameters (``skin_params_of``)."""
+
+    def __init__(self):
+        from .template import template_landmarks, template_mesh, template_regions
+
+        self.name = "procedural"
+        self.template = template_mesh()
+        self.skin_groups = ("M_Face", "M_BackHead")
+        self.units = list(facs.UNIT_NAMES)
+        self.absent_units: dict[str, str] = {}
+        self._regions = template_regions()
+        self._landmarks = template_landmarks()
+
+    def identity(self, seed: int) -> SourceIdentity:
+        from .identity import identity_vertices, sample_identity
+
+        person = sample_identity(seed)
+        neutral = identity_vertices(person)
+        skin = skin_params_of(person)
+        regions = template_skin_regions(self.template.with_vertices(neutral), self._regions, self._landmarks)
+        return SourceIdentity(seed, neutral, skin, regions,
+                              {"identity": person.to_dict(), "skin": _plain(skin)}, model=person)
+
+    def expression(self, identity: SourceIdentity, unit: str) -> np.ndarray:
+        from .expressions import expression_vertices
+
+        return expression_vertices(identity.model, unit)
+
+    def describe(self) -> dict[str, Any]:
+        return {"source": self.name, "template": "expdiff_core.synth.template (procedural head)",
+                "identities": "expdiff_core.synth.identity.sample_identity(identity seed)",
+                "expressions": "expdiff_core.synth.expressions"}
+
+
+def skin_params_of(person: Any) -> SkinParams:
+    """Skin synthesis parameters of a ``synth.identity.Identity``.
+
+    Its melanin / haemoglobin volume fractions (0.02-0.45 / 0.02-0.10) map linearly onto the skin model's
+    concentrations (0.09-0.95 / 0.21-0.45, fair to very dark, pale to flushed); pore size (0.7-1.4) onto
+    pore visibility; age in years (20-75) onto [0, 1].
+    """
+    return SkinParams(
+        melanin=float(np.clip(0.05 + 2.0 * person.melanin, 0.0, 1.0)),
+        haemoglobin=float(np.clip(0.15 + 3.0 * person.haemoglobin, 0.0, 1.0)),
+        freckles=float(np.clip(person.freckle_density, 0.0, 1.0)),
+        pores=float(np.clip(person.pore_scale - 0.5, 0.0, 1.0)),
+        fine_lines=float(np.clip(person.fine_lines, 0.0, 1.0)),
+        oiliness=float(np.clip(person.oiliness, 0.0, 1.0)),
+        age=float(np.clip((person.age - 20.0) / 55.0, 0.0, 1.0)),
+    )
 
 
 def template_skin_regions(mesh: FaceMesh, regions: Mapping[str, np.ndarray], landmarks: Mapping[str, int]
@@ -191,7 +247,7 @@ def expression_names(source: FaceSource) -> list[str]:
     return [facs.NEUTRAL] + list(source.units)
 
 
-def iter_expressions(source: FaceSource, identity: Identity, rasters: Mapping[int, UVRaster],
+def iter_expressions(source: FaceSource, identity: SourceIdentity, rasters: Mapping[int, UVRaster],
                      layout: SkinLayout | None = None
                      ) -> Iterator[tuple[str, np.ndarray, dict[str, dict[int, np.ndarray]]]]:
     """(expression, vertices (V, 3), {kind: {udim: (C, R, R)}}) for the neutral and every unit, in order.

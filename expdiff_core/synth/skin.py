@@ -569,8 +569,10 @@ def skin_maps(tile: SkinTile, strain: Strain | None = None) -> dict[str, np.ndar
         height = (tile.pore_height * (1.0 - 0.7 * taut)
                   + tile.line_height * (1.0 + 3.0 * np.minimum(compression, 0.5)) * (1.0 - 0.4 * taut)
                   - tile.wrinkle_depth_cm * valleys)
-        haemoglobin = haemoglobin * (1.0 + 0.9 * pooled - 0.45 * taut)
-        melanin = melanin * (1.0 - 0.1 * taut)
+        # Blanching drains blood and thins the stretched epidermis: lighter overall, less red (draining
+        # haemoglobin alone would tint the skin yellow-green).
+        haemoglobin = haemoglobin * (1.0 + 0.9 * pooled - 0.3 * taut)
+        melanin = melanin * (1.0 - 0.2 * taut)
         darkening = 0.22 * valleys + 0.05 * tile.pore * (1.0 - taut)
         specular = specular * (1.0 - 0.45 * valleys) * (1.0 + 0.25 * taut)
         roughness = roughness + 0.12 * folding + 0.10 * valleys - 0.08 * taut

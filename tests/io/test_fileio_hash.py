@@ -30,3 +30,19 @@ def test_hash_files_maps_each_path_in_order(tmp_path):
 def test_hashing_a_missing_file_names_it(tmp_path):
     with pytest.raises(ExpDiffInputError, match=r"gone\.exr: file not found"):
         hash_files([tmp_path / "gone.exr"])
+
+
+def test_published_files_and_folders_get_umask_modes_not_private_ones(tmp_path):
+    import os
+    import stat
+
+    from expdiff_core.fileio import atomic_dir, atomic_path
+
+    umask = os.umask(0)
+    os.umask(umask)
+    with atomic_path(tmp_path / "a.txt") as tmp:
+        tmp.write_text("x")
+    with atomic_dir(tmp_path / "folder") as tmp:
+        (tmp / "f").write_text("y")
+    assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o666 & ~umask
+    assert stat.S_IMODE((tmp_path / "folder").stat().st_mode) == 0o777 & ~umask

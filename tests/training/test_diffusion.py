@@ -141,11 +141,11 @@ def test_manifest_errors_name_the_file(tmp_path):
 # ---------------------------------------------------------------------------------------- training
 def test_loss_decreases_on_a_tiny_dataset(latents, tmp_path):
     result = train_diffusion(latents, tmp_path / "run", TINY_MODEL,
-                             config(steps=80, batch_size=8, checkpoint_every=80, text_dropout=0.0), progress=False)
+                             config(steps=50, batch_size=8, checkpoint_every=50, text_dropout=0.0), progress=False)
     first, last = sum(result.losses[:10]) / 10, sum(result.losses[-10:]) / 10
     # Untrained ε-prediction outputs 0 (loss ≈ E[ε²] = 1); the expression offsets are learnable from the
-    # prompt, so 80 steps must remove a clear share of it (measured: 0.96 -> 0.35; 0.8x leaves room for noise).
-    assert first > 0.85 and last < 0.8 * first
+    # prompt, so 50 steps must remove a clear share of it (measured: 0.96 -> 0.43; 0.7x leaves room for noise).
+    assert first > 0.85 and last < 0.7 * first
     model = ExpDiffDenoiser.from_pretrained(result.model_dir)
     assert model.config.text_conditioning == "one-hot" and model.config.width == 32
     assert (result.scheduler_dir / "scheduler_config.json").is_file()
