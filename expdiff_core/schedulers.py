@@ -9,9 +9,9 @@ from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from .errors import ExpDiffInputError
+from .training.diffusion_config import PREDICTION_TYPES
 
 SCHEDULER_CONFIG_NAME = "scheduler_config.json"
-PREDICTION_TYPES = ("epsilon", "v_prediction")
 SAMPLERS = ("ddpm", "ddim", "dpm++")
 
 

@@ -6,14 +6,13 @@ progress bar over the steps, and a contact sheet of the first subject's expressi
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from prefect import flow
 from prefect.runtime import flow_run
 
 from tasks import artifacts
-from tasks.common import artifacts_path, bind_result_storage, run_settings
+from tasks.common import StageTimer, artifacts_path, bind_result_storage, run_settings
 from tasks.dataset import Source, render_dataset_sheet, synthesise_dataset, validate_dataset
 
 
@@ -31,25 +30,21 @@ def dataset(out: str, identities: int = 2, resolution: int = 128, seed: int = 0,
     progress = artifacts.ProgressReporter(artifacts.artifact_key("dataset", name, "progress"),
                                           description=f"dataset {name}: steps done")
     steps = 3 if preview else 2
-    timings: dict[str, float] = {}
+    timer = StageTimer()
 
-    start = time.perf_counter()
-    made = synth(out, identities, resolution, seed, source=source, source_path=source_path, workers=workers,
-                 cache_dir=str(settings.cache_path / "uv_raster"))
-    timings["synthesise"] = time.perf_counter() - start
+    with timer.stage("synthesise"):
+        made = synth(out, identities, resolution, seed, source=source, source_path=source_path, workers=workers,
+                     cache_dir=str(settings.cache_path / "uv_raster"))
     progress.update(1, steps, description=f"dataset {name}: synthesised")
-
-    start = time.perf_counter()
-    figures = check(made["path"])
-    timings["validate"] = time.perf_counter() - start
+    with timer.stage("validate"):
+        figures = check(made["path"])
     progress.update(2, steps, description=f"dataset {name}: validated")
 
     sheet_path = None
     if preview:
-        start = time.perf_counter()
-        target = artifacts_path(settings) / "datasets" / f"{name}-{flow_run.get_id()}.png"
-        sheet_path = sheet(made["path"], str(target))
-        timings["preview"] = time.perf_counter() - start
+        with timer.stage("preview"):
+            target = artifacts_path(settings) / "datasets" / f"{name}-{flow_run.get_id()}.png"
+            sheet_path = sheet(made["path"], str(target))
         artifacts.image_artifact(sheet_path, settings, artifacts.artifact_key("dataset", name, "contact-sheet"),
                                  description=f"dataset {name}: {figures['subjects'][0]['subject']}'s expressions")
         progress.update(3, steps, description=f"dataset {name}: previewed")
@@ -62,10 +57,10 @@ def dataset(out: str, identities: int = 2, resolution: int = 128, seed: int = 0,
          "expressions per identity": figures["expressions"], "maps": ", ".join(figures["map_kinds"]),
          "resolution": f"{figures['resolution']}^2 per tile", "UDIM tiles": ", ".join(map(str, figures["udims"])),
          "vertices": figures["vertex_count"], "contact sheet": sheet_path or "not rendered",
-         **{f"{step} (s)": round(seconds, 2) for step, seconds in timings.items()}},
+         **{f"{stage} (s)": seconds for stage, seconds in timer.seconds.items()}},
         key=artifacts.artifact_key("dataset", name, "summary"), description=f"dataset {name}",
         notes=[f"absent units: {', '.join(figures['absent_units'])}"] if figures["absent_units"] else [])
     artifacts.table(figures["subjects"], key=artifacts.artifact_key("dataset", name, "subjects"),
                     description=f"dataset {name}: subjects and splits")
     return {"path": figures["path"], "subjects": len(figures["subjects"]), "splits": splits,
-            "contact_sheet": sheet_path, "seconds": timings}
+            "contact_sheet": sheet_path, "seconds": timer.seconds}

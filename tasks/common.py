@@ -16,11 +16,13 @@ they store their result under their own task run id instead - persisted, never a
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import time
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence, TypeVar
+from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
 
 from prefect.context import TaskRunContext
 from prefect.states import State
@@ -29,22 +31,23 @@ from prefect.tasks import Task, exponential_backoff
 from expdiff_core import __version__
 from expdiff_core.config import Settings, load_settings
 from expdiff_core.fileio import hash_files
+from expdiff_core.orchestration_helpers.artifact_server import ARTIFACTS_FOLDER
 
 __all__ = [
     "ARTIFACTS_FOLDER", "GPU_TAG", "IO_RETRIES", "IO_RETRY_DELAYS", "IO_RETRY_JITTER", "NOT_CACHED",
     "RESULTS_FOLDER", "RESULT_SERIALIZER", "artifacts_path", "bind_result_storage", "content_cache_key",
-    "folder_files", "results_path", "retry_on_transient_io", "run_settings",
+    "StageTimer", "folder_files", "input_files", "results_path", "retry_on_transient_io", "run_settings",
 ]
 
 RESULTS_FOLDER = "prefect-results"
-ARTIFACTS_FOLDER = "artifacts"
 RESULT_SERIALIZER = "json"
 
 # Task options of side-effecting steps (see the module docstring).
 NOT_CACHED: dict[str, Any] = {"cache_policy": None, "result_storage_key": "{task_run.id}"}
 
-# Tasks that run on the GPU carry this tag; a tag concurrency limit of 1 per GPU machine (``expdiff infra
-# setup`` or ``prefect concurrency-limit create gpu 1``) keeps one diffusion at a time on a GPU.
+# Tasks that run on the GPU carry this tag. A tag concurrency limit (``expdiff infra setup --gpu-limit N`` or
+# ``prefect concurrency-limit create gpu N``) caps gpu task runs server-wide: N = the GPUs serving the pool,
+# so one GPU runs one diffusion at a time.
 GPU_TAG = "gpu"
 
 # I/O steps retry transient failures (network file systems, object stores, the MLflow server) 3 times,
@@ -84,39 +87,54 @@ def folder_files(folder: str | os.PathLike) -> list[Path]:
     return sorted((p for p in root.rglob("*") if p.is_file()), key=lambda p: p.relative_to(root).as_posix())
 
 
-def _as_list(value: Any) -> list[str]:
+UDIM_TOKEN = "<UDIM>"
+
+
+def input_files(value: Any) -> list[Path]:
+    """The files a path-like parameter value stands for, sorted: a file; every file under a folder; the tiles
+    of a ``<UDIM>`` pattern; or all of these for each item of a list or each value of a mapping."""
     if value is None:
         return []
-    if isinstance(value, (str, os.PathLike)):
-        return [os.fspath(value)]
-    return [os.fspath(v) for v in value]
+    if isinstance(value, Mapping):
+        return [p for k in sorted(value) for p in input_files(value[k])]
+    if not isinstance(value, (str, os.PathLike)):
+        return [p for v in value for p in input_files(v)]
+    text = os.fspath(value)
+    if UDIM_TOKEN in text:
+        pattern = Path(text)
+        prefix, suffix = pattern.name.split(UDIM_TOKEN, 1)
+        return sorted(p for p in pattern.parent.glob(f"{prefix}[0-9][0-9][0-9][0-9]{suffix}") if p.is_file())
+    path = Path(text)
+    return folder_files(path) if path.is_dir() else [path]
 
 
-def content_cache_key(step: str, files: Sequence[str] = (), folders: Sequence[str] = (),
-                      values: Sequence[str] | None = None
+def _parameter(parameters: Mapping[str, Any], name: str) -> Any:
+    """``parameters[name]``; ``"a.b"`` reads key ``b`` of the mapping parameter ``a``."""
+    head, _, rest = name.partition(".")
+    value = parameters.get(head)
+    for key in rest.split(".") if rest else ():
+        value = value.get(key) if isinstance(value, Mapping) else None
+    return value
+
+
+def content_cache_key(step: str, files: Sequence[str] = (), values: Sequence[str] | None = None
                       ) -> Callable[[TaskRunContext, Mapping[str, Any]], str]:
     """A Prefect ``cache_key_fn`` for a pure step: ``"<step>-<sha256>"`` of what determines its result.
 
-    files: names of parameters holding a file path (or a list of them): each file's path and sha256.
-    folders: names of parameters holding a folder: every file under it, relative path and sha256.
-    values: names of parameters taken by value (model version, seed, config...); default every other
-    parameter. The ExpDiff version is always included, so a new release recomputes.
+    files: parameters holding input paths (``"a.b"``: key ``b`` of mapping parameter ``a``): a file, a folder
+    (every file under it), a ``<UDIM>`` pattern, or lists / mappings of these; each file's path and sha256
+    go into the key. values: parameters taken by value (model version, seed, config...); default every
+    parameter not named in ``files``. The ExpDiff version is always included, so a new release recomputes.
     A changed byte in any input file, or a changed value, gives a new key (a cache miss).
     """
-    content = set(files) | set(folders)
+    file_params = set(files)
 
     def key(context: TaskRunContext, parameters: Mapping[str, Any]) -> str:
-        names = values if values is not None else sorted(k for k in parameters if k not in content)
-        record: dict[str, Any] = {"step": step, "expdiff": __version__,
-                                  "values": {k: parameters.get(k) for k in names}, "files": {}, "folders": {}}
-        for name in files:
-            paths = [str(Path(p).resolve()) for p in _as_list(parameters.get(name))]
-            record["files"][name] = hash_files(paths)
-        for name in folders:
-            for folder in _as_list(parameters.get(name)):
-                root = Path(folder).resolve()
-                hashes = hash_files(folder_files(root))
-                record["folders"][str(root)] = {Path(p).relative_to(root).as_posix(): h for p, h in hashes.items()}
+        names = values if values is not None else sorted(k for k in parameters if k not in file_params)
+        record: dict[str, Any] = {
+            "step": step, "expdiff": __version__, "values": {k: _parameter(parameters, k) for k in names},
+            "files": {k: hash_files([p.resolve() for p in input_files(_parameter(parameters, k))]) for k in files},
+        }
         blob = json.dumps(record, sort_keys=True, default=str).encode("utf-8")
         return f"{step}-{hashlib.sha256(blob).hexdigest()}"
 
@@ -131,3 +149,18 @@ def retry_on_transient_io(task: Task, task_run: Any, state: State) -> bool:
     """
     exc = state.result(raise_on_failure=False)
     return isinstance(exc, OSError)
+
+
+class StageTimer:
+    """Wall-clock seconds per named stage of a flow, for its summary (``with timer.stage("ingest"): ...``)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = round(time.perf_counter() - start, 3)

@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Prefect reads its settings once, when first imported: keep its home (profiles, default result storage,
+# local database) in a temp folder for the whole session and never talk to a server from the user's env.
+_PREFECT_HOME = tempfile.mkdtemp(prefix="expdiff-test-prefect-")
+atexit.register(shutil.rmtree, _PREFECT_HOME, ignore_errors=True)
+os.environ["PREFECT_HOME"] = _PREFECT_HOME
+os.environ.pop("PREFECT_API_URL", None)
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ["DO_NOT_TRACK"] = "1"
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ICT_DIR = REPO_ROOT.parent / "shared" / "data" / "ict-facekit"

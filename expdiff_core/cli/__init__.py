@@ -18,6 +18,8 @@ COMMAND_MODULES = [
     "data",
     "preview",
     "train",
+    "infra",
+    "eval",
 ]
 
 

@@ -6,6 +6,7 @@ import argparse
 import os
 import time
 
+from ..errors import ExpDiffInputError
 from .common import settings_from
 
 FORMAT_HELP = "Dataset format: docs/dataset.md (manifest.json, template/, subjects/<subject>/<expression>/)."
@@ -49,6 +50,19 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="check file headers only (skip reading pixels: no corruption or value-range checks)")
     v.set_defaults(func=run_validate)
 
+    e = data.add_parser("encode", help="encode a dataset into latents for diffusion training",
+                        description="Encode every subject x expression x map (position maps made from the vertices, "
+                        "and the BRDF maps) with a latent codec into sharded safetensors (one per subject) for "
+                        "`expdiff train diffusion`. Resumable: shards already written are kept.")
+    e.add_argument("dataset", metavar="DATASET", help="dataset folder made by `expdiff data synth|from-ict-facekit`")
+    e.add_argument("--out", required=True, metavar="LATENTS", help="latent dataset folder (created or resumed)")
+    e.add_argument("--vae", required=True, metavar="PATH",
+                   help="latent codec folder: ours from `expdiff train vae`, or a Stable Diffusion VAE folder")
+    e.add_argument("--position-scale-cm", type=float, default=6.0, metavar="CM",
+                   help="displacement that maps to +-1 in position maps (default %(default)s cm)")
+    e.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N")
+    e.set_defaults(func=run_encode)
+
 
 def _common_make_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--identities", type=int, required=True, metavar="N", help="number of identities (subjects)")
@@ -75,15 +89,29 @@ def _make(args: argparse.Namespace, source, generator: str) -> int:
     return 0
 
 
+def _check_make_args(args: argparse.Namespace) -> None:
+    """Refuse bad numbers and an existing --out before the (slow) face source is built."""
+    from ..errors import PublishError
+    from ..synth.factory import check_resolution
+
+    check_resolution(args.resolution)
+    if args.identities < 1:
+        raise ExpDiffInputError(None, f"--identities must be at least 1, got {args.identities}")
+    if os.path.exists(args.out):
+        raise PublishError(f"{args.out}: already exists and will not be overwritten")
+
+
 def run_synth(args: argparse.Namespace) -> int:
     from ..synth.factory import ProceduralSource
 
+    _check_make_args(args)
     return _make(args, ProceduralSource(), "expdiff data synth")
 
 
 def run_from_ict(args: argparse.Namespace) -> int:
     from ..synth.factory import IctSource
 
+    _check_make_args(args)
     return _make(args, IctSource(args.source, args.identity_scale), "expdiff data from-ict-facekit")
 
 
@@ -97,4 +125,18 @@ def run_validate(args: argparse.Namespace) -> int:
         print(f"{args.path}: {len(problems)} problem(s)")
         return 1
     print(f"{args.path}: valid")
+    return 0
+
+
+def run_encode(args: argparse.Namespace) -> int:
+    from ..config import load_settings
+    from ..models.vae import LatentCodec
+    from ..training.encode import encode_dataset
+    from ..uv.position_map import PositionMapConfig
+
+    settings = load_settings(args.config, {"device": args.device})
+    codec = LatentCodec.from_pretrained(args.vae, device=settings.device)
+    out = encode_dataset(args.dataset, codec, args.out, PositionMapConfig(scale_cm=args.position_scale_cm),
+                         cache_dir=settings.cache_path / "uv")
+    print(f"wrote latents {out}")
     return 0

@@ -36,7 +36,7 @@ def _widths(text: str) -> list[int]:
 
 # The trainer's defaults (VAETrainConfig, offline_vae_config), repeated so that building the parser does
 # not import torch; tests/cli/test_train.py checks they agree.
-VAE_DEFAULTS = dict(steps=2000, resolution=64, batch_size=8, learning_rate=1e-3, widths=[32, 64, 128, 128],
+VAE_DEFAULTS = dict(steps=2000, resolution=None, batch_size=8, learning_rate=1e-3, widths=[32, 64, 128, 128],
                     seed=0, held_out_maps=512)
 
 
@@ -55,8 +55,9 @@ def _add_vae(group: argparse._SubParsersAction) -> None:
     v.add_argument("--out", required=True, metavar="PATH", help="new model folder (must not exist)")
     v.add_argument("--steps", type=int, default=d["steps"], metavar="N", help="optimizer steps (default %(default)s)")
     v.add_argument("--resolution", type=int, default=d["resolution"], metavar="R",
-                   help="train on random RxR crops of the maps, a multiple of 8 (default %(default)s); "
-                   "the dataset's own resolution trains on whole maps")
+                   help="train on random RxR crops of the maps, a multiple of 8 (default: whole maps). "
+                   "Faster, but the codec is evaluated and used on whole maps, where crop-trained codecs "
+                   "do worse (GroupNorm and attention statistics change with image size)")
     v.add_argument("--batch-size", type=int, default=d["batch_size"], metavar="B",
                    help="maps per step (default %(default)s)")
     v.add_argument("--learning-rate", type=float, default=d["learning_rate"], metavar="LR",
@@ -87,13 +88,14 @@ def run_vae(args: argparse.Namespace) -> int:
     train_subjects, val_subjects = dataset.split("train"), dataset.split("val")
     if not train_subjects:
         raise ExpDiffInputError(dataset.root, "the dataset's train split is empty")
-    if args.resolution > dataset.resolution:
+    resolution = args.resolution or dataset.resolution
+    if resolution > dataset.resolution:
         raise ExpDiffInputError(dataset.root, f"--resolution {args.resolution} exceeds the dataset's "
                                               f"{dataset.resolution}x{dataset.resolution} maps")
     widths = args.widths
     config = VAETrainConfig(
         steps=args.steps, batch_size=args.batch_size,
-        crop_size=None if args.resolution == dataset.resolution else args.resolution,
+        crop_size=None if resolution == dataset.resolution else resolution,
         learning_rate=args.learning_rate, seed=args.seed, device=settings.device,
         held_out_max_maps=args.held_out_maps,
         # GroupNorm groups must divide every width; 32 is Stable Diffusion's choice when they allow it.
@@ -122,4 +124,25 @@ def run_vae(args: argparse.Namespace) -> int:
     return 0
 
 
-SUBCOMMANDS = [_add_vae]
+
+def _add_diffusion(group: argparse._SubParsersAction) -> None:
+    from ..training.diffusion_config import build_arg_parser
+
+    p = group.add_parser("diffusion", help="train the ExpDiff denoiser on encoded latents",
+                         description="Train the ExpDiff dual-attention denoiser (epsilon-prediction, Eq. 6) on a "
+                         "latent dataset made by `expdiff data encode`. Resumes from the latest checkpoint in "
+                         "--out; for 2-process data-parallel training on CPU run "
+                         "`torchrun --nproc_per_node 2 -m expdiff_core.training.diffusion ...` with the same flags.")
+    build_arg_parser(p)
+    p.set_defaults(func=run_diffusion)
+
+
+def run_diffusion(args: argparse.Namespace) -> int:
+    from ..training.diffusion import run_from_args
+
+    result = run_from_args(args, settings_from(args).device)
+    print(f"trained to step {result.step} in {result.seconds:.0f} s; model in {result.model_dir}")
+    return 0
+
+
+SUBCOMMANDS = [_add_vae, _add_diffusion]

@@ -20,6 +20,9 @@ from ..errors import ExpDiffInputError
 
 logger = logging.getLogger(__name__)
 
+# Under the state folder: where flows write run images and what ``expdiff infra serve-artifacts`` serves.
+ARTIFACTS_FOLDER = "artifacts"
+
 
 class _FilesOnlyHandler(SimpleHTTPRequestHandler):
     """GET/HEAD of files under the served folder; folders answer 404 instead of a listing."""

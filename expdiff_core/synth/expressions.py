@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
+import scipy.sparse as sp
 
 from ..errors import ExpDiffInputError
 from ..facs import EXPRESSIONS, NEUTRAL, UNIT_NAMES, unit
@@ -45,14 +46,17 @@ from .template import (EYE_A, EYE_B, EYE_HALF_WIDTH, MOUTH_HALF_WIDTH, NOSE_TIP_
 class FaceRig:
     """What the deformations need to know about one identity (all float64, cm).
 
-    neutral, normals: (V, 3). a, b: (V,) template chart coordinates. theta, phi: (V,) chart angles.
+    neutral, normals: (V, 3); smooth_normals: (V, 3) normals averaged over ~1 cm, for large bulges.
+    a, b: (V,) template chart coordinates. theta, phi: (V,) chart angles.
     hinge: (3,) point on the jaw hinge axis (x = 0); condyles: (2, 3) right and left condyle.
     eyeballs: (2, 3) centres of the right and left globe; eye_radius: globe radius.
     laxity, cheek_fullness, lip_fullness: identity tissue parameters. size: face scale (1 = template).
+    template_jaw_reach: the template's hinge-to-chin distance. mouth_line: (V,) chart b of the lip line.
     """
 
     neutral: np.ndarray
     normals: np.ndarray
+    smooth_normals: np.ndarray
     a: np.ndarray
     b: np.ndarray
     theta: np.ndarray
@@ -65,18 +69,59 @@ class FaceRig:
     cheek_fullness: float
     lip_fullness: float
     size: float
+    template_jaw_reach: float
+    mouth_line: np.ndarray
     layout: TemplateLayout
 
 
-def vertex_normals(vertices: np.ndarray, triangles: np.ndarray) -> np.ndarray:
-    """(V, 3) float64 unit area-weighted vertex normals of a triangle mesh (vertices (V, 3), triangles (T, 3))."""
+def vertex_normals(vertices: np.ndarray, counts: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    """(V, 3) float64 unit vertex normals: sum of the area vectors (Newell) of the polygons around each vertex.
+
+    vertices (V, 3); counts (F,) corners per polygon; indices (sum(counts),) vertex ids. Polygon area
+    vectors do not depend on how a quad would be split into triangles, so mirror-symmetric meshes get
+    mirror-symmetric normals.
+    """
     v = np.asarray(vertices, dtype=np.float64)
-    p = v[triangles]
-    fn = np.cross(p[:, 1] - p[:, 0], p[:, 2] - p[:, 0])
+    counts = np.asarray(counts, dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(counts[:-1])])
+    face = np.repeat(np.arange(len(counts)), counts)
+    pos = np.arange(len(indices)) - starts[face]
+    nxt = indices[starts[face] + (pos + 1) % counts[face]]
+    corner_area = 0.5 * np.cross(v[indices], v[nxt])
+    face_area = np.zeros((len(counts), 3))
+    np.add.at(face_area, face, corner_area)
     n = np.zeros_like(v)
-    for k in range(3):
-        np.add.at(n, triangles[:, k], fn)
+    np.add.at(n, indices, face_area[face])
     return n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
+
+
+@functools.lru_cache(maxsize=1)
+def _neighbour_average() -> sp.csr_matrix:
+    """(V, V) sparse operator averaging each template vertex with its polygon-edge neighbours."""
+    mesh = template().mesh
+    counts = mesh.face_vertex_counts.astype(np.int64)
+    idx = mesh.face_vertex_indices.astype(np.int64)
+    starts = np.concatenate([[0], np.cumsum(counts[:-1])])
+    face = np.repeat(np.arange(len(counts)), counts)
+    pos = np.arange(len(idx)) - starts[face]
+    nxt = idx[starts[face] + (pos + 1) % counts[face]]
+    n = mesh.n_vertices
+    rows = np.concatenate([idx, nxt, np.arange(n)])
+    cols = np.concatenate([nxt, idx, np.arange(n)])
+    adj = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(n, n))
+    adj.data[:] = 1.0  # duplicate edges (shared by two polygons) count once
+    return sp.diags(1.0 / np.asarray(adj.sum(axis=1)).ravel()) @ adj
+
+
+def _relax(weight: np.ndarray, steps: int) -> np.ndarray:
+    """Diffuse a per-vertex weight over the skin ``steps`` times: removes creases where fall-offs meet.
+    The eye and mouth slits are holes in the mesh, so nothing leaks from one lip or lid to the other.
+    Weights below 1e-4 are cut to 0 (a step of at most ~2 micrometres in a displacement), so a unit leaves
+    the far side of the head exactly still."""
+    op = _neighbour_average()
+    for _ in range(steps):
+        weight = op @ weight
+    return np.where(np.abs(weight) < 1e-4, 0.0, weight)
 
 
 def _nearest_in_chart(layout: TemplateLayout, a: float, b: float) -> int:
@@ -90,7 +135,8 @@ def face_rig(identity: Identity) -> FaceRig:
     """The deformation rig of ``identity`` (cached)."""
     layout = template()
     v = identity_vertices(identity).astype(np.float64)
-    normals = vertex_normals(v, layout.mesh.triangulated().faces)
+    mesh = layout.mesh
+    normals = vertex_normals(v, mesh.face_vertex_counts, mesh.face_vertex_indices)
     a = layout.chart[:, 0].astype(np.float64)
     b = layout.chart[:, 1].astype(np.float64)
     lm = layout.landmarks
@@ -108,14 +154,20 @@ def face_rig(identity: Identity) -> FaceRig:
         front = 0.5 * (up + low)
         centre = np.array([0.5 * (inner[0] + outer[0]), front[1], front[2] - eye_radius + 0.15])
         eyeballs.append(centre)
+    t = layout.mesh.vertices.astype(np.float64)
     size = float(np.linalg.norm(v[lm["mouth_corner_L"]] - v[lm["eye_outer_corner_L"]]) /
-                 np.linalg.norm(layout.mesh.vertices[lm["mouth_corner_L"]] -
-                                layout.mesh.vertices[lm["eye_outer_corner_L"]]))
-    return FaceRig(neutral=v, normals=normals, a=a, b=b, theta=layout.chart_angles[:, 0],
+                 np.linalg.norm(t[lm["mouth_corner_L"]] - t[lm["eye_outer_corner_L"]]))
+    # The template's condyle sits where the identity's would for the template shape (same chart point).
+    t_normals = vertex_normals(t, mesh.face_vertex_counts, mesh.face_vertex_indices)
+    t_hinge_yz = (t[tmj] - 1.2 * t_normals[tmj])[1:]
+    template_jaw_reach = float(np.linalg.norm(t[lm["chin"], 1:] - t_hinge_yz))
+    smooth = _relax(normals, 10)
+    smooth /= np.linalg.norm(smooth, axis=1, keepdims=True)
+    return FaceRig(neutral=v, normals=normals, smooth_normals=smooth, a=a, b=b, theta=layout.chart_angles[:, 0],
                    phi=layout.chart_angles[:, 1], hinge=hinge, condyles=condyles,
                    eyeballs=np.stack(eyeballs), eye_radius=eye_radius, laxity=identity.laxity,
                    cheek_fullness=identity.cheek_fullness, lip_fullness=1.0 + 0.3 * identity.lip_fullness,
-                   size=size, layout=layout)
+                   size=size, template_jaw_reach=template_jaw_reach, mouth_line=mouth_line(a), layout=layout)
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -134,7 +186,7 @@ def _above_mouth(rig: FaceRig) -> np.ndarray:
     slit separates them) and widens beyond the corners where the skin is continuous."""
     a = rig.a
     width = 0.005 + 0.6 * _smoothstep(0.8 * MOUTH_HALF_WIDTH, MOUTH_HALF_WIDTH + 0.6, np.abs(a))
-    return _smoothstep(-width, width, rig.b - mouth_line(a))
+    return _smoothstep(-width, width, rig.b - rig.mouth_line)
 
 
 def _bump(rig: FaceRig, a: np.ndarray, b: np.ndarray, ca: float, cb: float, ra: float, rb: float,
@@ -144,18 +196,19 @@ def _bump(rig: FaceRig, a: np.ndarray, b: np.ndarray, ca: float, cb: float, ra: 
     Laxity widens it (loose skin carries motion further) and lowers its exponent (a flatter, fuller
     profile): a non-linear change of shape, not a rescaling. ``spread`` scales how much laxity widens it.
     """
-    grow = 1.0 + 0.45 * spread * rig.laxity
+    grow = 1.0 + 0.35 * spread * rig.laxity
     d2 = ((a - ca) / (ra * grow)) ** 2 + ((b - cb) / (rb * grow)) ** 2
-    power = 3.0 - 1.6 * rig.laxity
+    power = 3.0 - 1.3 * rig.laxity
     return np.clip(1.0 - d2, 0.0, 1.0) ** power
 
 
-def _rotate(points: np.ndarray, pivot: np.ndarray, axis: np.ndarray, angle: np.ndarray) -> np.ndarray:
-    """Rotate points (N, 3) about the line through ``pivot`` along unit ``axis`` by per-point ``angle`` (N,)."""
+def _rotation(points: np.ndarray, pivot: np.ndarray, axis: np.ndarray, angle: np.ndarray) -> np.ndarray:
+    """Displacements (N, 3) that rotate points (N, 3) about the line through ``pivot`` along ``axis`` by
+    per-point ``angle`` (N,) radians; exactly zero where the angle is zero."""
     k = axis / np.linalg.norm(axis)
     p = points - pivot
     c, s = np.cos(angle)[:, None], np.sin(angle)[:, None]
-    return pivot + p * c + np.cross(k, p) * s + k * (p @ k)[:, None] * (1.0 - c)
+    return p * (c - 1.0) + np.cross(k, p) * s + k * (p @ k)[:, None] * (1.0 - c)
 
 
 def _tangential(rig: FaceRig, d: np.ndarray) -> np.ndarray:
@@ -182,31 +235,62 @@ def _front(rig: FaceRig) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------- jaw
+def _lower_lip_side(rig: FaceRig) -> np.ndarray:
+    """1 for vertices on the lower lip's side of the mouth (the slit's lower copies included), 0 on the
+    upper side, 0.5 on the mouth corners. The rims decide by topology, not by their tiny chart offset."""
+    slit = rig.layout.slits["mouth"]
+    side = (rig.b < rig.mouth_line).astype(np.float64)
+    side[slit.upper] = 0.0
+    side[slit.lower] = 1.0
+    side[slit.corners] = 0.5
+    return side
+
+
 def _jaw_weight(rig: FaceRig) -> np.ndarray:
     """How much each vertex follows the mandible: 1 on chin, lower lip and under the jaw, 0 on the upper face."""
     a, b = rig.a, rig.b
     ax = np.abs(a)
-    line = mouth_line(a) + 0.46 * np.maximum(ax - MOUTH_HALF_WIDTH, 0.0)
-    # A sharp split at the lips, a wide band of stretching cheek toward the ramus (wider when lax).
-    width = 0.01 + (1.4 + 0.8 * rig.laxity) * _smoothstep(0.6 * MOUTH_HALF_WIDTH, MOUTH_HALF_WIDTH + 2.5, ax)
-    w = _smoothstep(-width, width, line - b)
+    line = rig.mouth_line + 0.46 * np.maximum(ax - MOUTH_HALF_WIDTH, 0.0)
+    # A wide band of stretching cheek from the mouth corner toward the ramus (wider when lax) ...
+    width = 0.01 + (1.4 + 0.8 * rig.laxity) * _smoothstep(0.3 * MOUTH_HALF_WIDTH, MOUTH_HALF_WIDTH + 2.5, ax)
+    band = _smoothstep(-width, width, line - b)
+    # ... and between the lips a clean split: the lower lip goes with the jaw, the upper lip stays; along
+    # the rims the split softens into the corners, which go half way.
+    into_mouth = _smoothstep(0.0, 0.7, MOUTH_HALF_WIDTH - ax)
+    split = 0.5 + (_lower_lip_side(rig) - 0.5) * into_mouth
+    near_lips = np.exp(-(((b - rig.mouth_line) / 0.4) ** 2)) * _smoothstep(MOUTH_HALF_WIDTH + 0.6,
+                                                                            MOUTH_HALF_WIDTH - 0.2, ax)
+    w = near_lips * split + (1.0 - near_lips) * band
     # The lower lip lags toward its corners, so the opening is an oval rather than a box.
-    lag = np.minimum(ax / MOUTH_HALF_WIDTH, 1.0) ** 2 * (1.0 - _smoothstep(MOUTH_HALF_WIDTH, MOUTH_HALF_WIDTH + 1.5, ax))
+    lag = np.minimum(ax / MOUTH_HALF_WIDTH, 1.0) ** 2
+    lag *= 1.0 - _smoothstep(MOUTH_HALF_WIDTH, MOUTH_HALF_WIDTH + 1.5, ax)
     w *= 1.0 - 0.3 * lag * np.exp(-(((line - b) / 0.9) ** 2))
-    w *= _smoothstep(PHI_NECK, np.deg2rad(-56.0), rig.phi)  # the neck stays
+    # Under the chin the skin follows the jaw and hands over to the neck gradually; the neck base stays.
+    w *= _smoothstep(np.deg2rad(-84.0), np.deg2rad(-52.0), rig.phi)
     w *= _smoothstep(np.deg2rad(88.0), np.deg2rad(72.0), np.abs(rig.theta))  # behind the ramus stays
-    return w
+    return _relax(w, 16)
 
 
 def _jaw_rotation(rig: FaceRig, angle: float) -> np.ndarray:
     w = _jaw_weight(rig)
-    moved = _rotate(rig.neutral, rig.hinge, np.array([1.0, 0.0, 0.0]), angle * w)
-    return moved - rig.neutral
+    return _rotation(rig.neutral, rig.hinge, np.array([1.0, 0.0, 0.0]), angle * w)
+
+
+def _jaw_reach(rig: FaceRig) -> float:
+    """Hinge-to-chin distance of this face relative to the template's."""
+    chin = rig.layout.landmarks["chin"]
+    return float(np.linalg.norm(rig.neutral[chin] - rig.hinge) / rig.template_jaw_reach)
+
+
+def _jaw_range(rig: FaceRig) -> float:
+    """Range of jaw motion relative to the template: larger mandibles open further (maximal opening is
+    40-60 mm across adults) and it shrinks with age."""
+    return _jaw_reach(rig) ** 2 * (1.0 - 0.2 * rig.laxity)
 
 
 def jaw_open(rig: FaceRig) -> np.ndarray:
-    # ~10 degrees about the hinge; the chin's travel is the identity's own hinge-to-chin arc.
-    d = _jaw_rotation(rig, np.deg2rad(10.0))
+    # ~10 degrees about the hinge for the template; the chin travels along the identity's own arc.
+    d = _jaw_rotation(rig, np.deg2rad(10.0) * _jaw_range(rig))
     w = _jaw_weight(rig)
     # Condylar glide forward on wide opening, and lax cheeks/jowls lag and hang.
     d += w[:, None] * np.array([0.0, -0.1, 0.2])
@@ -222,8 +306,7 @@ def jaw_sideways(rig: FaceRig, s: float) -> np.ndarray:
     chin = rig.neutral[rig.layout.landmarks["chin"]]
     reach = np.hypot(chin[0] - pivot[0], chin[2] - pivot[2])
     w = _jaw_weight(rig)
-    moved = _rotate(rig.neutral, pivot, np.array([0.0, 1.0, 0.0]), s * (0.8 / reach) * w)
-    return moved - rig.neutral
+    return _rotation(rig.neutral, pivot, np.array([0.0, 1.0, 0.0]), s * (0.8 * _jaw_range(rig) / reach) * w)
 
 
 def jaw_forward(rig: FaceRig) -> np.ndarray:
@@ -231,7 +314,7 @@ def jaw_forward(rig: FaceRig) -> np.ndarray:
     chin = rig.neutral[rig.layout.landmarks["chin"]]
     # Protrusion slides the condyles down the articular eminence: forward, slightly down, more for a long jaw.
     reach = np.linalg.norm(chin - rig.hinge)
-    return w[:, None] * np.array([0.0, -0.12, 0.06 * reach])
+    return w[:, None] * np.array([0.0, -0.12, 0.06 * reach * _jaw_range(rig)])
 
 
 # ------------------------------------------------------------------------------------------ eyes
@@ -268,7 +351,7 @@ def _lid_rotation(rig: FaceRig, s: float, upper_angle: np.ndarray | float, lower
     fall_low = np.clip(1.0 - np.maximum(-db - 0.1, 0.0) / (reach_low * grow), 0.0, 1.0) ** 2.0
     # Rotation about +X by a positive angle moves points in front of the centre down.
     angle = np.where(above, up_profile * fall_up, 0.0) - np.where(below, low_profile * fall_low, 0.0)
-    return _rotate(rig.neutral, centre, np.array([1.0, 0.0, 0.0]), angle) - rig.neutral
+    return _rotation(rig.neutral, centre, np.array([1.0, 0.0, 0.0]), angle)
 
 
 def _rim_angles(rig: FaceRig, s: float) -> tuple[np.ndarray, np.ndarray]:
@@ -313,8 +396,7 @@ def eye_look_sideways(rig: FaceRig, s: float, toward_x: float) -> np.ndarray:
     c = rig.eyeballs[1 if s > 0 else 0]
     a, b = rig.a, rig.b
     w = _bump(rig, s * a, b, EYE_A, EYE_B, EYE_HALF_WIDTH + 0.9, 1.6) * _half(a, s, 0.0)
-    moved = _rotate(rig.neutral, c, np.array([0.0, 1.0, 0.0]), toward_x * np.deg2rad(9.0) * w)
-    return moved - rig.neutral
+    return _rotation(rig.neutral, c, np.array([0.0, 1.0, 0.0]), toward_x * np.deg2rad(9.0) * w)
 
 
 def eye_squint(rig: FaceRig, s: float) -> np.ndarray:
@@ -358,12 +440,14 @@ def brow_outer_up(rig: FaceRig, s: float) -> np.ndarray:
 # ------------------------------------------------------------------------------------------ cheeks
 def cheek_puff(rig: FaceRig, s: float) -> np.ndarray:
     a, b = rig.a, rig.b
-    ml = mouth_line(a)
-    w = _bump(rig, s * a, b - ml, 3.6, 1.0, 2.4, 2.6, spread=0.6) * _half(a, s, -0.5)
+    ml = rig.mouth_line
+    w = _bump(rig, s * a, b - ml, 3.9, 1.0, 2.3, 2.6, spread=0.6) * _half(a, s, MOUTH_HALF_WIDTH)
     # Air stretches lean cheeks more than full ones, lax skin balloons further.
-    amount = 0.95 * (1.0 + 0.5 * rig.laxity) / (1.0 + 0.4 * rig.cheek_fullness)
-    d = (amount * w)[:, None] * rig.normals
-    # Lips sealed and pushed slightly forward on that side.
+    amount = 0.95 * (1.0 + 0.3 * rig.laxity) / (1.0 + 0.4 * rig.cheek_fullness)
+    d = (amount * w)[:, None] * rig.smooth_normals
+    # The lips seal: squeezed together and pushed slightly forward, mostly on that side.
+    side = _side_ramp(a, s)
+    d += _lip_squeeze(rig, 0.3, width=0.2) * side[:, None]
     lips = _bump(rig, s * a, b - ml, 1.2, 0.0, 2.0, 0.9) * _half(a, s, -1.0)
     d += (0.15 * lips)[:, None] * np.array([0.0, 0.0, 1.0])
     return d
@@ -395,13 +479,13 @@ def _corner(rig: FaceRig, s: float) -> np.ndarray:
 def _corner_weight(rig: FaceRig, s: float, ra: float = 1.7, rb: float = 1.5) -> np.ndarray:
     """Weight of the mouth-corner muscle knot (modiolus) of side s and the lips that follow it."""
     a, b = rig.a, rig.b
-    ml = mouth_line(a)
+    ml = rig.mouth_line
     wc = _bump(rig, s * a, b - ml, MOUTH_HALF_WIDTH, 0.0, ra, rb)
     # The orbicularis ring carries part of the pull along both lips toward the midline.
     along = np.clip((s * a + MOUTH_HALF_WIDTH) / (2.0 * MOUTH_HALF_WIDTH), 0.0, 1.0) ** 1.6
     lips = np.exp(-0.5 * ((b - ml) / 0.8) ** 2) * \
         (1.0 - _smoothstep(MOUTH_HALF_WIDTH - 0.2, MOUTH_HALF_WIDTH + 0.6, np.abs(a)))
-    return np.maximum(wc, 0.85 * along * lips) * _front(rig)
+    return _relax(np.maximum(wc, 0.85 * along * lips) * _front(rig), 8)
 
 
 def _muscle_pull(rig: FaceRig, s: float, origin: np.ndarray, contraction: float,
@@ -417,14 +501,14 @@ def _muscle_pull(rig: FaceRig, s: float, origin: np.ndarray, contraction: float,
 def mouth_smile(rig: FaceRig, s: float) -> np.ndarray:
     # Zygomaticus major: from the cheekbone down to the modiolus.
     origin = _point(rig, s * 5.6, EYE_B - 2.0, depth=0.9)
-    d = _muscle_pull(rig, s, origin, 0.24)
+    d = _muscle_pull(rig, s, origin, 0.34)
     a, b = rig.a, rig.b
-    ml = mouth_line(a)
+    ml = rig.mouth_line
     # The cheek bunches up and out between corner and cheekbone; fuller and laxer cheeks more, and the
     # bulge grows faster than linearly with the fat pad.
     w = _bump(rig, s * a, b - ml, 3.6, 2.1, 1.7, 1.9) * _half(a, s, 0.0)
     bunch = 0.25 + 0.6 * rig.cheek_fullness**1.5 + 0.25 * rig.laxity
-    d += (bunch * w)[:, None] * rig.normals + _tangential(rig, (0.3 * w)[:, None] * np.array([0.0, 1.0, 0.0]))
+    d += (bunch * w)[:, None] * rig.smooth_normals + _tangential(rig, (0.3 * w)[:, None] * np.array([0.0, 1.0, 0.0]))
     up, low = _rim_angles(rig, s)
     d += _lid_rotation(rig, s, 0.0, 0.08 * (up - low))
     return d
@@ -440,7 +524,7 @@ def mouth_stretch(rig: FaceRig, s: float) -> np.ndarray:
     d = _muscle_pull(rig, s, origin, 0.13, ra=2.0)
     # The lips flatten back against the teeth.
     a, b = rig.a, rig.b
-    lips = _bump(rig, s * a, b - mouth_line(a), 1.5, 0.0, 1.8, 0.9)
+    lips = _bump(rig, s * a, b - rig.mouth_line, 1.5, 0.0, 1.8, 0.9)
     return d + (0.18 * lips)[:, None] * np.array([0.0, 0.0, -1.0])
 
 
@@ -449,7 +533,7 @@ def mouth_dimple(rig: FaceRig, s: float) -> np.ndarray:
     w = _corner_weight(rig, s, 1.4, 1.2)
     d = (0.55 * w)[:, None] * np.array([0.25 * s, 0.12, -0.95]) * rig.size
     a, b = rig.a, rig.b
-    dimple = _bump(rig, s * a, b - mouth_line(a), MOUTH_HALF_WIDTH + 0.8, 0.0, 0.7, 0.8)
+    dimple = _bump(rig, s * a, b - rig.mouth_line, MOUTH_HALF_WIDTH + 0.8, 0.0, 0.7, 0.8)
     d -= ((0.18 + 0.3 * rig.cheek_fullness) * dimple)[:, None] * rig.normals
     return d
 
@@ -457,7 +541,7 @@ def mouth_dimple(rig: FaceRig, s: float) -> np.ndarray:
 def _lip_band(rig: FaceRig, upper: bool, depth: float = 1.0) -> np.ndarray:
     """Weight of the upper or lower lip (vermilion and the skin just beyond), 1 at the rim."""
     a, b = rig.a, rig.b
-    ml = mouth_line(a)
+    ml = rig.mouth_line
     above = _above_mouth(rig)
     on_side = above if upper else 1.0 - above
     across = 1.0 - _smoothstep(0.6 * MOUTH_HALF_WIDTH, MOUTH_HALF_WIDTH + 0.6, np.abs(a))
@@ -481,20 +565,40 @@ def _close_rims(rig: FaceRig, weight_upper: np.ndarray, weight_lower: np.ndarray
     return d
 
 
+def _lip_squeeze(rig: FaceRig, fraction: float, reach: float = 1.4, width: float = 0.8) -> np.ndarray:
+    """Orbicularis oris squeezing the lips toward the mouth line: within ``reach`` (chart cm) of the line the
+    lips shorten vertically by ``fraction`` (wider reach when lax); the skin beyond takes up the slack.
+    ``width``: how far past the mouth corners (chart cm) the squeeze fades out."""
+    db = rig.b - rig.mouth_line
+    grow = 1.0 + 0.3 * rig.laxity
+    fade = np.clip(1.0 - np.abs(db) / (reach * grow), 0.0, 1.0) ** 2
+    across = 1.0 - _smoothstep(0.7 * MOUTH_HALF_WIDTH, MOUTH_HALF_WIDTH + width, np.abs(rig.a))
+    d = np.zeros_like(rig.neutral)
+    d[:, 1] = -fraction * db * fade * across * _front(rig)
+    return d
+
+
 def mouth_close(rig: FaceRig) -> np.ndarray:
     up, low = _lip_band(rig, True, 0.9), _lip_band(rig, False, 0.9)
     d = _close_rims(rig, np.ones(len(up)), np.ones(len(low)))
-    # Orbicularis: lips drawn toward each other and a little forward.
-    d += (0.12 * up)[:, None] * np.array([0.0, -1.0, 0.6]) + (0.12 * low)[:, None] * np.array([0.0, 1.0, 0.6])
+    # Orbicularis: the lips are drawn together (shortened vertically) and pursed a little forward.
+    d += _lip_squeeze(rig, 0.22 * rig.lip_fullness)
+    d += (0.1 * (up + low))[:, None] * np.array([0.0, 0.0, 1.0])
     return d
 
 
 def mouth_press(rig: FaceRig, s: float) -> np.ndarray:
     ramp = _side_ramp(rig.a, s)
-    up, low = _lip_band(rig, True, 0.9) * ramp, _lip_band(rig, False, 1.6) * ramp
     d = _close_rims(rig, ramp, ramp)
-    d += (0.12 * up)[:, None] * np.array([0.0, -1.0, -0.8]) * rig.lip_fullness
-    d += (0.32 * low)[:, None] * np.array([0.0, 1.0, 0.3])
+    # The lips press together (flatten and shorten) and the lower lip is pushed up from below: its body
+    # rises more than its rim, which the upper lip stops.
+    d += _lip_squeeze(rig, 0.25, reach=1.2) * ramp[:, None]
+    up = _lip_band(rig, True, 0.9) * ramp
+    d += (0.1 * up * rig.lip_fullness)[:, None] * np.array([0.0, 0.0, -1.0])
+    below = rig.mouth_line - rig.b
+    push = _smoothstep(0.0, 1.0, below) * (1.0 - _smoothstep(1.3, 2.8, below)) * ramp * _front(rig)
+    push *= 1.0 - _smoothstep(MOUTH_HALF_WIDTH, MOUTH_HALF_WIDTH + 1.5, np.abs(rig.a))
+    d += (0.3 * push)[:, None] * np.array([0.0, 1.0, 0.25])
     return d
 
 
@@ -506,7 +610,7 @@ def mouth_lower_down(rig: FaceRig, s: float) -> np.ndarray:
 
 def mouth_upper_up(rig: FaceRig, s: float) -> np.ndarray:
     a, b = rig.a, rig.b
-    ml = mouth_line(a)
+    ml = rig.mouth_line
     w = _bump(rig, s * a, b - ml, 1.2, 0.5, 1.6, 2.6) * _side_ramp(a, s)
     w *= _above_mouth(rig)
     d = (0.6 * w)[:, None] * np.array([0.1 * s, 1.0, -0.1]) * rig.size
@@ -542,7 +646,7 @@ def mouth_pucker(rig: FaceRig) -> np.ndarray:
 
 def mouth_sideways(rig: FaceRig, s: float) -> np.ndarray:
     a, b = rig.a, rig.b
-    ml = mouth_line(a)
+    ml = rig.mouth_line
     w = _bump(rig, a, b - ml, 0.0, 0.0, 4.2, 2.4, spread=0.6) * _front(rig)
     d = (1.0 * w)[:, None] * np.array([s, 0.0, 0.0]) * rig.size
     # The leading corner tucks back around the dental arch, the trailing one comes forward.
@@ -563,7 +667,7 @@ def mouth_roll(rig: FaceRig, upper: bool) -> np.ndarray:
 
 def mouth_shrug(rig: FaceRig, upper: bool) -> np.ndarray:
     a, b = rig.a, rig.b
-    ml = mouth_line(a)
+    ml = rig.mouth_line
     if upper:
         w = _lip_band(rig, True, 1.4)
         return (0.38 * w)[:, None] * np.array([0.0, 1.0, 0.35]) + \
@@ -579,7 +683,7 @@ def mouth_shrug(rig: FaceRig, upper: bool) -> np.ndarray:
 # ------------------------------------------------------------------------------------------- nose
 def nose_sneer(rig: FaceRig, s: float) -> np.ndarray:
     a, b = rig.a, rig.b
-    ml = mouth_line(a)
+    ml = rig.mouth_line
     # Levator labii superioris alaeque nasi: ala and the side of the nose up, upper lip beside it up.
     ala = _bump(rig, s * a, b, 1.3, NOSE_TIP_B - 0.2, 1.3, 1.8) * _side_ramp(a, s)
     d = _tangential(rig, (0.55 * ala)[:, None] * np.array([0.05 * s, 1.0, 0.0]) * rig.size)
@@ -597,7 +701,7 @@ def nose_sneer(rig: FaceRig, s: float) -> np.ndarray:
 def tongue_out(rig: FaceRig) -> np.ndarray:
     # The tongue is not part of the skin mesh; the skin shows a slightly dropped jaw and the lower lip
     # pushed forward and down over it.
-    d = _jaw_rotation(rig, np.deg2rad(5.0))
+    d = _jaw_rotation(rig, np.deg2rad(5.0) * _jaw_range(rig))
     low, up = _lip_band(rig, False, 1.1), _lip_band(rig, True, 0.8)
     d += (0.45 * low * rig.lip_fullness)[:, None] * np.array([0.0, -0.5, 1.0])
     d += (0.12 * up)[:, None] * np.array([0.0, 0.6, 0.5])
@@ -675,13 +779,15 @@ def mean_delta_transfer_error(train: list[Identity], test: list[Identity],
     sum over test identities and vertices of |baseline - truth| divided by the sum of |truth displacement|
     (both vertex-wise Euclidean), i.e. mean vertex error as a fraction of mean expression displacement.
     """
-    out: dict[str, float] = {}
-    for name in names:
-        mean = np.mean([expression_displacement(p, name).astype(np.float64) for p in train], axis=0)
-        err = disp = 0.0
-        for p in test:
-            truth = expression_displacement(p, name).astype(np.float64)
-            err += float(np.linalg.norm(mean - truth, axis=1).sum())
-            disp += float(np.linalg.norm(truth, axis=1).sum())
-        out[name] = err / disp
-    return out
+    mean = {n: 0.0 for n in names}
+    for person in train:
+        for n in names:
+            mean[n] = mean[n] + expression_displacement(person, n).astype(np.float64) / len(train)
+    err = dict.fromkeys(names, 0.0)
+    disp = dict.fromkeys(names, 0.0)
+    for person in test:
+        for n in names:
+            truth = expression_displacement(person, n).astype(np.float64)
+            err[n] += float(np.linalg.norm(mean[n] - truth, axis=1).sum())
+            disp[n] += float(np.linalg.norm(truth, axis=1).sum())
+    return {n: err[n] / disp[n] for n in names}

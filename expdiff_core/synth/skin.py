@@ -562,9 +562,14 @@ def skin_maps(tile: SkinTile, strain: Strain | None = None) -> dict[str, np.ndar
     if strain is not None:
         compression = strain.compression
         stretch = np.clip(strain.area_ratio - 1.0, 0.0, None)
-        folding = _smoothstep(0.03, 0.30, compression) * tile.wrinkle_gain * (1.0 - tile.lips)
+        # Post-buckling: fold amplitude grows as the square root of the compressive strain beyond onset
+        # (A ~ wavelength / pi * sqrt(strain)); it saturates at 25% compression. Lips fold less deeply.
+        folding = (np.sqrt(np.clip((compression - 0.002) / 0.25, 0.0, 1.0))
+                   * tile.wrinkle_gain * (1.0 - 0.4 * tile.lips)).astype(np.float32)
         valleys = _fold_valleys(tile, strain.direction, folding > 0) * folding
-        taut = _smoothstep(0.0, 0.25, stretch)
+        # Skin is taut where its area grows and no direction is compressed; stretched one way while
+        # squeezed the other (a blinking lid, a pressed lip) it buckles instead.
+        taut = _smoothstep(0.0, 0.25, stretch) * (1.0 - _smoothstep(0.0, 0.08, compression))
         pooled = _smoothstep(0.0, 0.30, compression)
         height = (tile.pore_height * (1.0 - 0.7 * taut)
                   + tile.line_height * (1.0 + 3.0 * np.minimum(compression, 0.5)) * (1.0 - 0.4 * taut)
@@ -590,14 +595,14 @@ def skin_maps(tile: SkinTile, strain: Strain | None = None) -> dict[str, np.ndar
 def normal_detail_energy(normal: np.ndarray, sigma: float = 1.5) -> np.ndarray:
     """(3, H, W) encoded normal map -> (H, W) local energy of its high frequencies.
 
-    The tangential components minus their Gaussian blur (``sigma`` texels), squared and pooled over a
-    ``2 * sigma`` neighbourhood: folds, pores and fine lines raise it, a smooth surface keeps it near 0.
+    The tangential components minus their Gaussian blur (``sigma`` texels), squared and pooled over the
+    same ``sigma``: folds, pores and fine lines raise it, a smooth surface keeps it near 0.
     """
     from scipy.ndimage import gaussian_filter
 
     tangential = 2.0 * np.asarray(normal[:2], dtype=np.float32) - 1.0
     high = tangential - np.stack([gaussian_filter(c, sigma, mode="nearest") for c in tangential])
-    return gaussian_filter((high * high).sum(0), 2.0 * sigma, mode="nearest").astype(np.float32)
+    return gaussian_filter((high * high).sum(0), sigma, mode="nearest").astype(np.float32)
 
 
 # ---------------------------------------------------------------------------- per-texel strain

@@ -67,6 +67,7 @@ MOUTH_B = -5.75  # row of the mouth slit (stomion)
 MOUTH_HALF_WIDTH = 2.5
 MOUTH_CURVE = 0.22  # the mouth corners sit this much below the slit row
 MOUTH_OPEN = 0.02  # each lip rim's distance from the mouth line at the centre: lips just apart
+MOUTH_OPEN_UV = 0.3  # the same in the pose the UV layout is flattened from
 NASION_B = 2.0
 NOSE_TIP_B = -2.35
 SUBNASALE_B = -3.7
@@ -124,8 +125,9 @@ def _smin(d1: np.ndarray, d2: np.ndarray, k: float) -> np.ndarray:
 
 def _sd_ellipsoid(q: np.ndarray, radii: np.ndarray) -> np.ndarray:
     """Approximate signed distance to an axis-aligned ellipsoid at the origin; q (..., 3)."""
-    k0 = np.linalg.norm(q / radii, axis=-1)
-    k1 = np.linalg.norm(q / (radii * radii), axis=-1)
+    x, y, z = q[..., 0] / radii[0], q[..., 1] / radii[1], q[..., 2] / radii[2]
+    k0 = np.sqrt(x * x + y * y + z * z)
+    k1 = np.sqrt((x / radii[0]) ** 2 + (y / radii[1]) ** 2 + (z / radii[2]) ** 2)
     return k0 * (k0 - 1.0) / np.maximum(k1, 1e-9)
 
 
@@ -142,10 +144,9 @@ def _base_sdf(p: np.ndarray, shape: HeadShape) -> np.ndarray:
     # Squarer than an ellipsoid in the frontal plane: a jaw with corners and a flatter underside.
     k = np.sqrt((np.abs(qx) ** 2.6 + np.abs(qy) ** 2.6) ** (2.0 / 2.6) + qz**2)
     face = (k - 1.0) * fr.mean()
-    nq = np.stack([p[..., 0], p[..., 2] - shape.neck_center_z], axis=-1)
-    nr = np.asarray(shape.neck_radii) * np.array([w, 1.0])
-    k0 = np.linalg.norm(nq / nr, axis=-1)
-    k1 = np.linalg.norm(nq / (nr * nr), axis=-1)
+    nx, nz = p[..., 0] / (shape.neck_radii[0] * w), (p[..., 2] - shape.neck_center_z) / shape.neck_radii[1]
+    k0 = np.sqrt(nx * nx + nz * nz)
+    k1 = np.sqrt((nx / (shape.neck_radii[0] * w)) ** 2 + (nz / shape.neck_radii[1]) ** 2)
     neck = np.maximum(k0 * (k0 - 1.0) / np.maximum(k1, 1e-9), p[..., 1] + 3.0)  # capped inside the head
     # A crisp angle under the jaw at the front, a long smooth nape at the back.
     k_neck = 0.8 + 2.7 * _smoothstep(1.0, -5.0, p[..., 2])
@@ -155,7 +156,9 @@ def _base_sdf(p: np.ndarray, shape: HeadShape) -> np.ndarray:
 def _ray_hit(directions: np.ndarray, shape: HeadShape) -> tuple[np.ndarray, np.ndarray]:
     """First exit of each ray from RAY_ORIGIN through the base solid: points (N, 3) and unit normals (N, 3)."""
     n = directions.shape[0]
-    ts = np.linspace(3.0, 30.0, 55)  # 0.5 cm steps: thinner than any feature the rays could skip
+    # The base solid is star-shaped from RAY_ORIGIN and has no thin parts (features are added after), so
+    # 0.75 cm steps find the one crossing; bisection then pins it to ~3e-6 cm.
+    ts = np.linspace(3.0, 30.0, 37)
     lo = np.full(n, ts[0])
     hi = np.full(n, ts[-1])
     found = np.zeros(n, dtype=bool)
@@ -166,7 +169,7 @@ def _ray_hit(directions: np.ndarray, shape: HeadShape) -> tuple[np.ndarray, np.n
         lo[hit], hi[hit] = t0, t1
         found |= hit
         prev = cur
-    for _ in range(24):
+    for _ in range(18):
         mid = 0.5 * (lo + hi)
         inside = _base_sdf(RAY_ORIGIN + mid[:, None] * directions, shape) < 0
         lo = np.where(inside, mid, lo)
@@ -395,6 +398,32 @@ def _slit_opening(s: np.ndarray, peak: float, skew: float) -> np.ndarray:
     return peak * np.clip(1.0 - s**2, 0.0, 1.0) ** 0.75
 
 
+def _open_slits(th: np.ndarray, ph: np.ndarray, rows: np.ndarray, is_upper: np.ndarray, thetas: np.ndarray,
+                slit_cols: dict[str, tuple[int, int, int]], mouth_open: float) -> np.ndarray:
+    """Chart elevations (V,) with the eye and mouth slits pushed open (upper copies up, lower copies down)."""
+    a_v = CHART_SCALE * th
+    for name, (i, j0, j1) in slit_cols.items():
+        eye = name.startswith("eye")
+        ta, tb = thetas[j0], thetas[j1]
+        s = (2.0 * th - (ta + tb)) / (tb - ta)
+        inside = (s > -1.0) & (s < 1.0)
+        lateral = s if name != "eye_R" else -s  # +1 at the lateral canthus
+        if eye:
+            up = _slit_opening(lateral, EYE_OPEN_UPPER, -0.12)
+            low = _slit_opening(lateral, EYE_OPEN_LOWER, 0.15)
+            reach = 1.3
+        else:
+            up = low = _slit_opening(s, mouth_open, 0.0)
+            reach = 0.6 + 2.0 * mouth_open
+        db = CHART_SCALE * ph - (eye_line(a_v) if eye else mouth_line(a_v))
+        above = (rows > i) | ((rows == i) & is_upper)
+        below = (rows < i) | ((rows == i) & ~is_upper)
+        fall = np.exp(-((db / reach) ** 2))
+        shift = np.where(above, up * fall, 0.0) - np.where(below, low * fall, 0.0)
+        ph = ph + np.where(inside, shift, 0.0) / CHART_SCALE
+    return ph
+
+
 def _build_layout() -> TemplateLayout:
     shape = HeadShape()
     thetas = _column_angles(shape)
@@ -446,28 +475,13 @@ def _build_layout() -> TemplateLayout:
         b_v = CHART_SCALE * ph
         ph = ph + (line(a_v) - row_b) * np.exp(-(((b_v - row_b) / 1.2) ** 2)) / CHART_SCALE
 
-    # Open the slits: push the chart apart above and below each slit line, more near the rim.
+    # Open the slits: push the chart apart above and below each slit line, more near the rim. The UV layout
+    # is flattened from a pose with parted lips: nearly closed lips curl toward each other, and flattening
+    # that fold would overlap the two lips in UV.
+    phi_uv = _open_slits(th, ph, rows, is_upper, thetas, slit_cols, MOUTH_OPEN_UV)
+    ph = _open_slits(th, ph, rows, is_upper, thetas, slit_cols, MOUTH_OPEN)
     slits: dict[str, Slit] = {}
     for name, (i, j0, j1) in slit_cols.items():
-        eye = name.startswith("eye")
-        ta, tb = thetas[j0], thetas[j1]
-        s = (2.0 * th - (ta + tb)) / (tb - ta)
-        inside = (s > -1.0) & (s < 1.0)
-        lateral = s if name != "eye_R" else -s  # +1 at the lateral canthus
-        if eye:
-            up = _slit_opening(lateral, EYE_OPEN_UPPER, -0.12)
-            low = _slit_opening(lateral, EYE_OPEN_LOWER, 0.15)
-            reach = 1.3
-        else:
-            up = _slit_opening(s, MOUTH_OPEN, 0.0)
-            low = up
-            reach = 0.6
-        db = CHART_SCALE * ph - (eye_line(a_v) if eye else mouth_line(a_v))
-        above = (rows > i) | ((rows == i) & is_upper)
-        below = (rows < i) | ((rows == i) & ~is_upper)
-        fall = np.exp(-((db / reach) ** 2))
-        shift = np.where(above, up * fall, 0.0) - np.where(below, low * fall, 0.0)
-        ph = ph + np.where(inside, shift, 0.0) / CHART_SCALE
         interior = np.arange(j0 + 1, j1)
         slits[name] = Slit(corners=np.array([grid[i, j0], grid[i, j1]], dtype=np.int64),
                            upper=np.array([upper_of[(i, j)] for j in interior], dtype=np.int64),
@@ -501,9 +515,10 @@ def _build_layout() -> TemplateLayout:
     groups_a = np.asarray(groups, dtype=np.int32)
 
     vertices = head_surface(th, ph, shape).astype(np.float32)
+    uv_pose = head_surface(th, phi_uv, shape).astype(np.float32)
     eye_row = slit_cols["eye_L"][0]
     face_pins = (int(grid[eye_row, j_face0]), int(grid[eye_row, j_face1]))
-    face_uv_indices, uvs = _uv_layout(vertices, counts_a, corners_a, groups_a, face_pins,
+    face_uv_indices, uvs = _uv_layout(uv_pose, counts_a, corners_a, groups_a, face_pins,
                                       (int(grid[0, j_back]), pole))
     mesh = FaceMesh(vertices, counts_a, corners_a, uvs, face_uv_indices, groups_a,
                     ["M_Face", "M_BackHead"], "cm", "expdiff_template_head")

@@ -43,64 +43,15 @@ from safetensors.torch import load_file, save_file
 from ..errors import ExpDiffInputError, PublishError
 from ..fileio import atomic_dir, atomic_path
 from ..models.denoiser import ExpDiffDenoiser, PromptTokens, denoiser_config, encode_prompts
-from ..schedulers import PREDICTION_TYPES, training_noise_scheduler
+from ..schedulers import training_noise_scheduler
+from .diffusion_config import (FLAG_CHOICES, FLAG_HELP, LR_SCHEDULES, MIXED_PRECISIONS, PREDICTION_TYPES,  # noqa: F401
+                               DiffusionTrainConfig, build_arg_parser)
 from .latents import LatentDataset, read_manifest
 
 CHECKPOINT_FORMAT = "expdiff-diffusion-checkpoint/1"
 CHECKPOINTS = "checkpoints"
 LOG_NAME = "train_log.jsonl"
-LR_SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine")
-MIXED_PRECISIONS = ("auto", "no", "bf16")
 LAYOUT_KEYS = ("kinds", "n_udims", "latent_channels", "latent_size")
-
-
-@dataclass
-class DiffusionTrainConfig:
-    """How to train. ``batch_size`` is global (split over processes; must divide evenly)."""
-
-    steps: int = 3000
-    batch_size: int = 16
-    learning_rate: float = 3e-4
-    weight_decay: float = 0.01
-    warmup_steps: int = 100
-    lr_schedule: str = "cosine"
-    ema_decay: float = 0.999
-    grad_clip: float = 1.0
-    checkpoint_every: int = 250
-    keep_checkpoints: int = 2
-    seed: int = 0
-    prediction_type: str = "epsilon"
-    # Min-SNR-γ loss weighting (Hang et al. 2023); None = plain Eq. 6.
-    snr_gamma: float | None = None
-    # Probability a sample's prompt is dropped (all-False mask), training the unconditional branch for CFG.
-    text_dropout: float = 0.1
-    # auto: bf16 autocast on CUDA, fp32 on CPU.
-    mixed_precision: str = "auto"
-    num_train_timesteps: int = 1000
-    beta_schedule: str = "scaled_linear"
-    beta_start: float = 0.00085
-    beta_end: float = 0.012
-    split: str = "train"
-    include_neutral: bool = True
-    repeat_albedo: bool = False
-    device: str = "auto"
-
-    def validate(self) -> None:
-        problems = []
-        if self.steps < 1 or self.batch_size < 1 or self.checkpoint_every < 1 or self.keep_checkpoints < 1:
-            problems.append("steps, batch_size, checkpoint_every and keep_checkpoints must be >= 1")
-        if self.prediction_type not in PREDICTION_TYPES:
-            problems.append(f"prediction_type must be one of {PREDICTION_TYPES}")
-        if self.lr_schedule not in LR_SCHEDULES:
-            problems.append(f"lr_schedule must be one of {LR_SCHEDULES}")
-        if self.mixed_precision not in MIXED_PRECISIONS:
-            problems.append(f"mixed_precision must be one of {MIXED_PRECISIONS}")
-        if not 0.0 <= self.text_dropout < 1.0:
-            problems.append("text_dropout must be in [0, 1)")
-        if not 0.0 <= self.ema_decay < 1.0:
-            problems.append("ema_decay must be in [0, 1)")
-        if problems:
-            raise ExpDiffInputError(None, "diffusion train config: " + "; ".join(problems))
 
 
 @dataclass(frozen=True)
@@ -284,6 +235,28 @@ def _same_config(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
     return json.loads(json.dumps(a, default=_json_default)) == json.loads(json.dumps(b, default=_json_default))
 
 
+def diffusion_loss(model: torch.nn.Module, noise_scheduler, x0: torch.Tensor, neutral: torch.Tensor,
+                   text_tokens: torch.Tensor, text_mask: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor,
+                   snr_gamma: float | None = None) -> torch.Tensor:
+    """Per-sample (B,) loss of Eq. 6: noise ``x0`` (B, M, C, h, w) to ``timesteps`` and regress the scheduler's
+    prediction target (ε, or v for ``prediction_type="v_prediction"``), optionally min-SNR-γ weighted."""
+    from diffusers.training_utils import compute_snr
+
+    noisy = noise_scheduler.add_noise(x0, noise, timesteps)
+    if noise_scheduler.config.prediction_type == "epsilon":
+        target = noise
+    else:
+        target = noise_scheduler.get_velocity(x0, noise, timesteps)
+    pred = model(noisy, timesteps, neutral, text_tokens, text_mask)
+    per_sample = (pred.float() - target.float()).pow(2).flatten(1).mean(1)
+    if snr_gamma is not None:
+        snr = compute_snr(noise_scheduler, timesteps)
+        clipped = snr.clamp(max=snr_gamma)
+        epsilon = noise_scheduler.config.prediction_type == "epsilon"
+        per_sample = per_sample * (clipped / snr if epsilon else clipped / (snr + 1))
+    return per_sample
+
+
 def train_diffusion(
     latents_root: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -308,7 +281,7 @@ def train_diffusion(
     from accelerate import Accelerator
     from accelerate.utils import gather_object
     from diffusers.optimization import get_scheduler
-    from diffusers.training_utils import EMAModel, compute_snr
+    from diffusers.training_utils import EMAModel
     from tqdm.auto import tqdm
 
     from ..device import resolve_device
@@ -360,6 +333,9 @@ def train_diffusion(
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
         _truncate_log(log_path, start_step)
+        # Temp folders of checkpoints whose writer was killed (atomic_dir never renamed them).
+        for partial in (out_dir / CHECKPOINTS).glob(".step-*.partial"):
+            shutil.rmtree(partial, ignore_errors=True)
 
     order = SampleOrder(len(dataset), cfg.batch_size, cfg.seed)
     losses: list[float] = []
@@ -383,16 +359,9 @@ def train_diffusion(
         mask = mask & ~dropped[:, None]
         tokens = tokens * mask[..., None]
 
-        noisy = noise_scheduler.add_noise(target0, noise, timesteps)
-        target = noise if cfg.prediction_type == "epsilon" else noise_scheduler.get_velocity(target0, noise, timesteps)
         dev = accelerator.device
-        pred = model(noisy.to(dev), timesteps.to(dev), neutral.to(dev), tokens.to(dev), mask.to(dev))
-        per_sample = (pred.float() - target.to(dev)).pow(2).flatten(1).mean(1)
-        if cfg.snr_gamma is not None:
-            snr = compute_snr(noise_scheduler, timesteps).to(dev)
-            clipped = snr.clamp(max=cfg.snr_gamma)
-            per_sample = per_sample * (clipped / snr if cfg.prediction_type == "epsilon" else clipped / (snr + 1))
-        loss = per_sample.mean()
+        loss = diffusion_loss(model, noise_scheduler, target0.to(dev), neutral.to(dev), tokens.to(dev), mask.to(dev),
+                              noise.to(dev), timesteps.to(dev), cfg.snr_gamma).mean()
         accelerator.backward(loss)
         grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
         optimizer.step()
@@ -453,7 +422,14 @@ def _truncate_log(log_path: Path, step: int) -> None:
     """Drop log lines past ``step``: they came from a run that stopped before its next checkpoint."""
     if not log_path.is_file():
         return
-    keep = [line for line in log_path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    keep = []
+    for line in log_path.read_text().splitlines():
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:  # a line torn by a kill mid-write
+            continue
+        if entry["step"] <= step:
+            keep.append(line)
     with atomic_path(log_path) as tmp:
         tmp.write_text("".join(line + "\n" for line in keep))
 
@@ -531,71 +507,6 @@ def _publish(out_dir: Path, model: ExpDiffDenoiser, ema, noise_scheduler, manife
 
 
 # ---------------------------------------------------------------------------------------- command line
-FLAG_HELP = {
-    "steps": "optimizer steps in total (a resumed run continues up to this)",
-    "batch_size": "samples per step over all processes (must divide by the process count)",
-    "learning_rate": "AdamW peak learning rate",
-    "weight_decay": "AdamW weight decay",
-    "warmup_steps": "linear learning-rate warm-up steps",
-    "lr_schedule": "learning-rate schedule after warm-up",
-    "ema_decay": "decay of the EMA weights that are published",
-    "grad_clip": "clip the gradient norm to this (0 = no clipping)",
-    "checkpoint_every": "write a resumable checkpoint every N steps (and at the end)",
-    "keep_checkpoints": "keep only the newest N checkpoints",
-    "seed": "seed of the model init, sample order, noise, timesteps and text dropout",
-    "prediction_type": "network target (Eq. 6 is epsilon)",
-    "text_dropout": "probability of dropping a sample's prompt (trains classifier-free guidance)",
-    "mixed_precision": "auto = bf16 autocast on CUDA, fp32 on CPU",
-    "num_train_timesteps": "DDPM steps of the forward process",
-    "beta_schedule": "diffusers beta schedule of the forward process",
-    "beta_start": "first beta of the schedule",
-    "beta_end": "last beta of the schedule",
-    "split": "manifest split to train on",
-    "include_neutral": "also train on neutral as a target (mesh recovery, Eq. 9, needs the generated neutral)",
-    "repeat_albedo": "fill the neutral condition's specular/roughness/normal slots with its albedo latent",
-}
-
-FLAG_CHOICES = {"lr_schedule": LR_SCHEDULES, "prediction_type": PREDICTION_TYPES, "mixed_precision": MIXED_PRECISIONS}
-
-
-def _add_dataclass_flags(parser: argparse.ArgumentParser, cls) -> None:
-    for f in dataclasses.fields(cls):
-        flag = "--" + f.name.replace("_", "-")
-        default = f.default
-        if f.name == "device":
-            parser.add_argument(flag, default=None, help="auto | cpu | cuda | cuda:N (default: settings' device, 'auto')")
-        elif f.name == "snr_gamma":
-            parser.add_argument(flag, type=float, default=None, metavar="GAMMA",
-                                help="min-SNR-gamma loss weighting, e.g. 5 (default: off, plain Eq. 6)")
-        elif isinstance(default, bool):
-            parser.add_argument(flag, type=lambda v: v.lower() in ("1", "true", "yes", "on"), default=default,
-                                metavar="BOOL", help=f"{FLAG_HELP[f.name]} (default {default})")
-        elif f.name in FLAG_CHOICES:
-            parser.add_argument(flag, default=default, choices=FLAG_CHOICES[f.name],
-                                help=f"{FLAG_HELP[f.name]} (default {default})")
-        else:
-            parser.add_argument(flag, type=type(default), default=default, metavar=f.name.split("_")[-1].upper(),
-                                help=f"{FLAG_HELP[f.name]} (default {default})")
-
-
-def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    """Flags of ``python -m expdiff_core.training.diffusion`` (also mountable as ``expdiff train diffusion``)."""
-    parser = parser or argparse.ArgumentParser(
-        prog="python -m expdiff_core.training.diffusion",
-        description="Train the ExpDiff denoiser on an encoded latent dataset; resumes from the latest checkpoint "
-        "in --out. Multi-process: torchrun --nproc_per_node N -m expdiff_core.training.diffusion ...")
-    parser.add_argument("--latents", required=True, help="encoded dataset folder (manifest.json + <subject>.safetensors)")
-    parser.add_argument("--out", required=True, help="run folder: checkpoints, log, final model/")
-    parser.add_argument("--preset", default="offline", choices=["offline", "production"], help="denoiser size preset")
-    parser.add_argument("--model-config", metavar="JSON", help="denoiser config.json whose values override the preset")
-    parser.add_argument("--no-attention", action="store_true", help="ablation: no attention between maps")
-    parser.add_argument("--text-conditioning", choices=["encoder", "one-hot"], default=None,
-                        help="ablation 'one-hot': fixed random prompt embeddings instead of the text encoder")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    _add_dataclass_flags(parser, DiffusionTrainConfig)
-    return parser
-
-
 def run_from_args(args: argparse.Namespace, default_device: str = "auto") -> TrainResult:
     """Run what :func:`build_arg_parser`'s flags ask for; ``default_device`` applies when --device is absent."""
     manifest = read_manifest(args.latents)

@@ -49,8 +49,9 @@ def test_subject_has_neutral_and_every_unit_on_both_tiles(subject, source):
 def test_expression_maps_differ_from_the_neutral_where_the_face_moves(subject):
     neutral = subject.maps["neutral"]["normal"][1001]
     assert not np.array_equal(subject.maps["jawOpen"]["normal"][1001], neutral)
-    # a pure eye rotation behind closed skin leaves the back of the head untouched
-    np.testing.assert_array_equal(subject.maps["eyeLookUp_L"]["albedo"][1002], subject.maps["neutral"]["albedo"][1002])
+    # an eye movement leaves the back of the head as it was (up to float round-off of far-field motion)
+    np.testing.assert_allclose(subject.maps["eyeLookUp_L"]["albedo"][1002], subject.maps["neutral"]["albedo"][1002],
+                               atol=1e-4)
 
 
 def test_subjects_are_deterministic_and_seed_dependent(source, subject):
@@ -122,9 +123,13 @@ def test_resolution_range_is_enforced(source, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
-def test_cli_refuses_bad_resolution(tmp_path, capsys):
+def test_cli_refuses_bad_arguments_before_any_work(tmp_path, capsys):
     assert main(["data", "synth", "--identities", "1", "--resolution", "8", "--out", str(tmp_path / "x")]) == 2
     assert "64..4096" in capsys.readouterr().err
+    assert main(["data", "synth", "--identities", "0", "--out", str(tmp_path / "x")]) == 2
+    assert "at least 1" in capsys.readouterr().err
+    assert main(["data", "synth", "--identities", "1", "--out", str(tmp_path)]) == 2
+    assert "will not be overwritten" in capsys.readouterr().err
 
 
 @pytest.mark.slow  # two full datasets (57 expressions x 8 EXRs each): ~10 s

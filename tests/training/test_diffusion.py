@@ -24,6 +24,7 @@ from expdiff_core.training.latents import (
     NEUTRAL_PROMPT,
     LatentDataset,
     LatentManifest,
+    expression_prompt,
     latent_key,
     read_latent_shard,
     read_manifest,
@@ -128,6 +129,14 @@ def test_albedo_only_neutral_fills_the_other_texture_slots_with_albedo(tmp_path)
         for kind in ("specular", "roughness", "normal"):
             assert torch.equal(neutral[tile * 5 + ALL_KINDS.index(kind)], albedo)
         assert not torch.equal(neutral[tile * 5 + ALL_KINDS.index("position")], albedo)
+
+
+def test_prompts_come_from_overrides_facs_units_or_the_free_text_itself():
+    facs = pytest.importorskip("expdiff_core.facs")
+    assert expression_prompt("jawOpen") == facs.unit("jawOpen").prompt != "jawOpen"
+    assert expression_prompt("nose right") == "nose right"
+    assert expression_prompt("jawOpen", {"jawOpen": "drop the jaw"}) == "drop the jaw"
+    assert expression_prompt("neutral") == NEUTRAL_PROMPT
 
 
 def test_manifest_errors_name_the_file(tmp_path):

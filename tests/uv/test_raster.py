@@ -147,7 +147,7 @@ def test_sampling_back_inverts_rasterising_across_a_uv_seam(sheet):
     sampled, covered = sample_attribute(maps, sheet, rasters)
     assert covered[:-9].all() and not covered[-9:].any()  # the detached eye patch was not rasterised
     assert (sampled[-9:] == 0).all()
-    # Random (non-smooth) values are the hardest case; the 1e-2 regularisation towards the bilinear sample
+    # Random (non-smooth) values are the hardest case; the small pull towards the local mean (lam = 1e-3)
     # costs well under 1% of their unit spread.
     assert np.abs(sampled[:-9] - values[:-9]).mean() < 0.01
 

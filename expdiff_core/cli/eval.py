@@ -1,0 +1,119 @@
+"""``expdiff eval``: score ExpDiff models against the baselines on held-out identities (paper Tables II/III)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from .common import add_device_flag, settings_from
+
+
+def _method(text: str) -> tuple[str, str]:
+    name, sep, path = text.partition("=")
+    if not sep or not name.strip() or not path.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=PATH, got {text!r}")
+    return name.strip(), path.strip()
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "eval", help="score models and baselines on held-out identities (FVD, PSNR, SSIM, LPIPS)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Evaluate on the identities of a dataset split (default: test). For every subject each "
+        "method predicts every expression unit from the subject's own neutral mesh and maps; predictions are "
+        "compared with the true expression:\n"
+        "  FVD    mean vertex L2 distance in mm (lower is better)\n"
+        "  PSNR   dB per BRDF map kind (albedo, specular, roughness, normal), data range 1 (higher is better)\n"
+        "  SSIM   per map kind, data range 1 (higher is better)\n"
+        "  LPIPS  only when lpips_weights_path names local safetensors weights (nothing is downloaded)\n\n"
+        "Baselines always included: 'neutral copy' (no change) and '3DMM' (mean training-identity "
+        "expression delta added to the neutral, geometry and textures). Ablations are other model folders "
+        "given with --method, e.g. --method 'w/o attention=models/no-attn' --method one-hot=models/onehot.\n\n"
+        "Prints the table, writes <out>/metrics.csv (one row per method and expression plus an 'all' row "
+        "per method) and logs the per-method means and the CSV to MLflow.")
+    p.add_argument("--dataset", required=True, metavar="PATH", help="dataset folder made by `expdiff data`")
+    p.add_argument("--model", metavar="PATH",
+                   help="ExpDiff pipeline folder (or models:/NAME@alias), reported as 'ExpDiff'; without it and "
+                   "without --method only the baselines are scored")
+    p.add_argument("--method", action="append", type=_method, default=[], metavar="NAME=PATH",
+                   help="another pipeline folder (or models:/ reference) to score under NAME; repeatable")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"],
+                   help="identities to evaluate (default: test)")
+    p.add_argument("--train-split", default="train", choices=["train", "val", "test"],
+                   help="identities whose mean expression delta is the 3DMM baseline (default: train)")
+    p.add_argument("--max-subjects", type=int, default=None, metavar="N", help="only the first N subjects of the split")
+    p.add_argument("--expressions", default=None, metavar="U1,U2,...",
+                   help="comma-separated units to evaluate (default: every unit of the dataset)")
+    p.add_argument("--steps", type=int, default=None, metavar="N", help="sampler steps (default: each model's own)")
+    p.add_argument("--seed", type=int, default=0, metavar="S", help="sampling seed (default 0)")
+    p.add_argument("--fvd-groups", default=None, metavar="G1,G2",
+                   help="restrict FVD to vertices of these material groups, e.g. M_Face (default: all vertices)")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="folder for metrics.csv (default: <output_root>/evaluations/<dataset>-<time>); an existing "
+                   "metrics.csv is never overwritten")
+    p.add_argument("--per-expression", action="store_true", help="also print one line per method and expression")
+    p.add_argument("--mlflow", action=argparse.BooleanOptionalAction, default=True,
+                   help="log metrics and the CSV to MLflow, experiment 'evaluation' (default: on)")
+    add_device_flag(p)
+    p.set_defaults(func=run)
+
+
+def _model_path(settings, ref: str) -> Path:
+    if ref.startswith("models:/"):
+        from ..registry import resolve_model
+
+        return resolve_model(settings, ref)
+    return Path(ref)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..errors import ExpDiffInputError, PublishError
+    from ..evaluation.evaluate import evaluate_methods
+    from ..evaluation.metrics import LpipsMetric, lpips_status
+    from ..evaluation.report import format_table, log_report, write_csv
+
+    settings = settings_from(args)
+    methods: dict[str, Path] = {}
+    for name, ref in ([("ExpDiff", args.model)] if args.model else []) + list(args.method):
+        if name in methods:
+            raise ExpDiffInputError(None, f"method name {name!r} given twice")
+        methods[name] = _model_path(settings, ref)
+    dataset = Path(args.dataset)
+    out = Path(args.out) if args.out else \
+        settings.output_path / "evaluations" / f"{dataset.resolve().name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    csv_path = out / "metrics.csv"
+    if csv_path.exists():
+        raise PublishError(f"{csv_path}: already exists and will not be overwritten; choose another --out")
+
+    status = lpips_status(settings)
+    lpips = LpipsMetric(status.path, status.net, "cpu") if status.available else None
+    expressions = [e.strip() for e in args.expressions.split(",") if e.strip()] if args.expressions else None
+    groups = [g.strip() for g in args.fvd_groups.split(",") if g.strip()] if args.fvd_groups else None
+
+    start = time.perf_counter()
+    rows = evaluate_methods(dataset, methods, split=args.split, train_split=args.train_split,
+                            max_subjects=args.max_subjects, expressions=expressions, seed=args.seed,
+                            steps=args.steps, device=settings.device, lpips=lpips, fvd_groups=groups)
+    seconds = time.perf_counter() - start
+    write_csv(rows, csv_path)
+
+    n_methods = len(methods) + 2  # the two baselines come first
+    n_expressions = len(rows) // n_methods - 1  # every method has its 'all' row plus one per expression
+    n_subjects = rows[0].samples // n_expressions
+    print(f"\n{dataset} split '{args.split}': {n_subjects} subject(s) x {n_expressions} expression(s), "
+          f"{n_methods} method(s), {seconds:.1f} s")
+    print(format_table(rows))
+    if args.per_expression:
+        print()
+        print(format_table(rows, per_expression=True))
+    print(f"\nLPIPS: computed ({status.reason})" if status.available else f"\nLPIPS: not computed: {status.reason}")
+    print(f"wrote {csv_path}")
+    if args.mlflow:
+        params = {"dataset": str(dataset.resolve()), "split": args.split, "train_split": args.train_split,
+                  "max_subjects": args.max_subjects, "steps": args.steps, "seed": args.seed,
+                  "fvd_groups": args.fvd_groups or "all vertices", "lpips": status.available,
+                  **{f"model.{name}": str(path) for name, path in methods.items()}}
+        run_id = log_report(settings, rows, csv_path, params=params, run_name=f"eval {dataset.resolve().name}")
+        print(f"logged to MLflow run {run_id} at {settings.tracking_uri}")
+    return 0
