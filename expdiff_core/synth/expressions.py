@@ -592,13 +592,14 @@ def mouth_press(rig: FaceRig, s: float) -> np.ndarray:
     d = _close_rims(rig, ramp, ramp)
     # The lips press together (flatten and shorten) and the lower lip is pushed up from below: its body
     # rises more than its rim, which the upper lip stops.
-    d += _lip_squeeze(rig, 0.25, reach=1.2) * ramp[:, None]
+    d += _lip_squeeze(rig, 0.25 * rig.lip_fullness, reach=1.2) * ramp[:, None]
     up = _lip_band(rig, True, 0.9) * ramp
     d += (0.1 * up * rig.lip_fullness)[:, None] * np.array([0.0, 0.0, -1.0])
     below = rig.mouth_line - rig.b
-    push = _smoothstep(0.0, 1.0, below) * (1.0 - _smoothstep(1.3, 2.8, below)) * ramp * _front(rig)
+    grow = 1.0 + 0.4 * rig.laxity  # a lax chin bunches over a larger area
+    push = _smoothstep(0.0, 1.0, below) * (1.0 - _smoothstep(1.3 * grow, 2.8 * grow, below)) * ramp * _front(rig)
     push *= 1.0 - _smoothstep(MOUTH_HALF_WIDTH, MOUTH_HALF_WIDTH + 1.5, np.abs(rig.a))
-    d += (0.3 * push)[:, None] * np.array([0.0, 1.0, 0.25])
+    d += (0.3 * (0.8 + 0.4 * rig.laxity) * push)[:, None] * np.array([0.0, 1.0, 0.25])
     return d
 
 
