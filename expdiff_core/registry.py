@@ -21,6 +21,7 @@ from .errors import ExpDiffInputError
 
 CANDIDATE = "candidate"
 CHAMPION = "champion"
+BUNDLED_MODEL = "expdiff"  # models/expdiff in the package: the offline default pipeline
 
 
 @dataclass(frozen=True)
@@ -122,13 +123,42 @@ def promote(settings: Settings, name: str, version: str | int, alias: str = CHAM
     return ModelVersionRef(name, str(mv.version), mv.run_id, mv.source)
 
 
+def register_bundled(settings: Settings) -> ModelVersionRef | None:
+    """Register the bundled offline default (``models/expdiff``) as ``expdiff`` with aliases ``candidate`` and
+    ``champion`` if the registry has no ``expdiff`` model yet; None when there is nothing bundled."""
+    from .models.store import offline_default_path
+
+    folder = offline_default_path(settings, BUNDLED_MODEL)
+    if folder is None:
+        return None
+    mlflow = _mlflow(settings)
+    client = mlflow.MlflowClient()
+    try:
+        client.get_registered_model(BUNDLED_MODEL)
+        return None
+    except mlflow.exceptions.MlflowException:
+        pass
+    with tracked_run(settings, "expdiff-bundled", run_name="bundled offline default",
+                     params={"source": str(folder)}, tags={"expdiff.bundled": "true"}):
+        if (folder / "README.md").is_file():
+            mlflow.log_artifact(str(folder / "README.md"))
+        ref = register_model_folder(settings, folder, BUNDLED_MODEL, alias=CANDIDATE)
+    client.set_registered_model_alias(BUNDLED_MODEL, CHAMPION, ref.version)
+    return ref
+
+
 def resolve_version(settings: Settings, uri: str) -> ModelVersionRef:
-    """``models:/NAME@alias`` or ``models:/NAME/VERSION`` -> the registered version it names."""
+    """``models:/NAME@alias`` or ``models:/NAME/VERSION`` -> the registered version it names.
+
+    The bundled offline default (``models:/expdiff@...``) is registered on first use.
+    """
     mlflow = _mlflow(settings)
     client = mlflow.MlflowClient()
     if not uri.startswith("models:/"):
         raise ExpDiffInputError(None, f"model reference {uri!r} is not of the form models:/NAME@alias or models:/NAME/N")
     ref = uri[len("models:/"):]
+    if ref.split("@")[0].split("/")[0] == BUNDLED_MODEL:
+        register_bundled(settings)
     try:
         if "@" in ref:
             name, alias = ref.split("@", 1)

@@ -6,8 +6,10 @@ from pathlib import Path
 
 from ..config import PACKAGE_MODELS, Settings
 
-# Offline defaults ExpDiff trains itself and ships under models/<name>/ (config + safetensors + model card).
-OFFLINE_DEFAULTS = ("vae", "denoiser", "upscaler")
+# Offline defaults ExpDiff trains itself and ships under models/<name>/: "expdiff" is the whole pipeline
+# (pipeline_config.json, template.obj, vae/, denoiser/, README.md model card).
+OFFLINE_DEFAULTS = ("expdiff",)
+CONFIG_FILES = ("config.json", "pipeline_config.json")
 PRODUCTION_KEYS = ("sd_vae_path", "clip_text_encoder_path", "realesrgan_path", "lpips_weights_path")
 
 
@@ -15,7 +17,7 @@ def offline_default_path(settings: Settings, name: str) -> Path | None:
     """The folder of offline default ``name``: the configured model store first, then the package's models/."""
     for root in (settings.model_store_path, PACKAGE_MODELS):
         folder = root / name
-        if (folder / "config.json").is_file():
+        if any((folder / name).is_file() for name in CONFIG_FILES):
             return folder
     return None
 
