@@ -16,22 +16,29 @@ def _method(text: str) -> tuple[str, str]:
     return name.strip(), path.strip()
 
 
+DESCRIPTION = """\
+Evaluate on the identities of a dataset split (default: test). For every subject each method predicts
+every expression unit from the subject's own neutral mesh and maps; predictions are compared with the
+true expression:
+  FVD    mean vertex L2 distance in mm (lower is better)
+  PSNR   dB per BRDF map kind (albedo, specular, roughness, normal), data range 1 (higher is better)
+  SSIM   per map kind, data range 1 (higher is better)
+  LPIPS  only when lpips_weights_path names local safetensors weights (nothing is downloaded)
+
+Baselines, always included: 'neutral copy' (no change) and '3DMM' (the mean training-identity
+expression delta added to the neutral, geometry and textures). Ablations are other model folders:
+  --method 'w/o attention=models/no-attn' --method one-hot=models/onehot
+
+Prints the table, writes <out>/metrics.csv (an 'all' row per method plus one row per method and
+expression) and logs the per-method means and the CSV to MLflow (experiment 'evaluation').
+"""
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "eval", help="score models and baselines on held-out identities (FVD, PSNR, SSIM, LPIPS)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Evaluate on the identities of a dataset split (default: test). For every subject each "
-        "method predicts every expression unit from the subject's own neutral mesh and maps; predictions are "
-        "compared with the true expression:\n"
-        "  FVD    mean vertex L2 distance in mm (lower is better)\n"
-        "  PSNR   dB per BRDF map kind (albedo, specular, roughness, normal), data range 1 (higher is better)\n"
-        "  SSIM   per map kind, data range 1 (higher is better)\n"
-        "  LPIPS  only when lpips_weights_path names local safetensors weights (nothing is downloaded)\n\n"
-        "Baselines always included: 'neutral copy' (no change) and '3DMM' (mean training-identity "
-        "expression delta added to the neutral, geometry and textures). Ablations are other model folders "
-        "given with --method, e.g. --method 'w/o attention=models/no-attn' --method one-hot=models/onehot.\n\n"
-        "Prints the table, writes <out>/metrics.csv (one row per method and expression plus an 'all' row "
-        "per method) and logs the per-method means and the CSV to MLflow.")
+        description=DESCRIPTION)
     p.add_argument("--dataset", required=True, metavar="PATH", help="dataset folder made by `expdiff data`")
     p.add_argument("--model", metavar="PATH",
                    help="ExpDiff pipeline folder (or models:/NAME@alias), reported as 'ExpDiff'; without it and "

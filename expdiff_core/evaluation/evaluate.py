@@ -61,7 +61,9 @@ class Row:
 
 
 @dataclass
-class _Sample:
+class Sample:
+    """Scores of one predicted expression of one subject: FVD (mm) and {map kind: value} per measure."""
+
     fvd_mm: float
     psnr: dict[str, float]
     ssim: dict[str, float]
@@ -99,10 +101,10 @@ def expdiff_predictions(pipeline, neutral_mesh, neutral_maps: Mapping[str, Mappi
 
 def score_predictions(predictions: Mapping[str, Prediction], truth: Mapping[str, Prediction], kinds: Sequence[str],
                       *, units: str = "cm", vertex_mask: np.ndarray | None = None,
-                      lpips: LpipsMetric | None = None) -> dict[str, _Sample]:
+                      lpips: LpipsMetric | None = None) -> dict[str, Sample]:
     """Scores of one subject's predicted expressions against the truth; map metrics batched per kind."""
     expressions = list(predictions)
-    scores = {e: _Sample(fvd(predictions[e].vertices, truth[e].vertices, units, vertex_mask), {}, {}, {})
+    scores = {e: Sample(fvd(predictions[e].vertices, truth[e].vertices, units, vertex_mask), {}, {}, {})
               for e in expressions}
     for kind in kinds:
         udims = sorted(truth[expressions[0]].maps[kind])
@@ -118,9 +120,9 @@ def score_predictions(predictions: Mapping[str, Prediction], truth: Mapping[str,
     return scores
 
 
-def _mean_row(method: str, expression: str, samples: Sequence[_Sample], kinds: Sequence[str]) -> Row:
+def _mean_row(method: str, expression: str, samples: Sequence[Sample], kinds: Sequence[str]) -> Row:
     def mean(name: str) -> dict[str, float]:
-        if not samples[0].__dict__[name]:
+        if not getattr(samples[0], name):  # LPIPS not computed
             return {}
         return {k: float(np.mean([getattr(s, name)[k] for s in samples])) for k in kinds}
 
@@ -163,7 +165,7 @@ def evaluate_methods(dataset_root: str | os.PathLike, methods: Mapping[str, str 
     pipelines = {name: ExpDiffPipeline.from_pretrained(folder, device=device) for name, folder in methods.items()}
     mean_face = mean_training_face(dataset, expressions, train_split, progress=progress)
     names = [NEUTRAL_COPY, LINEAR_3DMM, *pipelines]
-    samples: dict[str, dict[str, list[_Sample]]] = {m: {e: [] for e in expressions} for m in names}
+    samples: dict[str, dict[str, list[Sample]]] = {m: {e: [] for e in expressions} for m in names}
 
     bar = tqdm(total=len(subjects) * len(names), desc=f"evaluate ({split})", unit="method", disable=not progress)
     for subject in subjects:

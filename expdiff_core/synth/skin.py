@@ -23,7 +23,8 @@ field is seeded from the identity seed and the UDIM tile, so maps are determinis
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import zlib
+from dataclasses import dataclass
 from typing import Mapping
 
 import numpy as np
@@ -150,7 +151,8 @@ def triangle_strain(neutral: FaceMesh, expression_vertices: np.ndarray,
 
 # ---------------------------------------------------------------------------- noise
 def _rng(seed: int, udim: int, layer: str) -> np.random.Generator:
-    tag = int.from_bytes(layer.encode()[:8].ljust(8, b"\0"), "little")
+    """The random stream of one noise layer of one tile of one identity (independent of every other)."""
+    tag = zlib.crc32(layer.encode())
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, udim, tag])))
 
 
@@ -383,7 +385,8 @@ class SkinTile:
     """Everything about one identity's skin on one UDIM tile that does not depend on the expression.
 
     Maps are (R, R) float32. Heights are in cm (negative = into the skin). ``g0`` is the neutral metric
-    per texel (R, R, 3). ``wrinkle_cycles`` is the fold frequency in cycles per tile along UV.
+    per texel (R, R, 3); ``uv_local`` (2, R, R) the tile-local UV of each texel centre.
+    ``wrinkle_cycles`` is the fold frequency in cycles per tile along UV.
     """
 
     udim: int
@@ -404,7 +407,7 @@ class SkinTile:
     wrinkle_depth_cm: float
     bin_phases: np.ndarray
     g0: np.ndarray
-    uv_local: np.ndarray = field(repr=False, default=None)
+    uv_local: np.ndarray
 
 
 def build_skin_tile(params: SkinParams, seed: int, udim: int, resolution: int, cm_per_uv: float,
@@ -412,7 +415,8 @@ def build_skin_tile(params: SkinParams, seed: int, udim: int, resolution: int, c
     """Neutral skin layers of one tile for an identity.
 
     cm_per_uv: typical surface length of one UV unit on this tile (sets physical feature sizes).
-    g0: (R, R, 3) packed neutral metric per texel (see ``texel_metrics``).
+    g0: (R, R, 3) packed neutral metric per texel (see ``SkinLayout.texel_metrics``). Tile 1001 is taken
+    to be the face (T-zone shine, denser freckles), as in both of our templates.
     """
     res = int(resolution)
     if not MIN_RESOLUTION <= res <= MAX_RESOLUTION:

@@ -58,13 +58,16 @@ class Service:
 
 
 def wait_until(check: Callable[[], T], timeout: float, what: str, interval: float = 1.0,
-               explain: Callable[[], str] = lambda: "") -> T:
-    """Call ``check`` until it returns something truthy (returned); TimeoutError naming ``what`` otherwise."""
+               explain: Callable[[], str] = lambda: "",
+               not_ready: tuple[type[BaseException], ...] = (OSError,)) -> T:
+    """Call ``check`` until it returns something truthy (returned); TimeoutError naming ``what`` otherwise.
+
+    not_ready: exceptions that mean "not yet" (a connection refused while a server starts)."""
     deadline = time.monotonic() + timeout
     while True:
         try:
             result = check()
-        except OSError:  # the service is not listening yet
+        except not_ready:
             result = None
         if result:
             return result
