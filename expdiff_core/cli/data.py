@@ -60,6 +60,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="latent codec folder: ours from `expdiff train vae`, or a Stable Diffusion VAE folder")
     e.add_argument("--position-scale-cm", type=float, default=6.0, metavar="CM",
                    help="displacement that maps to +-1 in position maps (default %(default)s cm)")
+    e.add_argument("--splits", default="train,val,test", metavar="S1,S2",
+                   help="identities to encode (default %(default)s; diffusion training reads only train)")
     e.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N")
     e.set_defaults(func=run_encode)
 
@@ -137,6 +139,6 @@ def run_encode(args: argparse.Namespace) -> int:
     settings = load_settings(args.config, {"device": args.device})
     codec = LatentCodec.from_pretrained(args.vae, device=settings.device)
     out = encode_dataset(args.dataset, codec, args.out, PositionMapConfig(scale_cm=args.position_scale_cm),
-                         cache_dir=settings.cache_path / "uv")
+                         cache_dir=settings.cache_path / "uv", splits=tuple(args.splits.split(",")))
     print(f"wrote latents {out}")
     return 0

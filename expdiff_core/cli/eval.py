@@ -45,10 +45,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "without --method only the baselines are scored")
     p.add_argument("--method", action="append", type=_method, default=[], metavar="NAME=PATH",
                    help="another pipeline folder (or models:/ reference) to score under NAME; repeatable")
-    p.add_argument("--split", default="test", choices=["train", "val", "test"],
-                   help="identities to evaluate (default: test)")
+    p.add_argument("--split", default="test", choices=["train", "val", "test", "all"],
+                   help="identities to evaluate (default: test; 'all' for a held-out set made apart from the "
+                   "training corpus, with --train-dataset)")
     p.add_argument("--train-split", default="train", choices=["train", "val", "test"],
                    help="identities whose mean expression delta is the 3DMM baseline (default: train)")
+    p.add_argument("--train-dataset", default=None, metavar="PATH",
+                   help="dataset whose --train-split the 3DMM baseline averages (default: --dataset); use the "
+                   "models' training corpus when --dataset is a separately made held-out set")
     p.add_argument("--max-subjects", type=int, default=None, metavar="N", help="only the first N subjects of the split")
     p.add_argument("--expressions", default=None, metavar="U1,U2,...",
                    help="comma-separated units to evaluate (default: every unit of the dataset)")
@@ -100,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     rows = evaluate_methods(dataset, methods, split=args.split, train_split=args.train_split,
+                            train_dataset_root=args.train_dataset,
                             max_subjects=args.max_subjects, expressions=expressions, seed=args.seed,
                             steps=args.steps, device=settings.device, lpips=lpips, fvd_groups=groups)
     seconds = time.perf_counter() - start

@@ -134,21 +134,25 @@ def evaluate_methods(dataset_root: str | os.PathLike, methods: Mapping[str, str 
                      split: str = "test", max_subjects: int | None = None, expressions: Sequence[str] | None = None,
                      seed: int = 0, steps: int | None = None, device: str | torch.device = "cpu",
                      progress: bool = True, train_split: str = "train", lpips: LpipsMetric | None = None,
-                     fvd_groups: Sequence[str] | None = None) -> list[Row]:
+                     fvd_groups: Sequence[str] | None = None,
+                     train_dataset_root: str | os.PathLike | None = None) -> list[Row]:
     """Score the baselines and every ExpDiff pipeline folder in ``methods`` on ``split``'s identities.
 
     methods: {display name: pipeline folder}, e.g. {"ExpDiff": ..., "w/o attention": ..., "one-hot": ...};
     the baselines ``neutral copy`` and ``3DMM`` (mean delta of ``train_split``) are always included, first.
     expressions: units to evaluate (default: every unit of the dataset). max_subjects: the first N subjects
     of the split. steps: sampler steps (default: each model's own). fvd_groups: restrict FVD to vertices
-    of these material groups (default: every vertex). Returns, per method, its ``all`` row followed by one
+    of these material groups (default: every vertex). train_dataset_root: the dataset whose ``train_split``
+    the 3DMM baseline averages (default: ``dataset_root``), so a separately made held-out set can be scored
+    against the models' own training corpus. Returns, per method, its ``all`` row followed by one
     row per expression.
     """
     dataset = Dataset(Path(dataset_root))
     clash = sorted(set(methods) & set(BASELINES))
     if clash:
         raise ExpDiffInputError(None, f"method name(s) {clash} are taken by the baselines; choose other names")
-    subjects = dataset.split(split)[: max_subjects if max_subjects is not None else None]
+    # "all": every subject, for a held-out set made separately from the models' corpus (--train-dataset).
+    subjects = (dataset.subjects if split == "all" else dataset.split(split))[: max_subjects]
     if not subjects:
         raise ExpDiffInputError(dataset.root / "manifest.json", f"split {split!r} has no subject to evaluate")
     expressions = list(expressions) if expressions is not None else list(dataset.units)
@@ -163,7 +167,10 @@ def evaluate_methods(dataset_root: str | os.PathLike, methods: Mapping[str, str 
     from ..pipelines.expdiff import ExpDiffPipeline
 
     pipelines = {name: ExpDiffPipeline.from_pretrained(folder, device=device) for name, folder in methods.items()}
-    mean_face = mean_training_face(dataset, expressions, train_split, progress=progress)
+    train_dataset = dataset if train_dataset_root is None else Dataset(Path(train_dataset_root))
+    if train_dataset.manifest["template"] != dataset.manifest["template"]:
+        raise ExpDiffInputError(train_dataset.root / "manifest.json", "is on another template than the evaluated dataset")
+    mean_face = mean_training_face(train_dataset, expressions, train_split, progress=progress)
     names = [NEUTRAL_COPY, LINEAR_3DMM, *pipelines]
     samples: dict[str, dict[str, list[Sample]]] = {m: {e: [] for e in expressions} for m in names}
 

@@ -58,8 +58,10 @@ def encode_subject(codec: LatentCodec, maps_by_expression: Mapping[str, Mapping[
 
 def encode_dataset(dataset_root: str | os.PathLike, codec: LatentCodec, out: str | os.PathLike,
                    position: PositionMapConfig = PositionMapConfig(), *, cache_dir: str | os.PathLike | None = None,
-                   progress: bool = True) -> Path:
-    """Encode every sample of the dataset at ``dataset_root`` into ``out``; resumes a partial ``out``.
+                   splits: tuple[str, ...] = ("train", "val", "test"), progress: bool = True) -> Path:
+    """Encode every sample of ``splits`` of the dataset at ``dataset_root`` into ``out``; resumes a partial ``out``.
+
+    splits: which identities to encode (training needs only ``train``; evaluation reads the raw dataset).
 
     The manifest is written first (so a resumed run can check it matches) and shards are atomic, so an
     interrupted run leaves only whole shards. Returns ``out``.
@@ -73,7 +75,7 @@ def encode_dataset(dataset_root: str | os.PathLike, codec: LatentCodec, out: str
     manifest = LatentManifest(
         kinds=kinds, udims=list(dataset.udims), latent_shape=[codec.latent_channels, h, w],
         scaling_factor=float(codec.scaling_factor), expressions=list(dataset.expressions),
-        subjects={s: dataset.split(s) for s in ("train", "val", "test") if dataset.split(s)},
+        subjects={s: dataset.split(s) for s in splits if dataset.split(s)},
         codec={"config": {k: v for k, v in dict(codec.config).items() if not k.startswith("_")},
                "position_map": position.to_dict(), "dataset": str(Path(dataset_root).resolve()),
                "resolution": dataset.resolution},
@@ -87,8 +89,11 @@ def encode_dataset(dataset_root: str | os.PathLike, codec: LatentCodec, out: str
     else:
         write_manifest(out, manifest)
     rasters = dataset_rasters(dataset, cache_dir)
-    todo = [s for s in dataset.subjects if not (out / f"{s}.safetensors").is_file()]
-    with torch.no_grad(), tqdm(total=len(dataset.subjects), initial=len(dataset.subjects) - len(todo),
+    chosen = [s for split in splits for s in dataset.split(split)]
+    if not chosen:
+        raise ExpDiffInputError(Path(dataset_root) / "manifest.json", f"splits {list(splits)} have no subjects")
+    todo = [s for s in chosen if not (out / f"{s}.safetensors").is_file()]
+    with torch.no_grad(), tqdm(total=len(chosen), initial=len(chosen) - len(todo),
                                desc="encode", unit="subject", disable=not progress) as bar:
         for subject in todo:
             maps = {e: subject_maps(dataset, subject, e, rasters, position) for e in dataset.expressions}
