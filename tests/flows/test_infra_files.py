@@ -75,6 +75,8 @@ def test_kubernetes_pool_renders_to_a_job_requesting_one_nvidia_gpu():
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert container["image"] == "expdiff-worker:latest"
     assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert {v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"]} == {"expdiff-builds", "expdiff-state"}
+    assert config.env["EXPDIFF_STATE_DIR"] == "/state" and config.env["EXPDIFF_OUTPUT_ROOT"] == "/builds"
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
 
 
@@ -90,7 +92,7 @@ def test_an_unknown_pool_type_is_refused():
 def test_compose_file_wires_server_database_mlflow_storage_and_a_gpu_worker():
     compose = yaml.safe_load((INFRA / "docker-compose.yml").read_text())
     services = compose["services"]
-    assert {"postgres", "prefect-server", "minio", "mlflow", "gpu-worker"} <= set(services)
+    assert {"postgres", "prefect-server", "minio", "mlflow", "artifacts", "setup", "gpu-worker"} <= set(services)
     for name, service in services.items():
         needs = service.get("depends_on", [])
         assert set(needs) <= set(services), f"{name} depends on an unknown service"
@@ -101,28 +103,40 @@ def test_compose_file_wires_server_database_mlflow_storage_and_a_gpu_worker():
     mlflow = services["mlflow"]["command"]
     assert "--backend-store-uri postgresql://" in mlflow and "--artifacts-destination s3://" in mlflow
     worker = services["gpu-worker"]
-    assert "--pool gpu" in worker["command"]
+    assert worker["command"].split()[-6:] == ["--pool", "gpu", "--type", "process", "--limit", "1"]
     assert worker["environment"]["PREFECT_API_URL"] == "http://prefect-server:4200/api"
-    devices = worker["deploy"]["resources"]["reservations"]["devices"]
-    assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
+    (device,) = worker["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia" and device["device_ids"] == ["0"] and "gpu" in device["capabilities"]
+    assert "expdiff infra setup" in services["setup"]["command"] and "deploy --all" in services["setup"]["command"]
+    assert "serve-artifacts" in services["artifacts"]["command"]
 
 
-def test_kubernetes_manifests_run_a_worker_allowed_to_create_jobs():
+def test_kubernetes_manifests_run_a_worker_allowed_to_create_jobs_with_shared_volumes():
     docs = [d for d in yaml.safe_load_all((INFRA / "k8s" / "gpu-worker.yaml").read_text()) if d]
-    by_kind = {d["kind"]: d for d in docs}
-    assert {"ServiceAccount", "Role", "RoleBinding", "Deployment"} <= set(by_kind)
-    container = by_kind["Deployment"]["spec"]["template"]["spec"]["containers"][0]
-    assert container["command"][-4:] == ["--pool", "gpu", "--type", "kubernetes"]
-    job_rules = [r for r in by_kind["Role"]["rules"] if "jobs" in r["resources"]]
+    named = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+    assert all(d["metadata"].get("namespace", "expdiff") == "expdiff" for d in docs)
+    worker = named[("Deployment", "expdiff-gpu-worker")]["spec"]["template"]["spec"]
+    assert worker["containers"][0]["command"][-4:] == ["--pool", "gpu", "--type", "kubernetes"]
+    role = named[("Role", "expdiff-worker")]
+    job_rules = [r for r in role["rules"] if "jobs" in r["resources"]]
     assert job_rules and "create" in job_rules[0]["verbs"]
-    assert by_kind["RoleBinding"]["roleRef"]["name"] == by_kind["Role"]["metadata"]["name"]
+    assert named[("RoleBinding", "expdiff-worker")]["roleRef"]["name"] == "expdiff-worker"
+    assert worker["serviceAccountName"] == "expdiff-worker"
+    # The flow-run Jobs mount the claims named by the pool template's defaults.
+    from flows.infra import load_base_job_template
+
+    props = load_base_job_template("kubernetes")["variables"]["properties"]
+    for claim in (props["builds_claim"]["default"], props["state_claim"]["default"]):
+        assert ("PersistentVolumeClaim", claim) in named
+    assert props["namespace"]["default"] == "expdiff"  # where the worker's Role allows creating Jobs
 
 
 def test_worker_image_installs_the_package_and_serves_the_gpu_pool():
     dockerfile = (INFRA / "Dockerfile.worker").read_text()
     for folder in ("expdiff_core", "flows", "tasks", "usd_schemas"):
         assert f"COPY {folder} ./{folder}" in dockerfile
-    assert 'CMD ["prefect", "worker", "start", "--pool", "gpu"' in dockerfile
+    assert 'CMD ["prefect", "worker", "start", "--pool", "gpu", "--type", "process", "--limit", "1"]' in dockerfile
+    assert "EXPDIFF_SRC=/opt/expdiff/src" in dockerfile  # prefect.yaml's pull step cds there
 
 
 # ------------------------------------------------------------------ prefect.yaml

@@ -1,0 +1,57 @@
+"""Dataset -> latents for diffusion training: layout, chosen splits, resumption."""
+
+import json
+
+import pytest
+import torch
+
+from expdiff_core.errors import ExpDiffInputError
+from expdiff_core.models.vae import LatentCodec, offline_vae_config
+from expdiff_core.training.encode import encode_dataset
+from expdiff_core.training.latents import LatentDataset, read_latent_shard, read_manifest
+
+
+@pytest.fixture
+def codec():
+    return LatentCodec.from_config(offline_vae_config(block_out_channels=[8, 8, 16, 16], norm_num_groups=8),
+                                   seed=0, device="cpu")
+
+
+@pytest.fixture
+def dataset(tmp_path, make_tiny_dataset):
+    return make_tiny_dataset(tmp_path / "data", splits={"s0": "train", "s1": "train", "s2": "test"}, resolution=64)
+
+
+def test_every_sample_map_and_tile_becomes_one_latent(tmp_path, dataset, codec):
+    out = encode_dataset(dataset, codec, tmp_path / "lat", progress=False)
+    manifest = read_manifest(out)
+    assert manifest.kinds[0] == "position" and set(manifest.kinds[1:]) == {"albedo", "specular", "roughness", "normal"}
+    assert manifest.latent_shape == [4, 8, 8]  # 64^2 maps through the 8x VAE
+    shard = read_latent_shard(out / "s0.safetensors")
+    assert len(shard) == len(manifest.expressions) * len(manifest.kinds) * len(manifest.udims)
+    assert all(t.shape == (4, 8, 8) and torch.isfinite(t).all() for t in shard.values())
+    assert manifest.codec["position_map"] == {"scale_cm": 6.0}
+
+
+def test_only_the_chosen_splits_are_encoded_and_listed(tmp_path, dataset, codec):
+    out = encode_dataset(dataset, codec, tmp_path / "lat", splits=("train",), progress=False)
+    assert read_manifest(out).subjects == {"train": ["s0", "s1"]}
+    assert not (out / "s2.safetensors").exists()
+    assert len(LatentDataset(out, "train")) > 0
+
+
+def test_a_rerun_resumes_and_keeps_finished_shards(tmp_path, dataset, codec):
+    out = encode_dataset(dataset, codec, tmp_path / "lat", progress=False)
+    (out / "s1.safetensors").unlink()
+    before = (out / "s0.safetensors").stat().st_mtime_ns
+    encode_dataset(dataset, codec, out, progress=False)
+    assert (out / "s1.safetensors").is_file()
+    assert (out / "s0.safetensors").stat().st_mtime_ns == before
+
+
+def test_resuming_with_other_settings_is_refused(tmp_path, dataset, codec):
+    from expdiff_core.uv.position_map import PositionMapConfig
+
+    out = encode_dataset(dataset, codec, tmp_path / "lat", progress=False)
+    with pytest.raises(ExpDiffInputError, match="different settings"):
+        encode_dataset(dataset, codec, out, PositionMapConfig(scale_cm=3.0), progress=False)
