@@ -6,8 +6,7 @@ set -euo pipefail
 WORK=${WORK:-$PWD/.offline-default}
 IDENTITIES=${IDENTITIES:-40}
 RESOLUTION=${RESOLUTION:-128}
-VAE_STEPS=${VAE_STEPS:-1500}
-VAE_CROP=${VAE_CROP:-64}
+VAE_STEPS=${VAE_STEPS:-1000}
 DIFFUSION_STEPS=${DIFFUSION_STEPS:-2000}
 DEVICE=${DEVICE:-auto}
 OUT=${OUT:-models/expdiff}
@@ -15,9 +14,9 @@ mkdir -p "$WORK"
 
 [ -d "$WORK/dataset" ] || expdiff data synth --identities "$IDENTITIES" --resolution "$RESOLUTION" --seed 2026 --out "$WORK/dataset"
 [ -d "$WORK/vae" ] || expdiff train vae --dataset "$WORK/dataset" --out "$WORK/vae" --steps "$VAE_STEPS" \
-    --resolution "$VAE_CROP" --widths 16,32,64,64 --held-out-maps 256 --device "$DEVICE"
-expdiff data encode "$WORK/dataset" --vae "$WORK/vae" --out "$WORK/latents" --device "$DEVICE"
+    --batch-size 4 --widths 16,32,64,64 --held-out-maps 256 --device "$DEVICE"
+expdiff data encode "$WORK/dataset" --vae "$WORK/vae" --out "$WORK/latents" --splits train --device "$DEVICE"
 expdiff train diffusion --latents "$WORK/latents" --out "$WORK/diffusion" --steps "$DIFFUSION_STEPS" \
-    --model-config '{"patch_size": 4, "width": 128, "depth": 4, "heads": 4}' --batch-size 16 \
+    --model-config "$(dirname "$0")/offline_denoiser.json" --batch-size 16 \
     --learning-rate 5e-4 --checkpoint-every 250 --device "$DEVICE"
 [ -d "$OUT" ] || expdiff models assemble --dataset "$WORK/dataset" --vae "$WORK/vae" --diffusion "$WORK/diffusion" --out "$OUT"

@@ -46,8 +46,8 @@ RESULT_SERIALIZER = "json"
 NOT_CACHED: dict[str, Any] = {"cache_policy": None, "result_storage_key": "{task_run.id}"}
 
 # Tasks that run on the GPU carry this tag. A tag concurrency limit (``expdiff infra setup --gpu-limit N`` or
-# ``prefect concurrency-limit create gpu N``) caps gpu task runs server-wide: N = the GPUs serving the pool,
-# so one GPU runs one diffusion at a time.
+# ``prefect concurrency-limit create gpu N``) caps gpu task runs server-wide at N = the GPUs serving the pool;
+# one worker per GPU with ``--limit 1`` keeps each GPU to one flow run (docs/orchestration.md).
 GPU_TAG = "gpu"
 
 # I/O steps retry transient failures (network file systems, object stores, the MLflow server) 3 times,

@@ -12,6 +12,7 @@ import sys
 from ..errors import ExpDiffError
 
 COMMAND_MODULES = [
+    "build",
     "doctor",
     "models",
     "usd",

@@ -112,3 +112,41 @@ def test_bound_tasks_persist_results_under_the_state_folder():
     assert results_path(settings) == settings.state_path / "prefect-results"
     assert bound.result_storage == results_path(settings) and results_path(settings).is_dir()
     assert step.result_storage is None  # the module-level task is left alone
+
+
+def test_input_files_expand_udim_patterns_folders_and_mappings(tmp_path):
+    from tasks.common import input_files
+
+    tex = tmp_path / "tex"
+    tex.mkdir()
+    for name in ("albedo.1002.exr", "albedo.1001.exr", "albedo.1001.exr.bak", "normal.1001.exr"):
+        (tex / name).write_bytes(b"x")
+    pattern = str(tex / "albedo.<UDIM>.exr")
+    assert input_files(pattern) == [tex / "albedo.1001.exr", tex / "albedo.1002.exr"]
+    assert input_files({"normal": str(tex / "normal.1001.exr"), "albedo": pattern}) == \
+        [tex / "albedo.1001.exr", tex / "albedo.1002.exr", tex / "normal.1001.exr"]
+    assert len(input_files(str(tex))) == 4 and input_files(None) == []
+
+
+def test_a_new_udim_tile_changes_the_key_of_a_pattern(tmp_path):
+    tex = tmp_path / "tex"
+    tex.mkdir()
+    (tex / "albedo.1001.exr").write_bytes(b"a")
+    key = content_cache_key("ingest", files=["textures"])
+    params = {"textures": {"albedo": str(tex / "albedo.<UDIM>.exr")}}
+    before = _key(key, **params)
+    (tex / "albedo.1002.exr").write_bytes(b"b")
+    assert _key(key, **params) != before
+
+
+def test_dotted_names_read_keys_of_mapping_parameters(tmp_path):
+    latents = tmp_path / "neutral_latents.safetensors"
+    latents.write_bytes(b"z0")
+    key = content_cache_key("diffuse", files=["encoded.latents"], values=["model.fingerprint", "seed"])
+    params = {"encoded": {"latents": str(latents), "shape": [10, 4, 4, 4]}, "model": {"fingerprint": "m/1",
+              "path": "/cache/a"}, "seed": 0, "work_dir": "/tmp/run1"}
+    before = _key(key, **params)
+    assert _key(key, **{**params, "work_dir": "/tmp/run2", "model": {"fingerprint": "m/1", "path": "/b"}}) == before
+    assert _key(key, **{**params, "model": {"fingerprint": "m/2", "path": "/cache/a"}}) != before
+    latents.write_bytes(b"z1")
+    assert _key(key, **params) != before
