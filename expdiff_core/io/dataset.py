@@ -137,7 +137,6 @@ class DatasetSpec:
     skin_groups: Sequence[str]
     generator: Mapping[str, Any]
     absent_units: Mapping[str, str] = field(default_factory=dict)
-    name: str = "expdiff-dataset"
 
     def expressions(self) -> list[str]:
         """``neutral`` followed by the units."""
@@ -193,11 +192,10 @@ class DatasetWriter:
         _dump_json(self.staging / SUBJECTS_DIR / subject / SUBJECT_INFO, {"subject": subject, "split": split, **info})
 
     def manifest(self) -> dict[str, Any]:
-        """The manifest as it will be written (deterministic: no dates, sorted keys)."""
+        """The manifest as it will be written (deterministic: no dates, no paths, sorted keys)."""
         spec = self.spec
         return {
             "format": FORMAT,
-            "name": spec.name,
             "generator": dict(spec.generator),
             "length_unit": LENGTH_UNIT,
             "template": {"obj": TEMPLATE_OBJ, "signature": TEMPLATE_SIGNATURE,

@@ -137,6 +137,8 @@ def _prepare_pixels(path: Path, image: np.ndarray, pixel_type: str, srgb: bool) 
         arr = np.clip(arr, 0.0, 1.0)
     h, w, c = arr.shape
     spec = oiio.ImageSpec(w, h, c, PIXEL_TYPES[pixel_type])
+    # An empty DateTime keeps OpenImageIO from stamping the write time: same pixels, same bytes.
+    spec.attribute("DateTime", "")
     if srgb and integer:
         spec.attribute("oiio:ColorSpace", "srgb_rec709_scene")
     return np.ascontiguousarray(arr), spec

@@ -30,6 +30,7 @@ from ..io.dataset import BRDF_KINDS, DatasetSpec, DatasetWriter, write_expressio
 from ..io.mesh import FaceMesh
 from ..uv.position_map import PositionMapConfig, position_maps
 from ..uv.raster import UVRaster, uv_raster
+from . import ict
 from .skin import (MAX_RESOLUTION, MIN_RESOLUTION, SkinLayout, SkinParams, SkinRegions, SkinSynthesizer,
                    group_vertex_uvs, random_skin_params)
 
@@ -69,9 +70,6 @@ class IctSource:
     """ICT-FaceKit identities (PCA weights from the seed) and its ARKit-style shapes, on ICT's topology."""
 
     def __init__(self, source: str | os.PathLike, identity_scale: float | None = None):
-        from . import ict
-
-        self._ict = ict
         self.kit = ict.load_ict_facekit(source)
         self.name = "ICT-FaceKit"
         self.template = self.kit.mesh
@@ -83,18 +81,18 @@ class IctSource:
 
     def identity(self, seed: int) -> SourceIdentity:
         skin = random_skin_params(seed)
-        weights = self._ict.identity_weights(seed, len(self.kit.identity_deltas), self.identity_scale)
-        return SourceIdentity(seed, self._ict.identity_vertices(self.kit, seed, self.identity_scale), skin,
+        weights = ict.identity_weights(seed, len(self.kit.identity_deltas), self.identity_scale)
+        return SourceIdentity(seed, ict.identity_vertices(self.kit, seed, self.identity_scale), skin,
                         self._regions, {"skin": _plain(skin), "identity_weights": [round(float(w), 6) for w in weights],
                                         "identity_scale": self.identity_scale})
 
     def expression(self, identity: SourceIdentity, unit: str) -> np.ndarray:
-        return self._ict.expression_vertices(self.kit, identity.neutral, unit)
+        return ict.expression_vertices(self.kit, identity.neutral, unit)
 
     def describe(self) -> dict[str, Any]:
         return {"source": self.name, "identity_model": "neutral + sum_i w_i identity_deltas[i], w ~ N(0, 1) * scale",
                 "identity_scale": self.identity_scale, "combined_shapes": {k: list(v) for k, v in
-                                                                         self._ict.ICT_COMBINED_SHAPES.items()}}
+                                                                         ict.ICT_COMBINED_SHAPES.items()}}
 
 
 class ProceduralSource:
@@ -314,12 +312,17 @@ def subject_name(index: int) -> str:
     return f"s{index:04d}"
 
 
-# Worker state: set once per process by the pool initializer (fork inherits it without pickling).
+# Worker state: set once per process by the pool initializer.
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(source: FaceSource, rasters: Mapping[int, UVRaster], layout: SkinLayout, spec: DatasetSpec,
-                 staging: Path, dataset_seed: int, ticks: Any) -> None:
+def _init_worker(source: FaceSource, resolution: int, cache_dir: str | os.PathLike | None, spec: DatasetSpec,
+                 staging: Path, dataset_seed: int, ticks: Any, rasters: Mapping[int, UVRaster] | None = None,
+                 layout: SkinLayout | None = None) -> None:
+    """Make this process ready to write identities: rasters (from the cache when given) and skin layout."""
+    if rasters is None:
+        rasters = skin_rasters(source, resolution, cache_dir)
+        layout = SkinLayout(source.template, rasters)
     _WORKER.update(source=source, rasters=rasters, layout=layout, spec=spec, staging=staging, seed=dataset_seed,
                    ticks=ticks)
 
@@ -342,7 +345,9 @@ def write_dataset(out: str | os.PathLike, source: FaceSource, identities: int, r
     """Synthesise ``identities`` subjects into a new dataset folder ``out`` (which must not exist).
 
     Deterministic: the same source, seed, count and resolution give byte-identical files whatever
-    ``workers`` is. The folder appears only when complete. Returns ``out``.
+    ``workers`` is. The folder appears only when complete. Returns ``out``. With ``workers > 1`` the
+    workers start from a fork server, so a script calling this needs the usual
+    ``if __name__ == "__main__":`` guard; pass ``cache_dir`` so they load the rasters instead of rebuilding.
     """
     resolution = check_resolution(resolution)
     if identities < 1:
@@ -352,7 +357,7 @@ def write_dataset(out: str | os.PathLike, source: FaceSource, identities: int, r
     layout = SkinLayout(source.template, rasters)
     spec = DatasetSpec(
         units=list(source.units), map_kinds=BRDF_KINDS, resolution=resolution, udims=sorted(rasters),
-        skin_groups=source.skin_groups, absent_units=dict(source.absent_units), name=Path(out).name,
+        skin_groups=source.skin_groups, absent_units=dict(source.absent_units),
         generator={"name": generator, "version": __version__, "seed": int(seed), "identities": int(identities),
                    **(source.describe() if hasattr(source, "describe") else {"source": source.name})},
     )
@@ -361,11 +366,11 @@ def write_dataset(out: str | os.PathLike, source: FaceSource, identities: int, r
     with DatasetWriter(out, source.template, spec) as writer, \
             tqdm(total=total, desc="synthesise", unit="expr", disable=not progress) as bar:
         if workers == 1:
-            ticks = _BarTicks(bar)
-            _init_worker(source, rasters, layout, spec, writer.staging, seed, ticks)
+            _init_worker(source, resolution, cache_dir, spec, writer.staging, seed, _BarTicks(bar), rasters, layout)
             infos = [_write_identity(k) for k in range(identities)]
         else:
-            infos = _write_parallel((source, rasters, layout, spec, writer.staging, seed), identities, workers, bar)
+            infos = _write_parallel((source, resolution, cache_dir, spec, writer.staging, seed), identities,
+                                    workers, bar)
         for k, info in enumerate(infos):
             writer.add_subject(subject_name(k), splits[k], info)
     return Path(out)
@@ -382,9 +387,15 @@ class _BarTicks:
 
 
 def _write_parallel(state: tuple, identities: int, workers: int, bar: tqdm) -> list[dict[str, Any]]:
-    """Identities over a pool of forked workers (they inherit the loaded source, rasters and layout
-    instead of unpickling them); progress ticks come back one per expression through a queue."""
-    ctx = mp.get_context("fork")
+    """Identities over a pool of worker processes; progress ticks come back one per expression.
+
+    Workers start from a fork server, not by forking this process: a fork inherits locks held by this
+    process's threads (OpenImageIO's and OpenEXR's thread pools once an image was written here), and the
+    first image write in the child then hangs. Each worker loads the rasters from the cache (or rebuilds
+    them) and its own skin layout.
+    """
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["expdiff_core.synth.factory"])
     ticks = ctx.Queue()
     with ProcessPoolExecutor(max_workers=min(workers, identities), mp_context=ctx, initializer=_init_worker,
                              initargs=(*state, ticks)) as pool:

@@ -385,8 +385,7 @@ class SkinTile:
     """Everything about one identity's skin on one UDIM tile that does not depend on the expression.
 
     Maps are (R, R) float32. Heights are in cm (negative = into the skin). ``g0`` is the neutral metric
-    per texel (R, R, 3); ``uv_local`` (2, R, R) the tile-local UV of each texel centre.
-    ``wrinkle_cycles`` is the fold frequency in cycles per tile along UV.
+    per texel (R, R, 3). ``wrinkle_cycles`` is the fold frequency in cycles per tile along UV.
     """
 
     udim: int
@@ -407,7 +406,6 @@ class SkinTile:
     wrinkle_depth_cm: float
     bin_phases: np.ndarray
     g0: np.ndarray
-    uv_local: np.ndarray
 
 
 def build_skin_tile(params: SkinParams, seed: int, udim: int, resolution: int, cm_per_uv: float,
@@ -486,7 +484,6 @@ def build_skin_tile(params: SkinParams, seed: int, udim: int, resolution: int, c
     wrinkle_gain = 0.65 + 0.35 * np.tanh(_low_noise(_rng(seed, udim, "wgain"), res, 1.0, cycles(2.5)))
     bin_phases = _rng(seed, udim, "wbins").uniform(0, 2 * np.pi, _WRINKLE_ORIENTATIONS).astype(np.float32)
 
-    uu, vv = np.meshgrid(centres, 1.0 - centres)
     return SkinTile(
         udim=udim, resolution=res, texel_cm=texel_cm,
         melanin=np.clip(melanin, 0.0, 1.5).astype(np.float32),
@@ -499,7 +496,6 @@ def build_skin_tile(params: SkinParams, seed: int, udim: int, resolution: int, c
         wrinkle_phase=wrinkle_phase.astype(np.float32), wrinkle_gain=wrinkle_gain.astype(np.float32),
         wrinkle_cycles=float(wrinkle_cycles), wrinkle_depth_cm=float(wrinkle_depth), bin_phases=bin_phases,
         g0=np.asarray(g0, dtype=np.float32),
-        uv_local=np.stack([uu, vv], axis=0).astype(np.float32),
     )
 
 
@@ -533,7 +529,9 @@ def _fold_valleys(tile: SkinTile, direction: np.ndarray, active: np.ndarray) -> 
     j1 = (j0 + 1) % _WRINKLE_ORIENTATIONS
     theta = np.arange(_WRINKLE_ORIENTATIONS) * (np.pi / _WRINKLE_ORIENTATIONS)
     cos_t, sin_t = np.cos(theta).astype(np.float32), np.sin(theta).astype(np.float32)
-    u, v = tile.uv_local[0].ravel()[idx], tile.uv_local[1].ravel()[idx]
+    res = tile.resolution
+    u = ((idx % res) + 0.5).astype(np.float32) / res  # texel centres, tile-local (uv.raster convention)
+    v = 1.0 - ((idx // res) + 0.5).astype(np.float32) / res
     jitter = tile.wrinkle_phase.ravel()[idx]
     omega = np.float32(2.0 * np.pi * tile.wrinkle_cycles)
 
@@ -738,10 +736,12 @@ class SkinSynthesizer:
 
     def maps(self, vertices: np.ndarray | None = None) -> dict[str, dict[int, np.ndarray]]:
         """{kind: {udim: (C, R, R) float32}} for expression ``vertices`` (V, 3), or the neutral if None."""
-        strains = None if vertices is None else self.strain(vertices)
+        corner_g1 = None if vertices is None else self.layout.corner_metrics(vertices)
         out: dict[str, dict[int, np.ndarray]] = {k: {} for k in MAP_KINDS}
         for udim, tile in self.tiles.items():
-            maps = skin_maps(tile, None if strains is None else strains[udim])
+            # one tile's strain at a time: at 4096^2 each tile's strain alone is ~270 MB
+            strain = None if corner_g1 is None else texel_strain(tile.g0, self.layout.texel_metrics(udim, corner_g1))
+            maps = skin_maps(tile, strain)
             for kind in MAP_KINDS:
                 out[kind][udim] = maps[kind]
         return out

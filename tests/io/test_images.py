@@ -101,3 +101,17 @@ def test_write_images_is_all_or_nothing(tmp_path):
     with pytest.raises(ExpDiffInputError, match=r"b\.png: cannot write image: .*5-channel"):
         write_images([(tmp_path / "a.png", ramp()), (tmp_path / "b.png", ramp(c=5))], pixel_type="uint8")
     assert not any(tmp_path.iterdir())
+
+
+def test_writing_the_same_pixels_twice_gives_identical_bytes(tmp_path):
+    import time
+
+    import numpy as np
+
+    from expdiff_core.io.images import write_image
+
+    image = np.linspace(0, 1, 8 * 8 * 3, dtype=np.float32).reshape(8, 8, 3)
+    write_image(tmp_path / "a.exr", image)
+    time.sleep(1.1)  # EXR headers hold a DateTime with one-second resolution
+    write_image(tmp_path / "b.exr", image)
+    assert (tmp_path / "a.exr").read_bytes() == (tmp_path / "b.exr").read_bytes()

@@ -41,6 +41,7 @@ def test_a_folder_without_a_pipeline_config_is_refused(tmp_path):
         resolve_model_reference(load_settings(), str(tmp_path))
 
 
+@pytest.mark.slow  # MLflow's SQLite store setup: 5-10 s on 2 shared cores
 def test_a_registered_version_resolves_by_alias_with_its_run(pipeline_folder):
     from expdiff_core.registry import register_model_folder, tracked_run
 
@@ -54,6 +55,7 @@ def test_a_registered_version_resolves_by_alias_with_its_run(pipeline_folder):
     assert (settings.cache_path / "models" / "tiny-model" / version.version / "pipeline_config.json").is_file()
 
 
+@pytest.mark.slow  # MLflow's SQLite store setup
 def test_an_unknown_alias_names_the_reference():
     with pytest.raises(ExpDiffInputError, match="models:/nobody@champion"):
         resolve_model_reference(load_settings(), "models:/nobody@champion")
