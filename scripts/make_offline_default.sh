@@ -7,7 +7,7 @@ WORK=${WORK:-$PWD/.offline-default}
 IDENTITIES=${IDENTITIES:-40}
 RESOLUTION=${RESOLUTION:-128}
 VAE_STEPS=${VAE_STEPS:-1000}
-DIFFUSION_STEPS=${DIFFUSION_STEPS:-2000}
+DIFFUSION_STEPS=${DIFFUSION_STEPS:-1400}
 DEVICE=${DEVICE:-auto}
 OUT=${OUT:-models/expdiff}
 mkdir -p "$WORK"
@@ -18,5 +18,5 @@ mkdir -p "$WORK"
 expdiff data encode "$WORK/dataset" --vae "$WORK/vae" --out "$WORK/latents" --splits train --device "$DEVICE"
 expdiff train diffusion --latents "$WORK/latents" --out "$WORK/diffusion" --steps "$DIFFUSION_STEPS" \
     --model-config "$(dirname "$0")/offline_denoiser.json" --batch-size 16 \
-    --learning-rate 5e-4 --checkpoint-every 250 --device "$DEVICE"
+    --learning-rate 5e-4 --warmup-steps 50 --checkpoint-every 200 --device "$DEVICE"
 [ -d "$OUT" ] || expdiff models assemble --dataset "$WORK/dataset" --vae "$WORK/vae" --diffusion "$WORK/diffusion" --out "$OUT"
