@@ -176,7 +176,9 @@ def resolve_model(settings: Settings, uri: str, dst: str | os.PathLike | None = 
     mlflow = _mlflow(settings)
     version = resolve_version(settings, uri)
     dst_path = Path(dst) if dst else settings.cache_path / "models" / version.name / version.version
-    if not (dst_path / "config.json").is_file():
+    from .models.store import CONFIG_FILES
+
+    if not any((dst_path / name).is_file() for name in CONFIG_FILES):
         tmp = dst_path.with_name(dst_path.name + ".partial")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
