@@ -38,7 +38,7 @@ class ModelVersionRef:
         return f"models:/{self.name}/{self.version}"
 
 
-def _mlflow(settings: Settings):
+def configured_mlflow(settings: Settings):
     """Import mlflow pointed at the configured tracking URI (SQLite under state_dir by default)."""
     import mlflow
 
@@ -59,7 +59,7 @@ def artifact_root(settings: Settings) -> str:
 
 def ensure_experiment(settings: Settings, name: str) -> str:
     """The id of experiment ``name``, creating it (with our artifact root) if needed."""
-    mlflow = _mlflow(settings)
+    mlflow = configured_mlflow(settings)
     exp = mlflow.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
@@ -74,7 +74,7 @@ def tracked_run(settings: Settings, experiment: str, run_name: str | None = None
 
     A failure inside marks the run FAILED (MLflow's context manager does so) and re-raises.
     """
-    mlflow = _mlflow(settings)
+    mlflow = configured_mlflow(settings)
     exp_id = ensure_experiment(settings, experiment)
     with mlflow.start_run(experiment_id=exp_id, run_name=run_name, tags=dict(tags or {})) as run:
         if params:
@@ -95,7 +95,7 @@ def register_model_folder(settings: Settings, folder: str | os.PathLike, name: s
     """
     folder = Path(folder)
     _require_safetensors_folder(folder)
-    mlflow = _mlflow(settings)
+    mlflow = configured_mlflow(settings)
     run = mlflow.active_run()
     if run is None:
         raise RuntimeError("register_model_folder must be called inside tracked_run()")
@@ -113,7 +113,7 @@ def register_model_folder(settings: Settings, folder: str | os.PathLike, name: s
 
 def promote(settings: Settings, name: str, version: str | int, alias: str = CHAMPION) -> ModelVersionRef:
     """Point ``alias`` (default ``champion``) at ``version`` of registered model ``name``."""
-    mlflow = _mlflow(settings)
+    mlflow = configured_mlflow(settings)
     client = mlflow.MlflowClient()
     try:
         mv = client.get_model_version(name, str(version))
@@ -131,7 +131,7 @@ def register_bundled(settings: Settings) -> ModelVersionRef | None:
     folder = offline_default_path(settings, BUNDLED_MODEL)
     if folder is None:
         return None
-    mlflow = _mlflow(settings)
+    mlflow = configured_mlflow(settings)
     client = mlflow.MlflowClient()
     try:
         client.get_registered_model(BUNDLED_MODEL)
@@ -152,7 +152,7 @@ def resolve_version(settings: Settings, uri: str) -> ModelVersionRef:
 
     The bundled offline default (``models:/expdiff@...``) is registered on first use.
     """
-    mlflow = _mlflow(settings)
+    mlflow = configured_mlflow(settings)
     client = mlflow.MlflowClient()
     if not uri.startswith("models:/"):
         raise ExpDiffInputError(None, f"model reference {uri!r} is not of the form models:/NAME@alias or models:/NAME/N")
@@ -173,7 +173,7 @@ def resolve_version(settings: Settings, uri: str) -> ModelVersionRef:
 
 def resolve_model(settings: Settings, uri: str, dst: str | os.PathLike | None = None) -> Path:
     """Download (or locate) the folder of ``models:/NAME@alias`` and check it holds safetensors only."""
-    mlflow = _mlflow(settings)
+    mlflow = configured_mlflow(settings)
     version = resolve_version(settings, uri)
     dst_path = Path(dst) if dst else settings.cache_path / "models" / version.name / version.version
     from .models.store import CONFIG_FILES

@@ -37,6 +37,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     asm.add_argument("--sampler", default="ddim", choices=["ddim", "dpm++", "ddpm"], help="default sampler")
     asm.add_argument("--strength", type=float, default=1.0,
                      help="default SDEdit strength; 1 = start from pure noise (default %(default)s)")
+    asm.add_argument("--register", action="store_true",
+                     help="register the pipeline in MLflow as a new version of 'expdiff' (or --registered-name) "
+                     "with alias 'candidate', with a sample contact sheet of a held-out subject")
+    asm.add_argument("--registered-name", default="expdiff", metavar="NAME",
+                     help="registered model name for --register (default %(default)s)")
+    asm.add_argument("--samples", action=argparse.BooleanOptionalAction, default=True,
+                     help="with --register: render the sample contact sheet (generated vs truth for a few "
+                     "expressions of the first test/val subject; default on)")
+    asm.add_argument("--device", default=None, help="device for the samples: auto | cpu | cuda | cuda:N")
     asm.set_defaults(func=_assemble)
 
 
@@ -62,4 +71,19 @@ def _assemble(args: argparse.Namespace) -> int:
     out = assemble_pipeline(args.dataset, args.vae, args.diffusion, args.out, name=args.name, steps=args.steps,
                             sampler=args.sampler, strength=args.strength)
     print(f"wrote pipeline {out}")
+    if args.register:
+        from ..training.samples import render_sample_sheet
+        from ..training.tracking import register_pipeline
+
+        settings = settings_from(args)
+        images = []
+        if args.samples:
+            sheet = render_sample_sheet(out, args.dataset, out.parent / f"{out.name}-samples.png",
+                                        device=settings.device)
+            print(f"wrote sample contact sheet {sheet}")
+            images.append(sheet)
+        tracked = register_pipeline(settings, out, images=images, registered_name=args.registered_name,
+                                    params={"dataset": args.dataset, "vae": args.vae, "diffusion": args.diffusion})
+        ref = tracked.model_version
+        print(f"registered {ref.name} version {ref.version} (alias candidate) from MLflow run {tracked.run_id}")
     return 0

@@ -10,7 +10,6 @@ import argparse
 import json
 import math
 import time
-from pathlib import Path
 
 from .common import add_device_flag, settings_from
 
@@ -69,60 +68,60 @@ def _add_vae(group: argparse._SubParsersAction) -> None:
     v.add_argument("--held-out-maps", type=int, default=d["held_out_maps"], metavar="N",
                    help="evaluate on at most N held-out maps, drawn at random (default %(default)s)")
     add_device_flag(v)
+    add_mlflow_flags(v, "expdiff-vae")
     v.set_defaults(func=run_vae)
 
 
 def run_vae(args: argparse.Namespace) -> int:
-    from ..errors import ExpDiffInputError
-    from ..io.dataset import require_valid_dataset
     from ..models.vae import offline_vae_config
-    from ..training.vae import DatasetMaps, VAETrainConfig, train_vae
-    from ..uv.position_map import PositionMapConfig
+    from ..training.vae import VAETrainConfig, train_vae_on_dataset
 
     settings = settings_from(args)
-    out = Path(args.out)
-    if out.exists():
-        raise ExpDiffInputError(out, "output folder already exists; trained models are never overwritten")
-    # Headers only: every map is range-checked when the trainer reads it, so the full pixel pass is skipped.
-    dataset = require_valid_dataset(args.dataset, check_pixels=False)
-    train_subjects, val_subjects = dataset.split("train"), dataset.split("val")
-    if not train_subjects:
-        raise ExpDiffInputError(dataset.root, "the dataset's train split is empty")
-    resolution = args.resolution or dataset.resolution
-    if resolution > dataset.resolution:
-        raise ExpDiffInputError(dataset.root, f"--resolution {args.resolution} exceeds the dataset's "
-                                              f"{dataset.resolution}x{dataset.resolution} maps")
     widths = args.widths
     config = VAETrainConfig(
-        steps=args.steps, batch_size=args.batch_size,
-        crop_size=None if resolution == dataset.resolution else resolution,
+        steps=args.steps, batch_size=args.batch_size, crop_size=args.resolution,
         learning_rate=args.learning_rate, seed=args.seed, device=settings.device,
         held_out_max_maps=args.held_out_maps,
         # GroupNorm groups must divide every width; 32 is Stable Diffusion's choice when they allow it.
-        model=offline_vae_config(block_out_channels=widths, norm_num_groups=math.gcd(32, *widths),
-                                 sample_size=dataset.resolution),
+        model=offline_vae_config(block_out_channels=widths, norm_num_groups=math.gcd(32, *widths)),
     )
-    position = PositionMapConfig()
     cache = settings.cache_path / "uv_raster"
-    maps = DatasetMaps(dataset, train_subjects, position, cache_dir=cache)
-    held_out = DatasetMaps(dataset, val_subjects, position, cache_dir=cache) if val_subjects else None
-    data_info = {
-        "dataset": str(dataset.root.resolve()), "resolution": dataset.resolution, "udims": dataset.udims,
-        "train_subjects": train_subjects, "held_out": f"val split: {val_subjects}" if val_subjects
-        else f"{config.held_out_fraction:.0%} of the train maps", "position_map": position.to_dict(),
-    }
-    print(f"training on {len(maps)} maps of {len(train_subjects)} subject(s) "
-          f"({', '.join(maps.kinds)}; tiles {dataset.udims}; {dataset.resolution}^2)")
     start = time.perf_counter()
-    folder = train_vae(maps, config, out, held_out=held_out, data_info=data_info)
+    if args.mlflow:
+        from ..training.tracking import VAE_MODEL, train_vae_tracked
+
+        tracked = train_vae_tracked(settings, args.dataset, args.out, config, registered_name=VAE_MODEL,
+                                    log_every=args.log_every, cache_dir=cache)
+        folder = tracked.folder
+    else:
+        folder = train_vae_on_dataset(args.dataset, args.out, config, cache_dir=cache)
     metrics = json.loads((folder / "metrics.json").read_text())
+    data = metrics["data"]
+    print(f"trained on {data['train_map_count']} maps of {len(data['train_subjects'])} subject(s) "
+          f"({', '.join(data['map_kinds'])}; tiles {data['udims']}; {data['resolution']}^2)")
     print(f"wrote {folder} in {time.perf_counter() - start:.0f} s; scaling factor "
           f"{metrics['scaling_factor']:.5f}; held-out reconstruction:")
     for kind, row in metrics["held_out"].items():
         print(f"  {kind:<10} PSNR {row['psnr_db']:6.2f} dB (min {row['psnr_min_db']:.2f})  "
               f"mean abs error {row['mean_abs_error']:.5f}  [{row['maps']} maps]")
+    if args.mlflow:
+        _print_registered(tracked)
     return 0
 
+
+def add_mlflow_flags(p: argparse.ArgumentParser, registered_name: str) -> None:
+    """--mlflow/--no-mlflow and --log-every on a training command that registers ``registered_name``."""
+    p.add_argument("--mlflow", action=argparse.BooleanOptionalAction, default=True,
+                   help="track the run in MLflow (params, loss history, final metrics) and register the model as "
+                   f"a new version of '{registered_name}' with alias 'candidate' (default: on; the store is "
+                   "SQLite under the state folder unless mlflow_tracking_uri is configured)")
+    p.add_argument("--log-every", type=int, default=10, metavar="N",
+                   help="log training metrics to MLflow every N steps (default %(default)s)")
+
+
+def _print_registered(tracked) -> None:
+    ref = tracked.model_version
+    print(f"registered {ref.name} version {ref.version} (alias candidate) from MLflow run {tracked.run_id}")
 
 
 def _add_diffusion(group: argparse._SubParsersAction) -> None:
@@ -134,14 +133,26 @@ def _add_diffusion(group: argparse._SubParsersAction) -> None:
                          "--out; for 2-process data-parallel training on CPU run "
                          "`torchrun --nproc_per_node 2 -m expdiff_core.training.diffusion ...` with the same flags.")
     build_arg_parser(p)
+    add_mlflow_flags(p, "expdiff-denoiser")
     p.set_defaults(func=run_diffusion)
 
 
 def run_diffusion(args: argparse.Namespace) -> int:
-    from ..training.diffusion import run_from_args
+    from ..training.diffusion import configs_from_args, train_diffusion
 
-    result = run_from_args(args, settings_from(args).device)
+    settings = settings_from(args)
+    model_config, config = configs_from_args(args, settings.device)
+    if args.mlflow:
+        from ..training.tracking import DENOISER_MODEL, train_diffusion_tracked
+
+        result, tracked = train_diffusion_tracked(settings, args.latents, args.out, model_config, config,
+                                                  registered_name=DENOISER_MODEL, log_every=args.log_every,
+                                                  progress=not args.no_progress)
+    else:
+        result = train_diffusion(args.latents, args.out, model_config, config, progress=not args.no_progress)
     print(f"trained to step {result.step} in {result.seconds:.0f} s; model in {result.model_dir}")
+    if args.mlflow:
+        _print_registered(tracked)
     return 0
 
 

@@ -509,6 +509,13 @@ def _publish(out_dir: Path, model: ExpDiffDenoiser, ema, noise_scheduler, manife
 # ---------------------------------------------------------------------------------------- command line
 def run_from_args(args: argparse.Namespace, default_device: str = "auto") -> TrainResult:
     """Run what :func:`build_arg_parser`'s flags ask for; ``default_device`` applies when --device is absent."""
+    model_config, cfg = configs_from_args(args, default_device)
+    return train_diffusion(args.latents, args.out, model_config, cfg, progress=not args.no_progress)
+
+
+def configs_from_args(args: argparse.Namespace, default_device: str = "auto"
+                      ) -> tuple[dict[str, Any], DiffusionTrainConfig]:
+    """(denoiser model config, training config) that :func:`build_arg_parser`'s flags ask for."""
     manifest = read_manifest(args.latents)
     overrides: dict[str, Any] = {}
     if args.model_config:
@@ -525,7 +532,7 @@ def run_from_args(args: argparse.Namespace, default_device: str = "auto") -> Tra
                                    manifest.latent_shape[1:], args.preset, **overrides)
     cfg = DiffusionTrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(DiffusionTrainConfig)})
     cfg.device = args.device or default_device
-    return train_diffusion(args.latents, args.out, model_config, cfg, progress=not args.no_progress)
+    return model_config, cfg
 
 
 def main(argv: list[str] | None = None) -> int:

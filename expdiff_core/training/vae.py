@@ -391,3 +391,43 @@ def train_vae(maps: Sequence[MapSample], config: VAETrainConfig, out_dir: str | 
         "README.md": _model_card(codec, metrics),
     })
     return out_dir
+
+
+def train_vae_on_dataset(dataset_root: str | os.PathLike, out: str | os.PathLike, config: VAETrainConfig, *,
+                         position: "PositionMapConfig | None" = None, cache_dir: str | os.PathLike | None = None,
+                         progress: ProgressCallback | None = None, show_progress: bool = True) -> Path:
+    """Train the latent codec on an ExpDiff dataset's train split; held-out metrics on its val split.
+
+    ``config.crop_size``: texels of the random training crops; None or the dataset's resolution trains on
+    whole maps (larger is refused). ``config.model["sample_size"]`` is set to the dataset's resolution.
+    Without a val split a seeded ``config.held_out_fraction`` of the train maps is held out.
+    ``out`` must not exist. Returns ``out`` (config.json + safetensors + metrics.json + README.md).
+    """
+    from ..io.dataset import require_valid_dataset
+    from ..uv.position_map import PositionMapConfig
+
+    out = Path(out)
+    if out.exists():
+        raise ExpDiffInputError(out, "output folder already exists; trained models are never overwritten")
+    # Headers only: every map is range-checked when the trainer reads it, so the full pixel pass is skipped.
+    dataset = require_valid_dataset(dataset_root, check_pixels=False)
+    train_subjects, val_subjects = dataset.split("train"), dataset.split("val")
+    if not train_subjects:
+        raise ExpDiffInputError(dataset.root, "the dataset's train split is empty")
+    crop = config.crop_size
+    if crop is not None and crop > dataset.resolution:
+        raise ExpDiffInputError(dataset.root, f"crop size {crop} exceeds the dataset's "
+                                              f"{dataset.resolution}x{dataset.resolution} maps")
+    config = dataclasses.replace(config, crop_size=None if crop == dataset.resolution else crop,
+                                 model={**config.model, "sample_size": dataset.resolution})
+    position = position or PositionMapConfig()
+    maps = DatasetMaps(dataset, train_subjects, position, cache_dir=cache_dir)
+    held_out = DatasetMaps(dataset, val_subjects, position, cache_dir=cache_dir) if val_subjects else None
+    data_info = {
+        "dataset": str(dataset.root.resolve()), "resolution": dataset.resolution, "udims": dataset.udims,
+        "train_subjects": train_subjects, "held_out": f"val split: {val_subjects}" if val_subjects
+        else f"{config.held_out_fraction:.0%} of the train maps", "position_map": position.to_dict(),
+        "train_map_count": len(maps), "map_kinds": list(maps.kinds),
+    }
+    return train_vae(maps, config, out, held_out=held_out, data_info=data_info, progress=progress,
+                     show_progress=show_progress)
