@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import OpenImageIO as oiio
@@ -31,15 +32,24 @@ def linear_to_srgb(x: np.ndarray) -> np.ndarray:
     return np.where(x <= 0.0031308, x * 12.92, 1.055 * np.power(x, 1 / 2.4) - 0.055).astype(np.float32)
 
 
-def image_pixel_type(path: str | os.PathLike) -> str:
-    """The stored pixel type of an image file: ``uint8``, ``uint16``, ``half``, ``float`` (or OIIO's name)."""
+@contextlib.contextmanager
+def _open_image(path: Path) -> Iterator["oiio.ImageInput"]:
+    """An open OpenImageIO input for ``path``; missing or unopenable files are ExpDiffInputErrors."""
+    if not path.is_file():
+        raise ExpDiffInputError(path, "image file not found")
     inp = oiio.ImageInput.open(str(path))
     if inp is None:
         raise ExpDiffInputError(path, f"cannot open image: {oiio.geterror() or 'unknown format'}")
     try:
-        return str(inp.spec().format)
+        yield inp
     finally:
         inp.close()
+
+
+def image_pixel_type(path: str | os.PathLike) -> str:
+    """The stored pixel type of an image file: ``uint8``, ``uint16``, ``half``, ``float`` (or OIIO's name)."""
+    with _open_image(Path(path)) as inp:
+        return str(inp.spec().format)
 
 
 def read_image(path: str | os.PathLike, *, srgb: bool = False, channels: int | None = None) -> np.ndarray:
@@ -50,19 +60,12 @@ def read_image(path: str | os.PathLike, *, srgb: bool = False, channels: int | N
     Raises ExpDiffInputError for a missing, unreadable, corrupt or truncated file or a wrong channel count.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ExpDiffInputError(path, "image file not found")
-    inp = oiio.ImageInput.open(str(path))
-    if inp is None:
-        raise ExpDiffInputError(path, f"cannot open image: {oiio.geterror() or 'unknown format'}")
-    try:
+    with _open_image(path) as inp:
         spec = inp.spec()
         if channels is not None and spec.nchannels != channels:
             raise ExpDiffInputError(path, f"has {spec.nchannels} channel(s), expected {channels}")
         pixels = inp.read_image(0, 0, 0, spec.nchannels, oiio.FLOAT)
         err = inp.geterror()
-    finally:
-        inp.close()
     if pixels is None or err:
         raise ExpDiffInputError(path, f"corrupt or truncated image: {err or oiio.geterror() or 'no pixels'}")
     arr = np.asarray(pixels, dtype=np.float32).reshape(spec.height, spec.width, spec.nchannels)
@@ -75,17 +78,9 @@ def read_image(path: str | os.PathLike, *, srgb: bool = False, channels: int | N
 
 def image_shape(path: str | os.PathLike) -> tuple[int, int, int]:
     """(H, W, C) of an image file from its header, without reading pixels."""
-    path = Path(path)
-    if not path.is_file():
-        raise ExpDiffInputError(path, "image file not found")
-    inp = oiio.ImageInput.open(str(path))
-    if inp is None:
-        raise ExpDiffInputError(path, f"cannot open image: {oiio.geterror() or 'unknown format'}")
-    try:
+    with _open_image(Path(path)) as inp:
         spec = inp.spec()
         return spec.height, spec.width, spec.nchannels
-    finally:
-        inp.close()
 
 
 def write_image(path: str | os.PathLike, image: np.ndarray, *, pixel_type: str = "half",
