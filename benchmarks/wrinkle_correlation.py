@@ -16,29 +16,8 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 
-from expdiff_core.synth.factory import IctSource, ProceduralSource, identity_seed, skin_rasters
-from expdiff_core.synth.skin import SkinSynthesizer, normal_detail_energy
-
-
-def unit_correlations(source, resolution: int, seed: int) -> dict[str, dict[str, float]]:
-    rasters = skin_rasters(source, resolution)
-    identity = source.identity(identity_seed(seed, 0))
-    synth = SkinSynthesizer(source.template.with_vertices(identity.neutral), rasters, identity.skin,
-                            identity.seed, identity.regions)
-    neutral = {u: normal_detail_energy(m) for u, m in synth.maps()["normal"].items()}
-    out = {}
-    for unit in source.units:
-        vertices = source.expression(identity, unit)
-        strain, maps = synth.strain(vertices), synth.maps(vertices)
-        c = np.concatenate([strain[u].compression[r.mask] for u, r in rasters.items()])
-        d = np.concatenate([(normal_detail_energy(maps["normal"][u]) - neutral[u])[r.mask]
-                            for u, r in rasters.items()])
-        corr = float(np.corrcoef(c, d)[0, 1]) if c.std() > 0 and d.std() > 0 else float("nan")
-        out[unit] = {"correlation": corr, "max_compression": float(c.max()),
-                     "compressed_fraction": float((c > 0.05).mean())}
-    return out
+from expdiff_core.synth.factory import IctSource, ProceduralSource, wrinkle_correlations
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", default=None, metavar="OUT.json")
     args = ap.parse_args(argv)
     source = IctSource(args.ict) if args.ict else ProceduralSource()
-    results = unit_correlations(source, args.resolution, args.seed)
+    results = wrinkle_correlations(source, args.resolution, args.seed)
     print(f"{source.name}, {args.resolution}^2: corr(compression, normal-detail change) per unit")
     print(f"{'unit':<18}{'corr':>8}{'max c':>8}{'c>5%':>8}")
     for unit, r in results.items():

@@ -12,8 +12,9 @@ from expdiff_core.cli import main
 from expdiff_core.errors import ExpDiffInputError
 from expdiff_core.io.dataset import Dataset, validate_dataset
 from expdiff_core.synth.factory import (ProceduralSource, assign_splits, identity_seed, iter_expressions,
-                                        skin_params_of, skin_rasters, synthesize_subject, write_dataset)
-from expdiff_core.synth.skin import SkinLayout, normal_detail_energy
+                                        skin_params_of, skin_rasters, synthesize_subject, wrinkle_correlations,
+                                        write_dataset)
+from expdiff_core.synth.skin import SkinLayout
 
 
 @pytest.fixture(scope="module")
@@ -103,21 +104,7 @@ def test_identity_skin_parameters_reach_the_maps(source):
 
 def test_wrinkles_follow_geometry_for_every_unit(source, capsys):
     """Per unit: correlation over skin texels between compression and the rise of normal-map detail."""
-    rasters = skin_rasters(source, 128)
-    identity = source.identity(identity_seed(0, 0))
-    from expdiff_core.synth.skin import SkinSynthesizer
-
-    synth = SkinSynthesizer(source.template.with_vertices(identity.neutral), rasters, identity.skin,
-                            identity.seed, identity.regions)
-    neutral = {u: normal_detail_energy(m) for u, m in synth.maps()["normal"].items()}
-    correlations = {}
-    for unit in source.units:
-        vertices = source.expression(identity, unit)
-        strain, maps = synth.strain(vertices), synth.maps(vertices)
-        c = np.concatenate([strain[u].compression[r.mask] for u, r in rasters.items()])
-        d = np.concatenate([(normal_detail_energy(maps["normal"][u]) - neutral[u])[r.mask]
-                            for u, r in rasters.items()])
-        correlations[unit] = float(np.corrcoef(c, d)[0, 1]) if c.std() > 0 else float("nan")
+    correlations = {u: f["correlation"] for u, f in wrinkle_correlations(source, 128, seed=0).items()}
     with capsys.disabled():
         print("\ncompression vs normal-detail change, per unit, procedural identity (128^2):")
         for unit, value in correlations.items():
