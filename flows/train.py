@@ -1,7 +1,7 @@
 """``train`` flow: dataset -> latent codec -> latents -> denoiser -> pipeline -> samples -> MLflow candidate.
 
 Folders under ``out`` (which must not exist): ``vae/``, ``latents/``, ``diffusion/`` (run with checkpoints),
-``pipeline/`` and ``samples.png``. With ``register`` the codec, the denoiser and the assembled pipeline are
+``pipeline/`` and ``samples.png``. With ``register_in_mlflow`` the codec, the denoiser and the assembled pipeline are
 each tracked in MLflow and registered as new versions of ``expdiff-vae``, ``expdiff-denoiser`` and
 ``expdiff`` (alias ``candidate``); ``expdiff models promote expdiff N`` makes one the nightly ``champion``.
 
@@ -35,7 +35,7 @@ def train(dataset: str, out: str, vae_steps: int = 2000, diffusion_steps: int = 
           denoiser_preset: str = "offline", denoiser_config: dict[str, Any] | None = None,
           diffusion_config: dict[str, Any] | None = None, sampling_steps: int = 30,
           sample_expressions: list[str] | None = None, seed: int = 0, device: str | None = None,
-          register: bool = True, registered_name: str = PIPELINE_MODEL,
+          register_in_mlflow: bool = True, registered_name: str = PIPELINE_MODEL,
           config_file: str | None = None) -> dict:
     """dataset: a dataset folder (``expdiff data``). out: new folder for everything this run makes.
     vae_widths: the codec's four block widths (default 32,64,128,128). vae_crop: train the codec on random
@@ -43,7 +43,7 @@ def train(dataset: str, out: str, vae_steps: int = 2000, diffusion_steps: int = 
     and config overrides (e.g. {"width": 64}). diffusion_config: DiffusionTrainConfig fields (batch_size,
     learning_rate, checkpoint_every, ...). sampling_steps: the pipeline's default sampler steps, also used for
     the samples. sample_expressions: expressions on the contact sheet (default a few of the dataset's).
-    register: track in MLflow and register (alias candidate); registered_name: the pipeline's name.
+    register_in_mlflow: track in MLflow and register (alias candidate); registered_name: the pipeline's name.
     config_file: ExpDiff settings TOML (default $EXPDIFF_CONFIG / EXPDIFF_* env of the worker)."""
     settings = run_settings(config_file)
     device = device or settings.device
@@ -66,14 +66,14 @@ def train(dataset: str, out: str, vae_steps: int = 2000, diffusion_steps: int = 
     advance("validate")
     with timer.stage("train vae"):
         vae = vae_(figures["path"], str(root / "vae"), vae_steps, vae_batch_size, vae_widths or [32, 64, 128, 128],
-                   vae_crop, vae_learning_rate, seed, vae_held_out_maps, device, register, config_file)
+                   vae_crop, vae_learning_rate, seed, vae_held_out_maps, device, register_in_mlflow, config_file)
     advance("train vae")
     with timer.stage("encode"):
         latents = encode_(figures["path"], vae["path"], str(root / "latents"), device, config_file)
     advance("encode")
     with timer.stage("train diffusion"):
         denoiser = diffuse_(latents, str(root / "diffusion"), diffusion_steps, denoiser_preset, denoiser_config,
-                            diffusion_config, seed, device, register,
+                            diffusion_config, seed, device, register_in_mlflow,
                             artifacts.artifact_key("train", name, "diffusion-progress"), config_file)
     advance("train diffusion")
     with timer.stage("assemble"):
@@ -86,7 +86,7 @@ def train(dataset: str, out: str, vae_steps: int = 2000, diffusion_steps: int = 
     advance("samples")
 
     version = None
-    if register:
+    if register_in_mlflow:
         with timer.stage("register"):
             version = register_(
                 pipeline, [sheet],
@@ -119,6 +119,6 @@ def train(dataset: str, out: str, vae_steps: int = 2000, diffusion_steps: int = 
             for kind, v in versions.items() if v},
          **{f"{stage} (s)": seconds for stage, seconds in timer.seconds.items()}},
         key=artifacts.artifact_key("train", name, "summary"), description=f"training {name}",
-        notes=[] if register else ["not registered in MLflow (register=False)"])
+        notes=[] if register_in_mlflow else ["not registered in MLflow (register_in_mlflow=False)"])
     return {"pipeline": pipeline, "vae": vae["path"], "latents": latents, "diffusion": denoiser["path"],
             "contact_sheet": sheet, "versions": versions, "seconds": timer.seconds}
