@@ -41,22 +41,6 @@ def _isolated_state(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("EXPDIFF_OUTPUT_ROOT", str(root / "builds"))
 
 
-def _sheet_face(n: int = 9):
-    """An n x n flat quad sheet (cm), one 'skin' group, UVs inset in tile 1001."""
-    import numpy as np
-
-    from expdiff_core.io.mesh import FaceMesh
-
-    t = np.linspace(0.0, 1.0, n)
-    uu, vv = np.meshgrid(t, t)
-    uvs = np.stack([0.05 + 0.9 * uu.ravel(), 0.05 + 0.9 * vv.ravel()], axis=1)
-    vertices = np.concatenate([uvs * 12.0, np.zeros((n * n, 1))], axis=1)
-    vid = np.arange(n * n).reshape(n, n)
-    quads = np.stack([vid[:-1, :-1], vid[:-1, 1:], vid[1:, 1:], vid[1:, :-1]], axis=-1).reshape(-1)
-    faces = (n - 1) ** 2
-    return FaceMesh(vertices, np.full(faces, 4), quads, uvs, quads, np.zeros(faces), ["skin"], "cm", "sheet")
-
-
 @pytest.fixture
 def make_tiny_dataset():
     """Factory: make_tiny_dataset(root, splits={"s0": "train", ...}, resolution=64) -> a real dataset folder.
@@ -72,11 +56,13 @@ def make_tiny_dataset():
     from expdiff_core import facs
     from expdiff_core.io.dataset import BRDF_KINDS, MAP_SPECS, DatasetSpec, DatasetWriter
 
+    from .helpers.meshes import sheet_face
+
     units = ["jawOpen", "mouthSmile_L"]
 
     def make(root, splits=None, resolution: int = 64) -> Path:
         splits = splits or {"s0": "train", "s1": "train", "s2": "val"}
-        template = _sheet_face()
+        template = sheet_face()
         spec = DatasetSpec(units=units, map_kinds=BRDF_KINDS, resolution=resolution, udims=[1001],
                            skin_groups=["skin"], generator={"name": "tests/conftest.py", "seed": 0},
                            absent_units={u: "not in this test" for u in facs.UNIT_NAMES if u not in units})

@@ -22,29 +22,18 @@ from expdiff_core.io.dataset import (
     write_vertices,
 )
 from expdiff_core.io.images import write_image
-from expdiff_core.io.mesh import FaceMesh
 from expdiff_core.synth.skin import SkinParams, SkinSynthesizer
 from expdiff_core.uv.raster import uv_raster
+
+from ..helpers.meshes import sheet_face
 
 RES = 64
 UNITS = ["jawOpen", "mouthSmile_L", "eyeBlink_R"]
 
 
-def sheet(n: int = 9) -> FaceMesh:
-    """n x n flat quad sheet (cm) with UVs inset in tile 1001."""
-    t = np.linspace(0.0, 1.0, n)
-    uu, vv = np.meshgrid(t, t)
-    uvs = np.stack([0.05 + 0.9 * uu.ravel(), 0.05 + 0.9 * vv.ravel()], axis=1)
-    vertices = np.concatenate([uvs * 12.0, np.zeros((n * n, 1))], axis=1)
-    vid = np.arange(n * n).reshape(n, n)
-    quads = np.stack([vid[:-1, :-1], vid[:-1, 1:], vid[1:, 1:], vid[1:, :-1]], axis=-1).reshape(-1)
-    faces = (n - 1) ** 2
-    return FaceMesh(vertices, np.full(faces, 4), quads, uvs, quads, np.zeros(faces), ["skin"], "cm", "sheet")
-
-
 def build(root, subjects=("s0", "s1"), splits=("train", "test")) -> None:
     """A real small dataset: a sheet 'face' squeezed per unit, maps from the skin synthesiser at 64^2."""
-    template = sheet()
+    template = sheet_face()
     rasters = uv_raster(template, RES, groups=["skin"])
     spec = DatasetSpec(units=UNITS, map_kinds=BRDF_KINDS, resolution=RES, udims=[1001], skin_groups=["skin"],
                        generator={"name": "test", "seed": 0},
@@ -132,7 +121,7 @@ def test_writer_never_overwrites_and_leaves_nothing_on_failure(pristine, tmp_pat
     target = tmp_path / "broken"
     spec = DatasetSpec(UNITS, BRDF_KINDS, RES, [1001], ["skin"], {"name": "test"})
     with pytest.raises(RuntimeError):
-        with DatasetWriter(target, sheet(), spec):
+        with DatasetWriter(target, sheet_face(), spec):
             raise RuntimeError("generator crashed")
     assert not target.exists() and list(tmp_path.iterdir()) == []
 
