@@ -70,6 +70,8 @@ def run(args: argparse.Namespace) -> int:
         os.environ["EXPDIFF_CONFIG"] = str(Path(args.config).resolve())
     if settings.prefect_api_url:
         os.environ.setdefault("PREFECT_API_URL", settings.prefect_api_url)
+    # Prefect gives its ephemeral API 20 s to start; a loaded 2-core machine can need more.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
     from flows.build_character import build_character
 
