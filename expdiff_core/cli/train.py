@@ -65,6 +65,12 @@ def _add_vae(group: argparse._SubParsersAction) -> None:
                    help="channel widths of the four encoder/decoder blocks (default "
                    f"{','.join(map(str, d['widths']))}; Stable Diffusion's VAE has 128,256,512,512)")
     v.add_argument("--seed", type=int, default=d["seed"], metavar="S", help="seed (default %(default)s)")
+    v.add_argument("--pair-weight", type=float, default=0.0, metavar="W",
+                   help="weight of the neutral-paired difference loss: every map is also decoded with its "
+                   "subject's neutral and the decoded difference must match the true one (what mesh recovery, "
+                   "Eq. 9, and the texture transfer use). Doubles the maps per step (default 0 = off)")
+    v.add_argument("--init-from", metavar="PATH",
+                   help="start from this trained codec folder (fine-tuning; --widths is then ignored)")
     v.add_argument("--held-out-maps", type=int, default=d["held_out_maps"], metavar="N",
                    help="evaluate on at most N held-out maps, drawn at random (default %(default)s)")
     add_device_flag(v)
@@ -81,7 +87,7 @@ def run_vae(args: argparse.Namespace) -> int:
     config = VAETrainConfig(
         steps=args.steps, batch_size=args.batch_size, crop_size=args.resolution,
         learning_rate=args.learning_rate, seed=args.seed, device=settings.device,
-        held_out_max_maps=args.held_out_maps,
+        held_out_max_maps=args.held_out_maps, pair_weight=args.pair_weight, init_from=args.init_from,
         # GroupNorm groups must divide every width; 32 is Stable Diffusion's choice when they allow it.
         model=offline_vae_config(block_out_channels=widths, norm_num_groups=math.gcd(32, *widths)),
     )

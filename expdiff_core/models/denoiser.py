@@ -34,6 +34,7 @@ from .weights import require_safetensors
 ALL_KINDS = ("position", "albedo", "specular", "roughness", "normal")
 GEOMETRY_KINDS = ("position",)
 TEXT_CONDITIONINGS = ("encoder", "one-hot")
+TARGETS = ("absolute", "residual")
 
 # Offline default: 16x16 latents (128^2 maps through the 8x VAE) -> 640 tokens; 2.8M params,
 # ~73 GFLOP per training step at batch 16, so thousands of steps fit in hours on a 2-core CPU.
@@ -250,6 +251,13 @@ class ExpDiffDenoiser(ModelMixin, ConfigMixin):
     An all-False ``text_mask`` row is the unconditional branch (classifier-free guidance): those tokens then
     attend only to a learned null token.
 
+    ``target``: what is diffused. ``"absolute"`` (the paper's Eq. 6): the expression latents themselves.
+    ``"residual"``: the expression latents minus the neutral latents, times ``residual_scale`` (one factor
+    per map, so every map's residual has unit RMS on the training set). An expression differs from its
+    neutral by a few percent of the latent's range; as an absolute target that difference drowns in the
+    identity, which the network then mostly copies from its condition. :meth:`diffusion_target` and
+    :meth:`latents_from_target` convert; training and sampling go through them.
+
     Ablations (paper Table III): ``attention=False`` attends within each map only (no joint BRDF attention, no
     geometry<->texture cross-attention); ``text_conditioning="one-hot"`` means prompts are fed as
     :func:`fixed_random_prompt_tokens` instead of text-encoder tokens (see :func:`encode_prompts`).
@@ -273,6 +281,8 @@ class ExpDiffDenoiser(ModelMixin, ConfigMixin):
         text_len: int = 32,
         attention: bool = True,
         text_conditioning: str = "encoder",
+        target: str = "absolute",
+        residual_scale: Sequence[float] | None = None,
     ):
         super().__init__()
         kinds = list(kinds)
@@ -280,12 +290,18 @@ class ExpDiffDenoiser(ModelMixin, ConfigMixin):
             raise ExpDiffInputError(None, f"denoiser kinds {kinds} must be a non-empty list without repeats")
         if text_conditioning not in TEXT_CONDITIONINGS:
             raise ExpDiffInputError(None, f"text_conditioning {text_conditioning!r} is not one of {TEXT_CONDITIONINGS}")
+        if target not in TARGETS:
+            raise ExpDiffInputError(None, f"denoiser target {target!r} is not one of {TARGETS}")
+        n_maps = n_udims * len(kinds)
+        if target == "residual" and (residual_scale is None or len(residual_scale) != n_maps
+                                     or not all(float(v) > 0 for v in residual_scale)):
+            raise ExpDiffInputError(None, f"a residual denoiser needs residual_scale: {n_maps} positive factors "
+                                    f"(one per map), got {residual_scale!r}")
         size = (int(latent_size),) * 2 if isinstance(latent_size, int) else tuple(int(s) for s in latent_size)
         if len(size) != 2 or size[0] % patch_size or size[1] % patch_size:
             raise ExpDiffInputError(None, f"latent_size {latent_size} must be (h, w) divisible by patch_size {patch_size}")
         self.latent_hw = size
         self.grid = (size[0] // patch_size, size[1] // patch_size)
-        n_maps = n_udims * len(kinds)
 
         # Geometry maps first inside the network; `order` gathers them from the tile-major input layout.
         kind_of = [m % len(kinds) for m in range(n_maps)]
@@ -324,6 +340,22 @@ class ExpDiffDenoiser(ModelMixin, ConfigMixin):
     @property
     def n_maps(self) -> int:
         return self.config.n_udims * len(self.config.kinds)
+
+    def _residual_scale(self, like: torch.Tensor) -> torch.Tensor:
+        return torch.tensor(self.config.residual_scale, dtype=like.dtype, device=like.device)[:, None, None, None]
+
+    def diffusion_target(self, latents: torch.Tensor, neutral: torch.Tensor) -> torch.Tensor:
+        """What the network diffuses for expression ``latents`` of a face with ``neutral`` latents; both and the
+        result (B, M, C, h, w)."""
+        if self.config.target == "absolute":
+            return latents
+        return (latents - neutral) * self._residual_scale(latents)
+
+    def latents_from_target(self, target: torch.Tensor, neutral: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`diffusion_target`: denoised ``target`` -> expression latents (B, M, C, h, w)."""
+        if self.config.target == "absolute":
+            return target
+        return neutral + target / self._residual_scale(target)
 
     def _check(self, name: str, value: torch.Tensor, batch: int | None) -> None:
         expected = (self.n_maps, self.config.latent_channels, *self.latent_hw)

@@ -325,7 +325,8 @@ class ExpDiffPipeline:
             cond = neutral[None].expand(n, *neutral.shape).to(self.device)
             noise = noise.to(self.device)
             if strength < 1.0:
-                x = self.noise_scheduler.add_noise(cond, noise, timesteps[:1].repeat(n).to(self.device))
+                start_target = self.denoiser.diffusion_target(cond, cond)  # the neutral (a zero residual)
+                x = self.noise_scheduler.add_noise(start_target, noise, timesteps[:1].repeat(n).to(self.device))
             else:
                 x = noise * scheduler.init_noise_sigma
             t_tok = tokens[start:start + n].to(self.device)
@@ -344,7 +345,7 @@ class ExpDiffPipeline:
                         eps = self.denoiser(model_in, t, cond, t_tok, t_mask).float()
                 x = _step(scheduler, eps, t, x, generator)
                 bar.update(n)
-            results.append(x.float().cpu())
+            results.append(self.denoiser.latents_from_target(x.float(), cond.float()).cpu())
             done += 1
             if on_progress is not None:
                 on_progress(done, total_chunks)

@@ -36,6 +36,12 @@ def model_card(name: str, config: PipelineConfig, vae_dir: Path, denoiser_dir: P
         f"val / {len(dataset.split('test'))} test identities x {len(dataset.expressions)} expressions",
         f"- default sampling: {config.sampler}, {config.steps} steps, strength {config.strength}",
     ]
+    denoiser = _denoiser_config(denoiser_dir)
+    if denoiser:
+        lines.append(f"- denoiser: diffuses the {denoiser.get('target', 'absolute')} latents; attention between maps "
+                     f"{'on' if denoiser.get('attention', True) else 'off'}; text conditioning "
+                     f"{denoiser.get('text_conditioning', 'encoder')}; width {denoiser.get('width')}, depth "
+                     f"{denoiser.get('depth')}, patch {denoiser.get('patch_size')}")
     if vae_metrics:
         lines += ["", "## Latent codec (held-out)", "", "```json", json.dumps(vae_metrics, indent=2)[:4000], "```"]
     if den_metrics:
@@ -77,6 +83,11 @@ def _encoding_of(run: Path) -> dict:
     if not path.is_file():
         raise ExpDiffInputError(run, "latents_manifest.json missing: cannot tell the position map scale")
     return json.loads(path.read_text()).get("codec", {})
+
+
+def _denoiser_config(run: Path) -> dict:
+    path = run / "model" / "config.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def _training_summary(run: Path) -> dict:

@@ -235,6 +235,15 @@ def _same_config(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
     return json.loads(json.dumps(a, default=_json_default)) == json.loads(json.dumps(b, default=_json_default))
 
 
+def residual_scale(dataset: LatentDataset, floor: float = 0.01) -> list[float]:
+    """Per-map factors that give each map's latent residual unit RMS on ``dataset`` (a residual denoiser's
+    ``residual_scale``). A map that barely changes (RMS below ``floor`` x the largest map's) is scaled as if it
+    had that floor, so its encoding noise is not blown up into a target of its own."""
+    rms = dataset.residual_rms()
+    rms = rms.clamp(min=float(rms.max()) * floor)
+    return [float(f"{1.0 / float(v):.6g}") for v in rms]
+
+
 def diffusion_loss(model: torch.nn.Module, noise_scheduler, x0: torch.Tensor, neutral: torch.Tensor,
                    text_tokens: torch.Tensor, text_mask: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor,
                    snr_gamma: float | None = None) -> torch.Tensor:
@@ -305,12 +314,14 @@ def train_diffusion(
     local_batch = cfg.batch_size // n_proc
 
     model_dir, scheduler_dir, log_path = out_dir / "model", out_dir / "scheduler", out_dir / LOG_NAME
+    dataset = LatentDataset(latents_root, cfg.split, include_neutral=cfg.include_neutral,
+                            repeat_albedo=cfg.repeat_albedo)
+    if model_kwargs.get("target") == "residual" and not model_kwargs.get("residual_scale"):
+        model_kwargs = {**model_kwargs, "residual_scale": residual_scale(dataset)}
     finished = _finished_run(out_dir, cfg, model_kwargs)
     if finished is not None:
         return finished
 
-    dataset = LatentDataset(latents_root, cfg.split, include_neutral=cfg.include_neutral,
-                            repeat_albedo=cfg.repeat_albedo)
     torch.manual_seed(cfg.seed)
     model = ExpDiffDenoiser(**model_kwargs)
     prompt_tokens: PromptTokens = encode_prompts(model.config, dataset.prompts, text_encoder)
@@ -346,8 +357,8 @@ def train_diffusion(
     for step in range(start_step, cfg.steps):
         rows = order.indices(step)[rank * local_batch:(rank + 1) * local_batch]
         items = [dataset[i] for i in rows]
-        target0 = torch.stack([it["target"] for it in items])
         neutral = torch.stack([it["neutral"] for it in items])
+        target0 = raw_model.diffusion_target(torch.stack([it["target"] for it in items]), neutral)
         tokens, mask = prompt_tokens.index([it["prompt_index"] for it in items])
 
         gen = _generator(cfg.seed, step, 2)
@@ -528,6 +539,8 @@ def configs_from_args(args: argparse.Namespace, default_device: str = "auto"
         overrides["attention"] = False
     if args.text_conditioning:
         overrides["text_conditioning"] = args.text_conditioning
+    if args.target:
+        overrides["target"] = args.target
     model_config = denoiser_config(manifest.kinds, len(manifest.udims), manifest.latent_shape[0],
                                    manifest.latent_shape[1:], args.preset, **overrides)
     cfg = DiffusionTrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(DiffusionTrainConfig)})

@@ -126,6 +126,10 @@ def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
     parser.add_argument("--no-attention", action="store_true", help="ablation: no attention between maps")
     parser.add_argument("--text-conditioning", choices=["encoder", "one-hot"], default=None,
                         help="ablation 'one-hot': fixed random prompt embeddings instead of the text encoder")
+    parser.add_argument("--target", choices=["absolute", "residual"], default=None,
+                        help="what is diffused: 'residual' = expression minus neutral latents, scaled per map "
+                        "(measured better on our corpus); 'absolute' = the expression latents (paper Eq. 6). "
+                        "Default: the preset's / --model-config's")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_dataclass_flags(parser, DiffusionTrainConfig)
     return parser

@@ -262,6 +262,23 @@ class LatentDataset(torch.utils.data.Dataset):
             return self.neutral(subject)
         return self._stack(subject, [(expression, k, u) for u in self.manifest.udims for k in self.manifest.kinds])
 
+    def residual_rms(self) -> torch.Tensor:
+        """(M,) float64 RMS over every (subject, non-neutral expression) of each map's latent residual
+        ``target - neutral`` (what a ``target="residual"`` denoiser diffuses, before scaling)."""
+        total = torch.zeros(self.manifest.n_maps, dtype=torch.float64)
+        count = 0
+        for subject in self.subjects:
+            neutral = self.neutral(subject).double()
+            for expression in self.expressions:
+                if expression == NEUTRAL:
+                    continue
+                residual = self.target(subject, expression).double() - neutral
+                total += residual.pow(2).flatten(1).mean(1)
+                count += 1
+        if count == 0:
+            raise ExpDiffInputError(self.root / MANIFEST_NAME, "no expression besides neutral to measure residuals on")
+        return (total / count).sqrt()
+
     # ------------------------------------------------------------------ Dataset
     def __len__(self) -> int:
         return len(self.samples)

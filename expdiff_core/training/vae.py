@@ -23,6 +23,7 @@ import torch
 
 from ..device import autocast, resolve_device
 from ..errors import ExpDiffInputError
+from ..facs import NEUTRAL
 from ..models.vae import MAP_KINDS, RANGE_TOLERANCE, LatentCodec, map_kind, offline_vae_config, to_vae_input
 
 if TYPE_CHECKING:
@@ -52,6 +53,14 @@ class VAETrainConfig:
     # while staying ~100x below the reconstruction terms at the PSNR we aim for.
     kl_weight: float = 1e-4
     grad_clip: float = 1.0
+    # Weight of the neutral-paired difference loss: each training map is also reconstructed together with
+    # the same subject's neutral map (same kind and tile), and |(D(E(x)) - D(E(x0))) - (x - x0)| is
+    # penalised. Eq. 9 and the texture transfer use exactly these decoded differences, and a codec trained
+    # on reconstructions alone gets them wrong by more than many expressions move (measured: 0.70 mm mean
+    # vertex error through encode -> decode -> Eq. 9 on true latents). 0 = off; needs maps with neutrals.
+    pair_weight: float = 0.0
+    # A trained codec folder to start from (fine-tuning, e.g. with pair_weight); None = fresh weights.
+    init_from: str | None = None
     held_out_fraction: float = 0.1  # used only when no held-out set is given
     scaling_samples: int = 256  # training maps encoded to measure the latent std -> scaling_factor
     held_out_max_maps: int | None = 512  # a seeded random subset keeps evaluation to minutes on a CPU
@@ -66,6 +75,7 @@ class VAETrainConfig:
             "learning_rate": self.learning_rate > 0,
             "warmup_steps": self.warmup_steps >= 0,
             "kl_weight": self.kl_weight >= 0,
+            "pair_weight": self.pair_weight >= 0,
             "held_out_fraction": 0 < self.held_out_fraction < 1,
             "scaling_samples": self.scaling_samples >= 1,
             "held_out_max_maps": self.held_out_max_maps is None or self.held_out_max_maps >= 1,
@@ -141,6 +151,7 @@ class DatasetMaps(Sequence):
         self._cache_dir = cache_dir
         self._rasters = None
         self._last: tuple[tuple[str, str], dict[int, Any]] | None = None
+        self._index: dict[tuple[str, str, str, int], int] | None = None
 
     def __len__(self) -> int:
         return len(self.items)
@@ -148,6 +159,17 @@ class DatasetMaps(Sequence):
     def kind_of(self, index: int) -> str:
         """The kind of item ``index`` without reading it."""
         return self.items[index][2]
+
+    def neutral_index(self, index: int) -> int:
+        """Index of the same subject's neutral map of item ``index``'s kind and tile."""
+        subject, _, kind, udim = self.items[index]
+        if self._index is None:
+            self._index = {item: i for i, item in enumerate(self.items)}
+        found = self._index.get((subject, NEUTRAL, kind, udim))
+        if found is None:
+            raise ExpDiffInputError(self.dataset.root, f"subject {subject!r} has no neutral {kind} map of tile {udim} "
+                                    "to pair with")
+        return found
 
     def __getitem__(self, index: int) -> MapSample:
         subject, expression, kind, udim = self.items[index]
@@ -180,29 +202,46 @@ class _Batches:
             raise ExpDiffInputError(None, f"crop_size {config.crop_size} must be a positive multiple of {factor}")
 
     def next(self) -> torch.Tensor:
-        images = []
+        """(B, 3, S, S); with ``pair_weight`` (2B, 3, S, S): the B maps, then their neutrals in the same order."""
+        pairs = self.config.pair_weight > 0
+        if pairs and not hasattr(self.maps, "neutral_index"):
+            raise ExpDiffInputError(None, "pair_weight needs maps that know each map's neutral (DatasetMaps)")
+        images, neutrals = [], []
         for _ in range(self.config.batch_size):
             if not self.queue:
                 perm = torch.randperm(len(self.indices), generator=self.generator).tolist()
                 self.queue = [self.indices[i] for i in perm]
             index = self.queue.pop()
             kind, image = _checked_sample(self.maps, index)
-            images.append(to_vae_input(self._crop(image, index)[None], kind)[0])
+            window = self._window(image, index)
+            images.append(to_vae_input(_cut(image, window)[None], kind)[0])
+            if pairs:
+                _, neutral = _checked_sample(self.maps, self.maps.neutral_index(index))
+                neutrals.append(to_vae_input(_cut(neutral, window)[None], kind)[0])
+        images += neutrals
         sizes = {tuple(im.shape) for im in images}
         if len(sizes) > 1:
             raise ExpDiffInputError(None, f"maps of different sizes {sorted(sizes)} in one batch; set crop_size")
         return torch.stack(images)
 
-    def _crop(self, image: torch.Tensor, index: int) -> torch.Tensor:
+    def _window(self, image: torch.Tensor, index: int) -> tuple[int, int, int] | None:
+        """(top, left, size) of a random crop, None for the whole map."""
         size = self.config.crop_size
         if size is None:
-            return image
+            return None
         height, width = image.shape[-2:]
         if height < size or width < size:
             raise ExpDiffInputError(None, f"map {index} is {height}x{width}, smaller than crop_size {size}")
         top = int(torch.randint(0, height - size + 1, (1,), generator=self.generator))
         left = int(torch.randint(0, width - size + 1, (1,), generator=self.generator))
-        return image[:, top:top + size, left:left + size]
+        return top, left, size
+
+
+def _cut(image: torch.Tensor, window: tuple[int, int, int] | None) -> torch.Tensor:
+    if window is None:
+        return image
+    top, left, size = window
+    return image[:, top:top + size, left:left + size]
 
 
 def evaluate_codec(codec: LatentCodec, maps: Sequence[MapSample], indices: Sequence[int] | None = None
@@ -319,7 +358,10 @@ def train_vae(maps: Sequence[MapSample], config: VAETrainConfig, out_dir: str | 
     held_idx = _subset(held_idx, config.held_out_max_maps, config.seed + 3)
 
     device = resolve_device(config.device)
-    codec = LatentCodec.from_config(config.model, seed=config.seed, device=device)
+    if config.init_from is not None:
+        codec = LatentCodec.from_pretrained(config.init_from, device=device)
+    else:
+        codec = LatentCodec.from_config(config.model, seed=config.seed, device=device)
     vae = codec.vae.train().requires_grad_(True)
     batches = _Batches(maps, train_idx, config, codec.downsample_factor)
     noise_generator = torch.Generator().manual_seed(config.seed + 2)
@@ -341,6 +383,11 @@ def train_vae(maps: Sequence[MapSample], config: VAETrainConfig, out_dir: str | 
         mse = ((y - x) ** 2).mean()
         kl = posterior.kl().float().mean() / posterior.mean[0].numel()
         loss = config.l1_weight * l1 + config.mse_weight * mse + config.kl_weight * kl
+        if config.pair_weight > 0:
+            # Second half of the batch: each map's neutral (see _Batches.next).
+            half = x.shape[0] // 2
+            miss = (y[:half] - y[half:]) - (x[:half] - x[half:])
+            loss = loss + config.pair_weight * (config.l1_weight * miss.abs().mean() + config.mse_weight * miss.pow(2).mean())
         if not torch.isfinite(loss):
             raise ExpDiffInputError(None, f"VAE training diverged at step {step} (loss {loss.item()}); "
                                           "lower learning_rate")

@@ -14,8 +14,11 @@ KINDS = ["position", "albedo", "specular", "roughness", "normal"]
 RESOLUTION = 32  # 4x4 latents: the smallest size the 8x VAE and a patch-2 denoiser accept
 
 
-def tiny_pipeline_folder(root, text_conditioning: str = "encoder"):
-    """Write a pipeline folder under ``root / "model"`` (random weights, 4 sampling steps); returns it."""
+def tiny_pipeline_folder(root, text_conditioning: str = "encoder", target: str = "absolute"):
+    """Write a pipeline folder under ``root / "model"`` (random weights, 4 sampling steps); returns it.
+
+    target="residual": the denoiser diffuses (expression - neutral) latents, every map scaled by 4.
+    """
     template = template_mesh()
     config = PipelineConfig(kinds=KINDS, udims=[1001, 1002], resolution=RESOLUTION,
                             skin_groups=["M_Face", "M_BackHead"], steps=4)
@@ -23,7 +26,8 @@ def tiny_pipeline_folder(root, text_conditioning: str = "encoder"):
                                     seed=0, device="cpu")
     vae_dir = codec.save_pretrained(root / "parts" / "vae")
     denoiser = ExpDiffDenoiser(**denoiser_config(KINDS, 2, 4, RESOLUTION // 8, width=32, depth=1, heads=2,
-                                                 text_conditioning=text_conditioning))
+                                                 text_conditioning=text_conditioning, target=target,
+                                                 residual_scale=[4.0] * 10 if target == "residual" else None))
     den_dir = root / "parts" / "denoiser"
     denoiser.save_pretrained(den_dir)
     training_noise_scheduler().save_pretrained(den_dir)

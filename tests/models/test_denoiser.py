@@ -119,6 +119,29 @@ def test_ablation_switch_is_saved_in_the_config_and_drops_cross_attention():
     assert not any("cross_attn" in name for name, _ in alone.named_parameters())
 
 
+def test_absolute_target_is_the_expression_latents_themselves():
+    model = tiny_model()
+    latents, _, neutral, _, _ = inputs()
+    assert model.diffusion_target(latents, neutral) is latents
+    assert model.latents_from_target(latents, neutral) is latents
+
+
+def test_residual_target_is_the_scaled_difference_from_the_neutral_and_inverts_exactly():
+    scale = [float(m + 1) for m in range(M)]
+    model = tiny_model(target="residual", residual_scale=scale)
+    latents, _, neutral, _, _ = inputs()
+    target = model.diffusion_target(latents, neutral)
+    torch.testing.assert_close(target[:, 3], (latents[:, 3] - neutral[:, 3]) * 4.0)
+    torch.testing.assert_close(model.latents_from_target(target, neutral), latents)
+    assert torch.equal(model.diffusion_target(neutral, neutral), torch.zeros_like(neutral))
+
+
+@pytest.mark.parametrize("scale", [None, [1.0] * (M - 1), [1.0] * (M - 1) + [0.0]])
+def test_a_residual_denoiser_needs_one_positive_scale_per_map(scale):
+    with pytest.raises(ExpDiffInputError, match="residual_scale"):
+        tiny_model(target="residual", residual_scale=scale)
+
+
 def test_different_prompts_give_different_predictions():
     model = tiny_model()
     sample, t, neutral, _, _ = inputs()

@@ -17,3 +17,9 @@ def tiny_model(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_pipeline(tiny_model):
     return ExpDiffPipeline.from_pretrained(tiny_model, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_residual_pipeline(tmp_path_factory):
+    folder = tiny_pipeline_folder(tmp_path_factory.mktemp("tiny-expdiff-residual"), target="residual")
+    return ExpDiffPipeline.from_pretrained(folder, device="cpu")

@@ -44,14 +44,28 @@ def test_same_seed_same_result_whatever_the_batching(tiny_pipeline):
     assert not torch.allclose(a, c)
 
 
-def test_sdedit_strength_starts_from_the_noised_neutral(tiny_pipeline):
+@pytest.mark.parametrize("model", ["tiny_pipeline", "tiny_residual_pipeline"])
+def test_sdedit_strength_starts_from_the_noised_neutral(model, request):
+    pipeline = request.getfixturevalue(model)
     mesh, tex = template_mesh(), neutral_textures()
-    z0 = tiny_pipeline.encode(tiny_pipeline.neutral_maps(mesh, tex))
+    z0 = pipeline.encode(pipeline.neutral_maps(mesh, tex))
     exprs = [Expression.parse("jawOpen")]
-    weak = tiny_pipeline.sample(z0, exprs, seed=1, strength=0.05, steps=20, progress=False)[0]
-    full = tiny_pipeline.sample(z0, exprs, seed=1, strength=1.0, steps=20, progress=False)[0]
+    weak = pipeline.sample(z0, exprs, seed=1, strength=0.05, steps=20, progress=False)[0]
+    full = pipeline.sample(z0, exprs, seed=1, strength=1.0, steps=20, progress=False)[0]
     # At 5% strength the sample stays near the neutral latents; from pure noise it does not.
     assert (weak - z0).abs().mean() < 0.5 * (full - z0).abs().mean()
+
+
+def test_a_residual_model_returns_the_neutral_plus_its_unscaled_residual(tiny_residual_pipeline):
+    pipeline = tiny_residual_pipeline
+    z0 = pipeline.encode(pipeline.neutral_maps(template_mesh(), neutral_textures()))
+    exprs = [Expression.parse("jawOpen")]
+    latents = pipeline.sample(z0, exprs, seed=2, progress=False)[0]
+    # The untrained network predicts zero noise, so the denoised residual is a deterministic function of
+    # the seeded start noise; what comes back must be the neutral plus that residual / residual_scale (4).
+    assert not torch.allclose(latents, z0)
+    rerun = pipeline.sample(z0 + 1.0, exprs, seed=2, progress=False)[0]
+    torch.testing.assert_close(rerun - (z0 + 1.0), latents - z0, rtol=1e-4, atol=1e-4)
 
 
 def test_a_mesh_off_the_template_is_refused(tiny_pipeline):

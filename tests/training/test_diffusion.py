@@ -18,6 +18,7 @@ from expdiff_core.training.diffusion import (
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint_model,
+    residual_scale,
     train_diffusion,
 )
 from expdiff_core.training.latents import (
@@ -159,6 +160,30 @@ def test_loss_decreases_on_a_tiny_dataset(latents, tmp_path):
     assert model.config.text_conditioning == "one-hot" and model.config.width == 32
     assert (result.scheduler_dir / "scheduler_config.json").is_file()
     assert json.loads((tmp_path / "run" / "latents_manifest.json").read_text())["scaling_factor"] == 0.5
+
+
+def test_residual_scale_gives_every_maps_residual_unit_rms(latents):
+    dataset = LatentDataset(latents)
+    model = ExpDiffDenoiser(**{**TINY_MODEL, "kinds": list(ALL_KINDS), "n_udims": len(UDIMS), "latent_channels": 4,
+                               "latent_size": list(SHAPE[1:]), "target": "residual",
+                               "residual_scale": residual_scale(dataset)})
+    items = [dataset[i] for i in range(len(dataset)) if dataset[i]["expression"] != "neutral"]
+    residual = model.diffusion_target(torch.stack([it["target"] for it in items]),
+                                      torch.stack([it["neutral"] for it in items]))
+    rms = residual.pow(2).transpose(0, 1).flatten(1).mean(1).sqrt()
+    # The factors are rounded to 6 significant digits.
+    torch.testing.assert_close(rms, torch.ones_like(rms), rtol=1e-5, atol=1e-5)
+
+
+def test_residual_training_learns_and_publishes_its_scale(latents, tmp_path):
+    result = train_diffusion(latents, tmp_path / "run", {**TINY_MODEL, "target": "residual"},
+                             config(steps=50, batch_size=8, checkpoint_every=50, text_dropout=0.0), progress=False)
+    first, last = sum(result.losses[:10]) / 10, sum(result.losses[-10:]) / 10
+    # As in the absolute test: the residual is the prompt's fixed offset, learnable within 50 steps.
+    assert first > 0.85 and last < 0.7 * first
+    model = ExpDiffDenoiser.from_pretrained(result.model_dir)
+    assert model.config.target == "residual"
+    assert model.config.residual_scale == residual_scale(LatentDataset(latents))
 
 
 def _log(run: Path) -> list[dict]:

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from expdiff_core.errors import ExpDiffInputError
-from expdiff_core.models.vae import MAP_KINDS, LatentCodec, offline_vae_config
+from expdiff_core.models.vae import MAP_KINDS, LatentCodec, offline_vae_config, to_vae_input
 from expdiff_core.training.vae import (
     DatasetMaps,
     VAETrainConfig,
@@ -162,3 +162,47 @@ def test_dataset_position_maps_are_the_ones_the_latent_encoder_makes(make_tiny_d
     expected = subject_maps(data, "s1", "jawOpen", dataset_rasters(data), PositionMapConfig(scale_cm=2.0))
     assert torch.equal(maps[index][1], torch.from_numpy(expected["position"][1001]))
     assert maps[index][1].abs().max() > 0.1  # the squeeze really moved the sheet
+
+
+def test_paired_batches_hold_each_maps_neutral_in_the_same_window(make_tiny_dataset, tmp_path):
+    from expdiff_core.io.dataset import Dataset
+    from expdiff_core.training.vae import _Batches
+
+    maps = DatasetMaps(Dataset(make_tiny_dataset(tmp_path / "data")), ["s0", "s1"])
+    batches = _Batches(maps, list(range(len(maps))), tiny_config(batch_size=3, crop_size=32, pair_weight=1.0), 8)
+    batch = batches.next()
+    assert batch.shape == (6, 3, 32, 32)
+    # Replay the draws: the second half is each map's own subject's neutral, cut at the same window.
+    replay = _Batches(maps, list(range(len(maps))), tiny_config(batch_size=3, crop_size=32, pair_weight=1.0), 8)
+    for row in range(3):
+        if not replay.queue:
+            perm = torch.randperm(len(replay.indices), generator=replay.generator).tolist()
+            replay.queue = [replay.indices[i] for i in perm]
+        index = replay.queue.pop()
+        kind, image = maps[index]
+        top, left, size = replay._window(image, index)
+        subject, _, map_kind, udim = maps.items[index]
+        assert maps.items[maps.neutral_index(index)] == (subject, "neutral", map_kind, udim)
+        _, neutral = maps[maps.neutral_index(index)]
+        expected = to_vae_input(neutral[None, :, top:top + size, left:left + size], kind)[0]
+        assert torch.equal(batch[3 + row], expected)
+
+
+def test_pair_loss_needs_maps_that_know_their_neutral(tmp_path):
+    with pytest.raises(ExpDiffInputError, match="pair_weight needs"):
+        train_vae(dataset(8), tiny_config(pair_weight=1.0), tmp_path / "out", held_out=dataset(2, seed=1),
+                  show_progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_fine_tuning_starts_from_the_given_codec(trained, tmp_path):
+    folder, _ = trained
+    out = tmp_path / "tuned"
+    # A vanishing learning rate: the published weights are the starting codec's.
+    train_vae(dataset(8), tiny_config(steps=1, learning_rate=1e-12, warmup_steps=0, init_from=str(folder)), out,
+              held_out=dataset(2, seed=1), show_progress=False)
+    start = load_file(str(folder / "diffusion_pytorch_model.safetensors"))
+    tuned = load_file(str(out / "diffusion_pytorch_model.safetensors"))
+    assert start.keys() == tuned.keys()
+    for name in start:
+        torch.testing.assert_close(tuned[name], start[name], rtol=0, atol=1e-6)
