@@ -66,3 +66,13 @@ def test_train_diffusion_then_assemble_register_gives_candidates_with_a_sample_s
     assert artifacts == ["samples/pipeline-samples.png"]
     pipe = ExpDiffPipeline.from_pretrained(resolve_model(settings, "models:/expdiff@candidate"), device="cpu")
     assert pipe.config.steps == 2
+
+
+def test_a_residual_denoiser_trains_assembles_and_says_so_in_its_model_card(inputs, tmp_path):
+    dataset, vae, latents, config = inputs
+    assert main([*diffusion_flags(latents, tmp_path / "run", config), "--target", "residual", "--no-mlflow"]) == 0
+    assert main(["models", "assemble", "--dataset", str(dataset), "--vae", str(vae), "--diffusion",
+                 str(tmp_path / "run"), "--out", str(tmp_path / "pipeline"), "--steps", "2", "--no-samples"]) == 0
+    pipe = ExpDiffPipeline.from_pretrained(tmp_path / "pipeline", device="cpu")
+    assert pipe.denoiser.config.target == "residual" and len(pipe.denoiser.config.residual_scale) == pipe.denoiser.n_maps
+    assert "diffuses the residual latents" in (tmp_path / "pipeline" / "README.md").read_text()
