@@ -435,8 +435,9 @@ def _channels(image: np.ndarray, channels: int) -> np.ndarray:
 def transfer_map(user_neutral: np.ndarray, generated: np.ndarray, generated_neutral: np.ndarray, kind: str) -> np.ndarray:
     """Directional texture transfer at the user's resolution (the texture analogue of Eq. 9).
 
-    ``user_neutral + upsample(generated - generated_neutral)``, clipped to [0, 1]; normal maps are
-    renormalised. Keeps every detail of the user's own texture and adds only what the expression changes.
+    ``user_neutral + upsample(generated - generated_neutral)``, clipped to [0, 1]; normal vectors are
+    rescaled to the length of the user's. Keeps every detail of the user's own texture and adds only what
+    the expression changes.
     user_neutral: (C, H, W); generated, generated_neutral: (C', R, R) at the model resolution.
     """
     c, h, w = user_neutral.shape
@@ -447,7 +448,10 @@ def transfer_map(user_neutral: np.ndarray, generated: np.ndarray, generated_neut
         delta = F.interpolate(torch.from_numpy(delta)[None], size=(h, w), mode="bilinear", align_corners=False)[0].numpy()
     out = user_neutral.astype(np.float32) + delta
     if kind == "normal":
+        # Back to the user's own vector length (unit up to their file's precision): a zero change then
+        # returns their normals exactly instead of re-rounding every texel of a half-float map.
+        user = user_neutral.astype(np.float32) * 2.0 - 1.0
         n = out * 2.0 - 1.0
-        n /= np.maximum(np.linalg.norm(n, axis=0, keepdims=True), 1e-6)
+        n *= np.linalg.norm(user, axis=0, keepdims=True) / np.maximum(np.linalg.norm(n, axis=0, keepdims=True), 1e-6)
         out = n * 0.5 + 0.5
     return np.clip(out, 0.0, 1.0).astype(np.float32)

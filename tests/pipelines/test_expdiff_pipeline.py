@@ -103,6 +103,21 @@ def test_texture_transfer_without_change_returns_the_users_map():
     assert np.array_equal(transfer_map(user, gen, gen, "albedo"), user)
 
 
+def test_normal_transfer_keeps_the_users_normals_without_change_and_their_length_with_one():
+    rng = np.random.default_rng(2)
+    vectors = rng.normal(size=(3, 32, 32)) + np.array([0, 0, 3.0])[:, None, None]
+    vectors /= np.linalg.norm(vectors, axis=0, keepdims=True)
+    # Stored as half floats, as in an EXR: unit length only to ~5e-4.
+    user = (vectors * 0.5 + 0.5).astype(np.float16).astype(np.float32)
+    gen = rng.uniform(0, 1, (3, 8, 8)).astype(np.float32)
+    # float32 rescaling by |n| / |n| rounds in the last bit at most.
+    np.testing.assert_allclose(transfer_map(user, gen, gen, "normal"), user, rtol=0, atol=1e-6)
+    tilted = transfer_map(user, gen + np.float32(0.05) * np.array([1, 0, 0], np.float32)[:, None, None], gen, "normal")
+    length = lambda m: np.linalg.norm(m * 2 - 1, axis=0)  # noqa: E731
+    np.testing.assert_allclose(length(tilted), length(user), rtol=1e-5)
+    assert (tilted[0] > user[0]).mean() > 0.99  # tilted towards +X
+
+
 def test_texture_transfer_adds_the_upsampled_expression_change():
     user = np.full((1, 64, 64), 0.4, np.float32)
     neutral = np.full((1, 16, 16), 0.5, np.float32)
