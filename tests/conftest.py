@@ -42,6 +42,18 @@ def _isolated_state(tmp_path_factory, monkeypatch):
 
 
 @pytest.fixture
+def one_thread():
+    """One intra-op torch thread for the test: the machine's 2 cores are shared, and tiny models and
+    convolutions run several times faster on one thread than with OpenMP oversubscription."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
 def make_tiny_dataset():
     """Factory: make_tiny_dataset(root, splits={"s0": "train", ...}, resolution=64) -> a real dataset folder.
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from expdiff_core.cli import build_parser, main
 from expdiff_core.models.vae import LatentCodec, offline_vae_config
@@ -15,13 +14,7 @@ TINY_FLAGS = ["--steps", "2", "--resolution", "32", "--widths", "8,8,16,16", "--
               "--held-out-maps", "15", "--device", "cpu"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The 2 shared cores: tiny convolutions run several times faster on one thread.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_train_vae_publishes_a_codec_with_held_out_psnr_per_kind(make_tiny_dataset, tmp_path, capsys):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from expdiff_core.cli import main
 from expdiff_core.config import load_settings
@@ -16,13 +15,7 @@ from expdiff_core.registry import resolve_model, resolve_version
 from ..helpers.tiny_training import TINY_DENOISER, encode_tiny, tiny_codec_folder
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The 2 shared cores: tiny models run several times faster on one intra-op thread.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def diffusion_flags(latents, out, model_config) -> list[str]:

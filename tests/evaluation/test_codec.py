@@ -24,12 +24,7 @@ class LosslessCodec:
         return latents
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_a_lossless_codec_reaches_the_raster_round_trip_and_transfers_textures_exactly(procedural_dataset):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from expdiff_core.config import load_settings
 from expdiff_core.pipelines.expdiff import ExpDiffPipeline
@@ -13,22 +12,13 @@ from ..helpers.tiny_training import TINY_DENOISER
 from .conftest import flow_run_id, run_artifacts, task_states
 
 # The harness takes ~30-60 s to start on the shared 2 cores; the flow itself ~30 s.
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 TINY = dict(vae_steps=2, diffusion_steps=3, vae_widths=[8, 8, 16, 16], vae_batch_size=2, vae_held_out_maps=6,
             denoiser_config=TINY_DENOISER,
             diffusion_config={"batch_size": 2, "warmup_steps": 1, "checkpoint_every": 3,
                               "lr_schedule": "constant_with_warmup"},
             sampling_steps=2, sample_expressions=["jawOpen"], device="cpu")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The 2 shared cores: tiny models run several times faster on one intra-op thread.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_train_flow_trains_assembles_samples_and_registers_candidates(prefect_harness, make_tiny_dataset, tmp_path):

@@ -19,13 +19,7 @@ M = UDIMS * len(ALL_KINDS)
 TEXT_LEN, TEXT_DIM = 6, 24
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The test machine's 2 cores are shared; one intra-op thread avoids OpenMP oversubscription stalls.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_model(seed: int = 0, **overrides) -> ExpDiffDenoiser:

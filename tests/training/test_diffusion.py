@@ -40,13 +40,7 @@ TINY_MODEL = dict(width=32, depth=2, heads=4, text_conditioning="one-hot", text_
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The test machine's 2 cores are shared; one intra-op thread avoids OpenMP oversubscription stalls.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_latent_dataset(root: Path, subjects=None, *, albedo_only_neutral: bool = False, seed: int = 0) -> Path:

@@ -21,13 +21,7 @@ from expdiff_core.training.vae import VAETrainConfig
 from ..helpers.tiny_training import TINY_DENOISER, TINY_VAE, encode_tiny, tiny_codec_folder
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The 2 shared cores: tiny models run several times faster on one intra-op thread.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

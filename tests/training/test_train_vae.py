@@ -43,13 +43,7 @@ def tiny_config(**changes) -> VAETrainConfig:
     return VAETrainConfig(**{**base, **changes})
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The test machine's 2 cores are shared: tiny convolutions run ~5x faster on one thread than on two.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
