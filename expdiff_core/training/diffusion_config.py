@@ -128,7 +128,8 @@ def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
                         help="ablation 'one-hot': fixed random prompt embeddings instead of the text encoder")
     parser.add_argument("--target", choices=["absolute", "residual"], default=None,
                         help="what is diffused: 'residual' = expression minus neutral latents, scaled per map "
-                        "(measured better on our corpus); 'absolute' = the expression latents (paper Eq. 6). "
+                        "(expressions move where the absolute target mostly copies the neutral; figures in "
+                        "models/expdiff/README.md); 'absolute' = the expression latents (paper Eq. 6). "
                         "Default: the preset's / --model-config's")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_dataclass_flags(parser, DiffusionTrainConfig)

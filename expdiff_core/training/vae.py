@@ -56,8 +56,8 @@ class VAETrainConfig:
     # Weight of the neutral-paired difference loss: each training map is also reconstructed together with
     # the same subject's neutral map (same kind and tile), and |(D(E(x)) - D(E(x0))) - (x - x0)| is
     # penalised. Eq. 9 and the texture transfer use exactly these decoded differences, and a codec trained
-    # on reconstructions alone gets them wrong by more than many expressions move (measured: 0.70 mm mean
-    # vertex error through encode -> decode -> Eq. 9 on true latents). 0 = off; needs maps with neutrals.
+    # on reconstructions alone gets them wrong by more than many expressions move (measured: 0.74 mm mean
+    # vertex error through encode -> decode -> Eq. 9 on true latents; 0.60 mm after 600 paired steps). 0 = off; needs maps with neutrals.
     pair_weight: float = 0.0
     # A trained codec folder to start from (fine-tuning, e.g. with pair_weight); None = fresh weights.
     init_from: str | None = None
@@ -360,6 +360,8 @@ def train_vae(maps: Sequence[MapSample], config: VAETrainConfig, out_dir: str | 
     device = resolve_device(config.device)
     if config.init_from is not None:
         codec = LatentCodec.from_pretrained(config.init_from, device=device)
+        # metrics.json records the architecture actually trained, not the unused default.
+        config = dataclasses.replace(config, model={k: v for k, v in dict(codec.config).items() if not k.startswith("_")})
     else:
         codec = LatentCodec.from_config(config.model, seed=config.seed, device=device)
     vae = codec.vae.train().requires_grad_(True)
