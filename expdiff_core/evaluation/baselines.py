@@ -2,8 +2,8 @@
 
 * **neutral copy**: every expression is the subject's own neutral (geometry and maps unchanged).
 * **3DMM** (linear): the mean over the training identities of (expression - neutral), added to the
-  subject's neutral, for vertices and for every BRDF map (maps clipped to [0, 1], normal maps
-  renormalised: the same directional rule ``transfer_map`` applies to generated maps).
+  subject's neutral, for vertices and for every BRDF map (maps clipped to [0, 1], normal vectors kept at
+  the neutral's lengths: the same directional rule ``transfer_map`` applies to generated maps).
 
 The mean training face per expression is computed once per dataset, split and expression list and kept
 in memory (``mean_training_face``).
