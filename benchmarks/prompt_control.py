@@ -42,15 +42,14 @@ def main() -> None:
     out = pipe(mesh, maps, [NEUTRAL, *blends, "nose right", "mouthSmile_L", "mouthSmile_R"], seed=args.seed,
                steps=args.steps, progress=False)
     scale = MM_PER_CM if data.template().units == "cm" else 1.0
-    v = {e.label: out.vertices[e.label].astype(np.float64) for e in map(Expression.parse, blends)}
-    first, last = v[Expression.parse(blends[0]).label], v[Expression.parse(blends[-1]).label]
+    meshes = [out.vertices[Expression.parse(spec).label].astype(np.float64) for spec in blends]
+    first, last = meshes[0], meshes[-1]
     direction = (last - first).ravel()
     print(f"{args.model} on {args.dataset}/{subject}, seed {args.seed}")
     print("interpolation jawOpen -> mouthSmile_L")
     print("  w     distance from w=0 (mm)   position along w=0 -> w=1")
     distances, positions = [], []
-    for w, spec in zip(WEIGHTS, blends):
-        mesh_w = v[Expression.parse(spec).label]
+    for w, mesh_w in zip(WEIGHTS, meshes):
         distances.append(np.linalg.norm(mesh_w - first, axis=1).mean() * scale)
         positions.append(float((mesh_w - first).ravel() @ direction / max(direction @ direction, 1e-30)))
         print(f"  {w:<5} {distances[-1]:>10.3f}               {positions[-1]:>8.3f}")

@@ -22,7 +22,8 @@ from tqdm import tqdm
 from ..facs import NEUTRAL
 from ..io.dataset import Dataset
 from ..models.vae import LatentCodec
-from ..training.encode import POSITION, dataset_rasters, subject_maps
+from ..training.encode import POSITION, dataset_rasters, encode_subject, subject_maps
+from ..training.latents import latent_key
 from ..uv.position_map import PositionMapConfig
 from ..uv.raster import VertexSampler
 from ..uv.recover import recover_mesh
@@ -60,13 +61,13 @@ def codec_round_trip(dataset: Dataset, codec: LatentCodec, subjects: Sequence[st
     transfer: dict[str, list[float]] = {k: [] for k in kinds}
     for subject in tqdm(subjects, desc="codec round trip", unit="subject", disable=not progress):
         maps = {e: subject_maps(dataset, subject, e, rasters, position) for e in [NEUTRAL, *expressions]}
+        latents = encode_subject(codec, maps, [POSITION, *kinds], list(rasters))
         decoded = {e: {} for e in maps}
         for kind in [POSITION, *kinds]:
-            for udim in rasters:
-                batch = np.stack([maps[e][kind][udim] for e in maps])
-                out = codec.decode(codec.encode(torch.from_numpy(batch), kind), kind).float().cpu().numpy()
-                for e, image in zip(maps, out):
-                    decoded[e].setdefault(kind, {})[udim] = image
+            keys = [(e, u) for e in maps for u in rasters]
+            batch = torch.stack([latents[latent_key(e, kind, u)] for e, u in keys])
+            for (e, u), image in zip(keys, codec.decode(batch, kind).float().cpu().numpy()):
+                decoded[e].setdefault(kind, {})[u] = image
         neutral_vertices = dataset.load_vertices(subject, NEUTRAL)
         neutral = template.with_vertices(neutral_vertices)
         sampler = VertexSampler(neutral, rasters)

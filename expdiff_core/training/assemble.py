@@ -18,8 +18,12 @@ def _metrics(folder: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def model_card(name: str, config: PipelineConfig, vae_dir: Path, denoiser_dir: Path, dataset: Dataset) -> str:
-    """A markdown model card: what the model is, what it was trained on, and its measured figures."""
+def model_card(name: str, config: PipelineConfig, vae_dir: Path, denoiser_dir: Path, dataset: Dataset,
+               denoiser: dict | None = None) -> str:
+    """A markdown model card: what the model is, what it was trained on, and its measured figures.
+
+    denoiser_dir: the diffusion run folder; denoiser: its model's config.json values.
+    """
     vae_metrics = _metrics(vae_dir)
     den_metrics = _metrics(denoiser_dir) or _training_summary(denoiser_dir)
     lines = [
@@ -36,7 +40,6 @@ def model_card(name: str, config: PipelineConfig, vae_dir: Path, denoiser_dir: P
         f"val / {len(dataset.split('test'))} test identities x {len(dataset.expressions)} expressions",
         f"- default sampling: {config.sampler}, {config.steps} steps, strength {config.strength}",
     ]
-    denoiser = _denoiser_config(denoiser_dir)
     if denoiser:
         lines.append(f"- denoiser: diffuses the {denoiser.get('target', 'absolute')} latents; attention between maps "
                      f"{'on' if denoiser.get('attention', True) else 'off'}; text conditioning "
@@ -72,7 +75,7 @@ def assemble_pipeline(dataset_root: str | os.PathLike, vae_dir: str | os.PathLik
         skin_groups=list(dataset.manifest["template"].get("skin_groups") or []),
         position=encoding.get("position_map", {"scale_cm": 6.0}), neutral_prompt=NEUTRAL_PROMPT,
         sampler=sampler, steps=steps, strength=strength)
-    card = model_card(name, config, vae_dir, run, dataset)
+    card = model_card(name, config, vae_dir, run, dataset, denoiser_config)
     return ExpDiffPipeline.assemble(out, config, vae_dir, denoiser_dir, dataset.template(), card,
                                     scheduler_folder=run / "scheduler")
 
@@ -83,11 +86,6 @@ def _encoding_of(run: Path) -> dict:
     if not path.is_file():
         raise ExpDiffInputError(run, "latents_manifest.json missing: cannot tell the position map scale")
     return json.loads(path.read_text()).get("codec", {})
-
-
-def _denoiser_config(run: Path) -> dict:
-    path = run / "model" / "config.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def _training_summary(run: Path) -> dict:

@@ -200,12 +200,12 @@ class _Batches:
         self.queue: list[int] = []
         if config.crop_size is not None and (config.crop_size % factor or config.crop_size < factor):
             raise ExpDiffInputError(None, f"crop_size {config.crop_size} must be a positive multiple of {factor}")
+        if config.pair_weight > 0 and not hasattr(maps, "neutral_index"):
+            raise ExpDiffInputError(None, "pair_weight needs maps that know each map's neutral (DatasetMaps)")
 
     def next(self) -> torch.Tensor:
         """(B, 3, S, S); with ``pair_weight`` (2B, 3, S, S): the B maps, then their neutrals in the same order."""
         pairs = self.config.pair_weight > 0
-        if pairs and not hasattr(self.maps, "neutral_index"):
-            raise ExpDiffInputError(None, "pair_weight needs maps that know each map's neutral (DatasetMaps)")
         images, neutrals = [], []
         for _ in range(self.config.batch_size):
             if not self.queue:

@@ -27,7 +27,7 @@ def tiny_pipeline_folder(root, text_conditioning: str = "encoder", target: str =
     vae_dir = codec.save_pretrained(root / "parts" / "vae")
     denoiser = ExpDiffDenoiser(**denoiser_config(KINDS, 2, 4, RESOLUTION // 8, width=32, depth=1, heads=2,
                                                  text_conditioning=text_conditioning, target=target,
-                                                 residual_scale=[4.0] * 10 if target == "residual" else None))
+                                                 residual_scale=[4.0] * 2 * len(KINDS) if target == "residual" else None))
     den_dir = root / "parts" / "denoiser"
     denoiser.save_pretrained(den_dir)
     training_noise_scheduler().save_pretrained(den_dir)
