@@ -47,8 +47,10 @@ def _add_vae(group: argparse._SubParsersAction) -> None:
         "downsampling, 4 latent channels, small widths) on every map of a dataset: position maps made from "
         "each expression's vertices, and the albedo, specular, roughness and normal maps. Trains on the "
         "dataset's train split and reports reconstruction PSNR per map kind on its val split (held-out "
-        "identities; a seeded 10% of the train maps when val is empty). Writes a new model folder: "
-        "config.json + diffusion_pytorch_model.safetensors, metrics.json and a model card README.md. "
+        "identities; a seeded 10% of the train maps when val is empty). Each kind is standardised to a "
+        "common spread first (measured on the training maps, saved as map_normalization.json; a warm start "
+        "keeps its codec's). Writes a new model folder: config.json + diffusion_pytorch_model.safetensors, "
+        "map_normalization.json, metrics.json and a model card README.md. "
         "Deterministic on CPU for a given --seed.")
     v.add_argument("--dataset", required=True, metavar="PATH", help="dataset folder made by `expdiff data`")
     v.add_argument("--out", required=True, metavar="PATH", help="new model folder (must not exist)")

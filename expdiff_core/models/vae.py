@@ -5,7 +5,9 @@ the VAE's [-1, 1] input range, one-channel maps (specular, roughness) are replic
 latents are the posterior mean (deterministic) times the VAE's ``scaling_factor`` (minus ``shift_factor``
 first when the config has one). Production uses a local Stable Diffusion VAE folder unmodified; the offline
 default is a small AutoencoderKL of the same family (:func:`offline_vae_config`) trained by
-``expdiff_core.training.vae``.
+``expdiff_core.training.vae``. A codec folder may also hold ``map_normalization.json``
+(:class:`MapNormalization`): a per-kind offset and scale applied after the range mapping, so that every kind
+fills the VAE's input range (the offline default has one; a Stable Diffusion VAE does not).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -54,20 +56,113 @@ def map_kind(kind: str) -> MapKind:
         raise ExpDiffInputError(None, f"unknown map kind {kind!r}; known: {list(MAP_KINDS)}") from None
 
 
-def to_vae_input(maps: torch.Tensor, kind: str) -> torch.Tensor:
-    """(B, C, H, W) maps of ``kind`` (C = the kind's channels, or 3) -> (B, 3, H, W) in [-1, 1]."""
+@dataclass(frozen=True)
+class KindNormalization:
+    """``(x - offset) / scale`` on a kind's [-1, 1] VAE input; offset per channel (3,), scale > 0."""
+
+    offset: tuple[float, float, float]
+    scale: float
+
+
+@dataclass(frozen=True)
+class MapNormalization:
+    """Per-kind standardisation of VAE inputs, stored as ``map_normalization.json`` in a codec folder.
+
+    Why: in the [-1, 1] range mapping, the maps of a face barely vary (albedo std ~0.14, position ~0.1,
+    specular ~0.01), so a codec trained on all kinds spends its capacity on the kinds with the most spread
+    (normals) and reconstructs the rest little better than their mean colour. Measured (small codec, 400
+    steps at 64^2): held-out PSNR albedo 18.6 -> 26.6, position 29.9 -> 41.2, normal 19.5 -> 40.1 dB with
+    this standardisation. Kinds not listed pass through unchanged.
+    """
+
+    kinds: Mapping[str, KindNormalization]
+
+    FILE = "map_normalization.json"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kinds": {k: {"offset": list(v.offset), "scale": v.scale} for k, v in sorted(self.kinds.items())}}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: Path | None = None) -> "MapNormalization":
+        try:
+            kinds = {}
+            for kind, entry in data["kinds"].items():
+                map_kind(kind)
+                offset = tuple(float(v) for v in entry["offset"])
+                scale = float(entry["scale"])
+                if len(offset) != 3 or not np.isfinite(offset).all() or not (np.isfinite(scale) and scale > 0):
+                    raise ValueError(f"{kind}: offset must be 3 finite numbers and scale a positive number")
+                kinds[kind] = KindNormalization(offset, scale)  # type: ignore[arg-type]
+        except (KeyError, TypeError, ValueError, ExpDiffInputError) as exc:
+            raise ExpDiffInputError(source, f"invalid map normalisation: {exc}") from None
+        return cls(kinds)
+
+    @classmethod
+    def load(cls, folder: Path) -> "MapNormalization | None":
+        """The normalisation stored in codec ``folder``, or None when it has none."""
+        path = folder / cls.FILE
+        if not path.is_file():
+            return None
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ExpDiffInputError(path, f"unreadable JSON: {exc}") from None
+        return cls.from_dict(data, path)
+
+    @classmethod
+    def measure(cls, samples: Mapping[str, Sequence[torch.Tensor]], spread: float = 3.0) -> "MapNormalization":
+        """From {kind: [(3, H, W) VAE inputs in [-1, 1]]}: offset = per-channel mean, scale = ``spread`` x std.
+
+        spread 3 puts a kind's texels mostly inside [-1, 1] (std 1/3), like an ordinary image's.
+        """
+        kinds = {}
+        for kind, images in samples.items():
+            total = torch.zeros(3, dtype=torch.float64)
+            total_sq = torch.zeros(3, dtype=torch.float64)
+            count = 0
+            for image in images:
+                x = image.double().reshape(3, -1)
+                total += x.sum(dim=1)
+                total_sq += x.pow(2).sum(dim=1)
+                count += x.shape[1]
+            if count == 0:
+                continue
+            mean = total / count
+            variance = float((total_sq / count - mean.pow(2)).clamp_min(0).mean())
+            kinds[kind] = KindNormalization(tuple(float(v) for v in mean),  # type: ignore[arg-type]
+                                            spread * max(variance ** 0.5, 1e-3))
+        return cls(kinds)
+
+    def _affine(self, kind: str, like: torch.Tensor) -> tuple[torch.Tensor, float] | None:
+        entry = self.kinds.get(kind)
+        if entry is None:
+            return None
+        return torch.tensor(entry.offset, dtype=like.dtype, device=like.device).view(1, 3, 1, 1), entry.scale
+
+
+def to_vae_input(maps: torch.Tensor, kind: str, normalization: MapNormalization | None = None) -> torch.Tensor:
+    """(B, C, H, W) maps of ``kind`` (C = the kind's channels, or 3) -> (B, 3, H, W) VAE input.
+
+    In [-1, 1] without ``normalization``; with it, the kind's ``(x - offset) / scale`` of that.
+    """
     spec = map_kind(kind)
     if maps.ndim != 4 or maps.shape[1] not in (spec.channels, 3):
         raise ExpDiffInputError(None, f"{kind} maps must be (B, {spec.channels}, H, W) or (B, 3, H, W), "
                                       f"got shape {tuple(maps.shape)}")
     if maps.shape[1] == 1:
         maps = maps.expand(-1, 3, -1, -1)
-    return (maps - spec.low) * (2.0 / (spec.high - spec.low)) - 1.0
+    images = (maps - spec.low) * (2.0 / (spec.high - spec.low)) - 1.0
+    affine = normalization._affine(kind, images) if normalization is not None else None
+    if affine is not None:
+        images = (images - affine[0]) / affine[1]
+    return images
 
 
-def from_vae_output(images: torch.Tensor, kind: str, channels: int | None = None) -> torch.Tensor:
+def from_vae_output(images: torch.Tensor, kind: str, channels: int | None = None,
+                    normalization: MapNormalization | None = None) -> torch.Tensor:
     """(B, 3, H, W) VAE output -> (B, channels, H, W) maps of ``kind``, clamped to its range.
 
+    The inverse of :func:`to_vae_input` with the same ``normalization``.
     channels: None = the kind's own count; 1 averages the three channels (one-channel kinds are stored
     replicated, so the mean is the least-noise estimate); 3 keeps them.
     """
@@ -75,6 +170,9 @@ def from_vae_output(images: torch.Tensor, kind: str, channels: int | None = None
     channels = spec.channels if channels is None else channels
     if channels not in (spec.channels, 3):
         raise ExpDiffInputError(None, f"decoded {kind} maps have {spec.channels} or 3 channels, not {channels}")
+    affine = normalization._affine(kind, images) if normalization is not None else None
+    if affine is not None:
+        images = images * affine[1] + affine[0]
     images = images.clamp(-1.0, 1.0)
     if channels == 1:
         images = images.mean(dim=1, keepdim=True)
@@ -133,7 +231,8 @@ def _as_batch(maps: torch.Tensor | np.ndarray, what: str) -> tuple[torch.Tensor,
 class LatentCodec:
     """Encode UV maps of any kind to scaled latents and decode them back, in chunks, on one device."""
 
-    def __init__(self, vae, *, device: str | torch.device = "auto", batch_size: int = 8):
+    def __init__(self, vae, *, device: str | torch.device = "auto", batch_size: int = 8,
+                 normalization: MapNormalization | None = None):
         from diffusers import AutoencoderKL
 
         if not isinstance(vae, AutoencoderKL):
@@ -147,11 +246,13 @@ class LatentCodec:
             vae = vae.to(dtype=torch.float32)
         self.vae = vae.to(self.device).eval().requires_grad_(False)
         self.batch_size = batch_size
+        self.normalization = normalization
 
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_config(cls, config: Mapping[str, Any] | None = None, *, seed: int = 0,
-                    device: str | torch.device = "auto", batch_size: int = 8) -> "LatentCodec":
+                    device: str | torch.device = "auto", batch_size: int = 8,
+                    normalization: MapNormalization | None = None) -> "LatentCodec":
         """An untrained codec (weights initialised from ``seed``); ``config`` defaults to offline_vae_config()."""
         from diffusers import AutoencoderKL
 
@@ -159,7 +260,7 @@ class LatentCodec:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             vae = AutoencoderKL(**config)
-        return cls(vae, device=device, batch_size=batch_size)
+        return cls(vae, device=device, batch_size=batch_size, normalization=normalization)
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike, *, device: str | torch.device = "auto",
@@ -184,16 +285,19 @@ class LatentCodec:
                                                 torch_dtype=torch.float32)
         except (OSError, ValueError, RuntimeError) as exc:
             raise ExpDiffInputError(model_dir, f"cannot load AutoencoderKL: {exc}") from None
-        return cls(vae, device=device, batch_size=batch_size)
+        return cls(vae, device=device, batch_size=batch_size, normalization=MapNormalization.load(model_dir))
 
     def save_pretrained(self, folder: str | os.PathLike, *, extra_files: Mapping[str, str] | None = None) -> Path:
-        """Write config.json + diffusion_pytorch_model.safetensors (+ ``extra_files``: name -> text) atomically.
+        """Write config.json + diffusion_pytorch_model.safetensors (+ the map normalisation, + ``extra_files``:
+        name -> text) atomically.
 
         ``folder`` must not exist yet (published models are never overwritten).
         """
         folder = Path(folder)
         with atomic_dir(folder) as tmp:
             self.vae.save_pretrained(tmp, safe_serialization=True)
+            if self.normalization is not None:
+                (tmp / MapNormalization.FILE).write_text(json.dumps(self.normalization.to_dict(), indent=2) + "\n")
             for name, text in (extra_files or {}).items():
                 (tmp / name).write_text(text)
         return folder
@@ -231,6 +335,10 @@ class LatentCodec:
         return self
 
     # ------------------------------------------------------------------ encode / decode
+    def vae_input(self, maps: torch.Tensor, kind: str) -> torch.Tensor:
+        """(B, C, H, W) maps -> (B, 3, H, W) what this codec's VAE takes (:func:`to_vae_input`)."""
+        return to_vae_input(maps, kind, self.normalization)
+
     @torch.no_grad()
     def encode(self, maps: torch.Tensor | np.ndarray, kind: str) -> torch.Tensor:
         """Maps (C, H, W) or (B, C, H, W) of ``kind`` -> scaled latents (4, H/8, W/8) or (B, 4, H/8, W/8).
@@ -251,7 +359,7 @@ class LatentCodec:
                                           f"expected within [{spec.low:g}, {spec.high:g}]")
         chunks = []
         for start in range(0, batch.shape[0], self.batch_size):
-            x = to_vae_input(batch[start:start + self.batch_size].to(self.device), kind)
+            x = self.vae_input(batch[start:start + self.batch_size].to(self.device), kind)
             with autocast(self.device):
                 mean = self.vae.encode(x).latent_dist.mode()
             chunks.append(((mean.float() - self.shift_factor) * self.scaling_factor).to(out_device))
@@ -276,7 +384,7 @@ class LatentCodec:
             z = batch[start:start + self.batch_size].to(self.device).float() / self.scaling_factor + self.shift_factor
             with autocast(self.device):
                 images = self.vae.decode(z).sample
-            chunks.append(from_vae_output(images.float(), kind, channels).to(out_device))
+            chunks.append(from_vae_output(images.float(), kind, channels, self.normalization).to(out_device))
         maps = torch.cat(chunks)
         return maps[0] if added else maps
 

@@ -2,8 +2,9 @@
 
 Input is any sized collection of ``(kind, map)`` pairs (a torch Dataset or a list): ``kind`` one of
 ``expdiff_core.models.vae.MAP_KINDS``, ``map`` a (C, H, W) float tensor in that kind's range. Every map goes
-through the same ``to_vae_input`` the codec uses at inference, so training and use see identical inputs.
-Loss: L1 + MSE reconstruction in the VAE's [-1, 1] space plus a small KL term; AdamW with cosine decay.
+through the same ``LatentCodec.vae_input`` the codec uses at inference (range mapping, then the per-kind
+standardisation a fresh codec measures on its training maps), so training and use see identical inputs.
+Loss: L1 + MSE reconstruction in that space plus a small KL term; AdamW with cosine decay.
 The result is a diffusers folder (config.json + safetensors) with metrics.json and a model card README.md.
 """
 
@@ -24,7 +25,8 @@ import torch
 from ..device import autocast, resolve_device
 from ..errors import ExpDiffInputError
 from ..facs import NEUTRAL
-from ..models.vae import MAP_KINDS, RANGE_TOLERANCE, LatentCodec, map_kind, offline_vae_config, to_vae_input
+from ..models.vae import (MAP_KINDS, RANGE_TOLERANCE, LatentCodec, MapNormalization, map_kind, offline_vae_config,
+                          to_vae_input)
 
 if TYPE_CHECKING:
     from ..io.dataset import Dataset
@@ -61,6 +63,9 @@ class VAETrainConfig:
     pair_weight: float = 0.0
     # A trained codec folder to start from (fine-tuning, e.g. with pair_weight); None = fresh weights.
     init_from: str | None = None
+    # A fresh codec standardises each kind (models.vae.MapNormalization), measured on scaling_samples
+    # training maps; False keeps the plain [-1, 1] range mapping. A warm start keeps its codec's own.
+    normalize_kinds: bool = True
     held_out_fraction: float = 0.1  # used only when no held-out set is given
     scaling_samples: int = 256  # training maps encoded to measure the latent std -> scaling_factor
     held_out_max_maps: int | None = 512  # a seeded random subset keeps evaluation to minutes on a CPU
@@ -194,8 +199,9 @@ class DatasetMaps(Sequence):
 class _Batches:
     """Seeded epochs of shuffled indices -> (B, 3, S, S) VAE-space batches with random crops."""
 
-    def __init__(self, maps: Sequence[MapSample], indices: list[int], config: VAETrainConfig, factor: int):
-        self.maps, self.indices, self.config = maps, indices, config
+    def __init__(self, maps: Sequence[MapSample], indices: list[int], config: VAETrainConfig, factor: int,
+                 normalization: MapNormalization | None = None):
+        self.maps, self.indices, self.config, self.normalization = maps, indices, config, normalization
         self.generator = torch.Generator().manual_seed(config.seed + 1)
         self.queue: list[int] = []
         if config.crop_size is not None and (config.crop_size % factor or config.crop_size < factor):
@@ -214,10 +220,10 @@ class _Batches:
             index = self.queue.pop()
             kind, image = _checked_sample(self.maps, index)
             window = self._window(image, index)
-            images.append(to_vae_input(_cut(image, window)[None], kind)[0])
+            images.append(to_vae_input(_cut(image, window)[None], kind, self.normalization)[0])
             if pairs:
                 _, neutral = _checked_sample(self.maps, self.maps.neutral_index(index))
-                neutrals.append(to_vae_input(_cut(neutral, window)[None], kind)[0])
+                neutrals.append(to_vae_input(_cut(neutral, window)[None], kind, self.normalization)[0])
         images += neutrals
         sizes = {tuple(im.shape) for im in images}
         if len(sizes) > 1:
@@ -284,6 +290,15 @@ def evaluate_codec(codec: LatentCodec, maps: Sequence[MapSample], indices: Seque
     return report
 
 
+def measure_normalization(maps: Sequence[MapSample], indices: Sequence[int]) -> MapNormalization:
+    """Per-kind standardisation (``MapNormalization.measure``) of ``maps[indices]``, whole maps."""
+    by_kind: dict[str, list[torch.Tensor]] = {}
+    for index in indices:
+        kind, image = _checked_sample(maps, index)
+        by_kind.setdefault(kind, []).append(to_vae_input(image[None].float(), kind)[0])
+    return MapNormalization.measure(by_kind)
+
+
 @torch.no_grad()
 def measure_scaling_factor(codec: LatentCodec, maps: Sequence[MapSample], indices: Sequence[int]) -> float:
     """1 / std of the posterior-mean latents of ``maps[indices]``: scaled latents get unit variance.
@@ -310,6 +325,7 @@ def _model_card(codec: LatentCodec, metrics: dict[str, Any]) -> str:
         "of every kind (position maps in [-1, 1]; albedo, specular, roughness, normal in [0, 1]; one-channel "
         "maps replicated to 3). Load with `expdiff_core.models.vae.LatentCodec.from_pretrained(folder)`.",
         "",
+        *_normalization_lines(codec),
         f"- block widths {list(codec.config.block_out_channels)}, layers per block {codec.config.layers_per_block}, "
         f"{metrics['parameters']:,} parameters",
         f"- scaling factor {codec.scaling_factor:.5f} (1 / std of training latents)",
@@ -327,6 +343,17 @@ def _model_card(codec: LatentCodec, metrics: dict[str, Any]) -> str:
         lines.append(f"| {kind} | {row['maps']} | {row['psnr_db']:.2f} | {row['psnr_min_db']:.2f} | "
                      f"{row['mean_abs_error']:.5f} |")
     return "\n".join(lines) + "\n"
+
+
+def _normalization_lines(codec: LatentCodec) -> list[str]:
+    if codec.normalization is None:
+        return ["Inputs: the plain [-1, 1] range mapping of each kind.", ""]
+    lines = ["Inputs are standardised per kind after the [-1, 1] range mapping (`map_normalization.json`): "
+             "`(x - offset) / scale`, offset the kind's mean per channel and scale 3x its std on training maps.",
+             "", "| kind | offset | scale |", "|---|---|---|"]
+    for kind, entry in sorted(codec.normalization.kinds.items()):
+        lines.append(f"| {kind} | {', '.join(f'{v:.4f}' for v in entry.offset)} | {entry.scale:.4f} |")
+    return lines + [""]
 
 
 def train_vae(maps: Sequence[MapSample], config: VAETrainConfig, out_dir: str | os.PathLike, *,
@@ -364,8 +391,10 @@ def train_vae(maps: Sequence[MapSample], config: VAETrainConfig, out_dir: str | 
         config = dataclasses.replace(config, model={k: v for k, v in dict(codec.config).items() if not k.startswith("_")})
     else:
         codec = LatentCodec.from_config(config.model, seed=config.seed, device=device)
+        if config.normalize_kinds:
+            codec.normalization = measure_normalization(maps, _subset(train_idx, config.scaling_samples, config.seed + 5))
     vae = codec.vae.train().requires_grad_(True)
-    batches = _Batches(maps, train_idx, config, codec.downsample_factor)
+    batches = _Batches(maps, train_idx, config, codec.downsample_factor, codec.normalization)
     noise_generator = torch.Generator().manual_seed(config.seed + 2)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     schedule = get_cosine_schedule_with_warmup(optimizer, min(config.warmup_steps, config.steps - 1), config.steps)

@@ -12,6 +12,7 @@ from expdiff_core.errors import ExpDiffInputError, PublishError, UnsafeModelFile
 from expdiff_core.models.vae import (
     MAP_KINDS,
     LatentCodec,
+    MapNormalization,
     from_vae_output,
     offline_vae_config,
     to_vae_input,
@@ -70,6 +71,54 @@ def test_value_ranges_map_onto_the_vae_input_range():
                        torch.tensor([-1.0, 0.0, 1.0]))
     out = from_vae_output(torch.tensor([[[[-2.0, 0.0, 2.0]]]]).expand(1, 3, 1, 3), "normal")
     assert torch.equal(out[0, 0, 0], torch.tensor([0.0, 0.5, 1.0]))
+
+
+def albedo_normalization() -> MapNormalization:
+    return MapNormalization.measure({"albedo": [to_vae_input(smooth_map("albedo", seed=s)[None], "albedo")[0]
+                                                for s in range(4)]})
+
+
+def test_measured_normalization_gives_a_kind_zero_mean_and_std_one_third():
+    norm = albedo_normalization()
+    x = torch.stack([to_vae_input(smooth_map("albedo", seed=s)[None], "albedo", norm)[0] for s in range(4)])
+    # 1e-6: float32 sums over 4 x 3 x 32^2 texels; std pooled over channels around each channel's mean
+    assert torch.allclose(x.mean(dim=(0, 2, 3)), torch.zeros(3), atol=1e-6)
+    assert (x - x.mean(dim=(0, 2, 3), keepdim=True)).pow(2).mean().sqrt().item() == pytest.approx(1 / 3, rel=1e-5)
+
+
+def test_normalization_is_inverted_on_decode_and_leaves_other_kinds_alone():
+    norm = albedo_normalization()
+    image = smooth_map("albedo", seed=9)[None]
+    back = from_vae_output(to_vae_input(image, "albedo", norm), "albedo", normalization=norm)
+    assert torch.allclose(back, image, atol=1e-6)  # float32 affine and its inverse
+    rough = smooth_map("roughness")[None]
+    assert torch.equal(to_vae_input(rough, "roughness", norm), to_vae_input(rough, "roughness"))
+
+
+def test_normalization_is_saved_with_the_codec_and_loaded_back(tmp_path):
+    norm = albedo_normalization()
+    folder = LatentCodec.from_config(TINY, seed=0, device="cpu", normalization=norm).save_pretrained(tmp_path / "c")
+    assert json.loads((folder / MapNormalization.FILE).read_text()) == norm.to_dict()
+    loaded = LatentCodec.from_pretrained(folder, device="cpu")
+    assert loaded.normalization == norm
+    image = smooth_map("albedo", seed=3)
+    assert torch.equal(loaded.vae_input(image[None], "albedo"), to_vae_input(image[None], "albedo", norm))
+
+
+def test_a_codec_without_normalization_file_uses_the_plain_range_mapping(tmp_path):
+    folder = LatentCodec.from_config(TINY, seed=0, device="cpu").save_pretrained(tmp_path / "c")
+    assert not (folder / MapNormalization.FILE).exists()
+    assert LatentCodec.from_pretrained(folder, device="cpu").normalization is None
+
+
+def test_a_bad_normalization_file_is_refused_naming_it(tmp_path):
+    folder = LatentCodec.from_config(TINY, seed=0, device="cpu").save_pretrained(tmp_path / "c")
+    (folder / MapNormalization.FILE).write_text(json.dumps({"kinds": {"albedo": {"offset": [0, 0], "scale": 1}}}))
+    with pytest.raises(ExpDiffInputError, match="map_normalization.json.*offset must be 3"):
+        LatentCodec.from_pretrained(folder, device="cpu")
+    (folder / MapNormalization.FILE).write_text(json.dumps({"kinds": {"albedo": {"offset": [0, 0, 0], "scale": 0}}}))
+    with pytest.raises(ExpDiffInputError, match="scale a positive number"):
+        LatentCodec.from_pretrained(folder, device="cpu")
 
 
 def test_latents_are_the_posterior_mean_times_the_scaling_factor(codec):

@@ -62,7 +62,7 @@ def test_training_publishes_a_loadable_codec_with_metrics_and_model_card(trained
     out, steps = trained
     assert steps == list(range(1, 61))
     assert {p.name for p in out.iterdir()} == {"config.json", "diffusion_pytorch_model.safetensors",
-                                               "metrics.json", "README.md"}
+                                               "metrics.json", "README.md", "map_normalization.json"}
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["held_out"]) == set(MAP_KINDS)
     assert sum(row["maps"] for row in metrics["held_out"].values()) == 10
