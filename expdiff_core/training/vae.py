@@ -58,8 +58,10 @@ class VAETrainConfig:
     # Weight of the neutral-paired difference loss: each training map is also reconstructed together with
     # the same subject's neutral map (same kind and tile), and |(D(E(x)) - D(E(x0))) - (x - x0)| is
     # penalised. Eq. 9 and the texture transfer use exactly these decoded differences, and a codec trained
-    # on reconstructions alone gets them wrong by more than many expressions move (measured: 0.74 mm mean
-    # vertex error through encode -> decode -> Eq. 9 on true latents; 0.60 mm after 600 paired steps). 0 = off; needs maps with neutrals.
+    # on reconstructions alone can get them wrong by more than many expressions move (measured on a codec
+    # without per-kind standardisation: 0.74 mm mean vertex error through encode -> decode -> Eq. 9 on true
+    # latents, 0.60 mm after 600 paired steps; the standardised offline default: 0.19 mm without it).
+    # 0 = off; needs maps with neutrals.
     pair_weight: float = 0.0
     # A trained codec folder to start from (fine-tuning, e.g. with pair_weight); None = fresh weights.
     init_from: str | None = None
