@@ -66,7 +66,8 @@ class VAETrainConfig:
     # A trained codec folder to start from (fine-tuning, e.g. with pair_weight); None = fresh weights.
     init_from: str | None = None
     # A fresh codec standardises each kind (models.vae.MapNormalization), measured on scaling_samples
-    # training maps; False keeps the plain [-1, 1] range mapping. A warm start keeps its codec's own.
+    # training maps (an even share per kind); False keeps the plain [-1, 1] range mapping. A warm start
+    # keeps its codec's own.
     normalize_kinds: bool = True
     held_out_fraction: float = 0.1  # used only when no held-out set is given
     scaling_samples: int = 256  # training maps encoded to measure the latent std -> scaling_factor
@@ -292,13 +293,23 @@ def evaluate_codec(codec: LatentCodec, maps: Sequence[MapSample], indices: Seque
     return report
 
 
-def measure_normalization(maps: Sequence[MapSample], indices: Sequence[int]) -> MapNormalization:
-    """Per-kind standardisation (``MapNormalization.measure``) of ``maps[indices]``, whole maps."""
-    by_kind: dict[str, list[torch.Tensor]] = {}
+def measure_normalization(maps: Sequence[MapSample], indices: Sequence[int], limit: int | None = None,
+                          seed: int = 0) -> MapNormalization:
+    """Per-kind standardisation (``MapNormalization.measure``) of ``maps[indices]``, whole maps.
+
+    limit: at most about this many maps in all, drawn at random *per kind* (an even share each), so that
+    every kind present in ``indices`` is measured however few maps are drawn.
+    """
+    by_kind: dict[str, list[int]] = {}
     for index in indices:
-        kind, image = _checked_sample(maps, index)
-        by_kind.setdefault(kind, []).append(to_vae_input(image[None].float(), kind)[0])
-    return MapNormalization.measure(by_kind)
+        by_kind.setdefault(_kind_of(maps, index), []).append(index)
+    share = None if limit is None else max(1, limit // max(1, len(by_kind)))
+    images: dict[str, list[torch.Tensor]] = {}
+    for kind_indices in by_kind.values():
+        for index in _subset(kind_indices, share, seed):
+            kind, image = _checked_sample(maps, index)
+            images.setdefault(kind, []).append(to_vae_input(image[None].float(), kind)[0])
+    return MapNormalization.measure(images)
 
 
 @torch.no_grad()
@@ -394,7 +405,7 @@ def train_vae(maps: Sequence[MapSample], config: VAETrainConfig, out_dir: str | 
     else:
         codec = LatentCodec.from_config(config.model, seed=config.seed, device=device)
         if config.normalize_kinds:
-            codec.normalization = measure_normalization(maps, _subset(train_idx, config.scaling_samples, config.seed + 5))
+            codec.normalization = measure_normalization(maps, train_idx, config.scaling_samples, config.seed + 5)
     vae = codec.vae.train().requires_grad_(True)
     batches = _Batches(maps, train_idx, config, codec.downsample_factor, codec.normalization)
     noise_generator = torch.Generator().manual_seed(config.seed + 2)

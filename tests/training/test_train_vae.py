@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from expdiff_core.errors import ExpDiffInputError
-from expdiff_core.models.vae import MAP_KINDS, LatentCodec, offline_vae_config, to_vae_input
+from expdiff_core.models.vae import MAP_KINDS, LatentCodec, MapNormalization, offline_vae_config, to_vae_input
 from expdiff_core.training.vae import (
     DatasetMaps,
     VAETrainConfig,
@@ -200,3 +200,24 @@ def test_fine_tuning_starts_from_the_given_codec(trained, tmp_path):
     assert start.keys() == tuned.keys()
     for name in start:
         torch.testing.assert_close(tuned[name], start[name], rtol=0, atol=1e-6)
+
+
+def test_a_fresh_codec_is_trained_on_inputs_standardised_per_kind(trained):
+    folder, _ = trained
+    normalization = LatentCodec.from_pretrained(folder, device="cpu").normalization
+    assert normalization is not None and set(normalization.kinds) == set(MAP_KINDS)
+
+
+def test_standardisation_can_be_turned_off(tmp_path):
+    out = train_vae(dataset(8), tiny_config(steps=1, normalize_kinds=False), tmp_path / "plain",
+                    held_out=dataset(2, seed=1), show_progress=False)
+    assert not (out / MapNormalization.FILE).exists()
+    assert LatentCodec.from_pretrained(out, device="cpu").normalization is None
+
+
+def test_fine_tuning_keeps_the_starting_codecs_standardisation(trained, tmp_path):
+    folder, _ = trained
+    out = train_vae(dataset(8), tiny_config(steps=1, init_from=str(folder)), tmp_path / "tuned",
+                    held_out=dataset(2, seed=1), show_progress=False)
+    assert (LatentCodec.from_pretrained(out, device="cpu").normalization
+            == LatentCodec.from_pretrained(folder, device="cpu").normalization)
