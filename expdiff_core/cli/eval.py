@@ -25,8 +25,13 @@ true expression:
   SSIM   per map kind, data range 1 (higher is better)
   LPIPS  only when lpips_weights_path names local safetensors weights (nothing is downloaded)
 
-Baselines, always included: 'neutral copy' (no change) and '3DMM' (the mean training-identity
-expression delta added to the neutral, geometry and textures). Ablations are other model folders:
+Also, for every map kind, the change PSNR (dPSNR): the predicted change (expression minus neutral) against
+the true change, peak = the true change's range, over the whole map and inside the region that changes.
+
+Baselines, always included: 'neutral copy' (no change), '3DMM' (the mean training-identity expression
+delta added to the neutral, geometry and textures) and 'ridge' (a personalised 3DMM: per expression,
+ridge regression from the neutral's PCA coefficients to the change of vertices and texels, fitted on
+--train-split and tuned on the val split of --train-dataset). Ablations are other model folders:
   --method 'w/o attention=models/no-attn' --method one-hot=models/onehot
 
 Prints the table, writes <out>/metrics.csv (an 'all' row per method plus one row per method and
@@ -45,6 +50,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "without --method only the baselines are scored")
     p.add_argument("--method", action="append", type=_method, default=[], metavar="NAME=PATH",
                    help="another pipeline folder (or models:/ reference) to score under NAME; repeatable")
+    p.add_argument("--without-prior", action="append", default=[], metavar="NAME",
+                   help="also score method NAME (e.g. 'ExpDiff') with its expression prior switched off, as "
+                   "'NAME (no prior)'; repeatable")
     p.add_argument("--split", default="test", choices=["train", "val", "test", "all"],
                    help="identities to evaluate (default: test; 'all' for a held-out set made apart from the "
                    "training corpus, with --train-dataset)")
@@ -106,11 +114,12 @@ def run(args: argparse.Namespace) -> int:
     rows = evaluate_methods(dataset, methods, split=args.split, train_split=args.train_split,
                             train_dataset_root=args.train_dataset,
                             max_subjects=args.max_subjects, expressions=expressions, seed=args.seed,
-                            steps=args.steps, device=settings.device, lpips=lpips, fvd_groups=groups)
+                            steps=args.steps, device=settings.device, lpips=lpips, fvd_groups=groups,
+                            without_prior=args.without_prior)
     seconds = time.perf_counter() - start
     write_csv(rows, csv_path)
 
-    n_methods = len(methods) + 2  # the two baselines come first
+    n_methods = len({r.method for r in rows})
     n_expressions = len(rows) // n_methods - 1  # every method has its 'all' row plus one per expression
     n_subjects = rows[0].samples // n_expressions
     print(f"\n{dataset} split '{args.split}': {n_subjects} subject(s) x {n_expressions} expression(s), "

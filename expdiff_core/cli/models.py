@@ -37,6 +37,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     asm.add_argument("--sampler", default="ddim", choices=["ddim", "dpm++", "ddpm"], help="default sampler")
     asm.add_argument("--strength", type=float, default=1.0,
                      help="default SDEdit strength; 1 = start from pure noise (default %(default)s)")
+    asm.add_argument("--prior", default=None, metavar="PATH",
+                     help="expression prior folder (`expdiff train prior --latents ...`) every expression starts from")
+    asm.add_argument("--prior-strength", type=float, default=0.0, metavar="S",
+                     help="SDEdit strength from the prior: 0 keeps the prior's expression, 1 ignores it "
+                     "(default %(default)s)")
     asm.add_argument("--register", action="store_true",
                      help="register the pipeline in MLflow as a new version of 'expdiff' (or --registered-name) "
                      "with alias 'candidate', with a sample contact sheet of a held-out subject")
@@ -69,7 +74,8 @@ def _assemble(args: argparse.Namespace) -> int:
     from ..training.assemble import assemble_pipeline
 
     out = assemble_pipeline(args.dataset, args.vae, args.diffusion, args.out, name=args.name, steps=args.steps,
-                            sampler=args.sampler, strength=args.strength)
+                            sampler=args.sampler, strength=args.strength, prior_dir=args.prior,
+                            prior_strength=args.prior_strength)
     print(f"wrote pipeline {out}")
     if args.register:
         from ..training.samples import render_sample_sheet

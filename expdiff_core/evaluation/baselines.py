@@ -4,6 +4,11 @@
 * **3DMM** (linear): the mean over the training identities of (expression - neutral), added to the
   subject's neutral, for vertices and for every BRDF map (maps clipped to [0, 1], normal vectors kept at
   the neutral's lengths: the same directional rule ``transfer_map`` applies to generated maps).
+* **ridge** (a personalised 3DMM): per expression, ridge regression from the neutral's identity
+  coefficients (``models.prior``: PCA of the training neutrals) to the change of every vertex and texel;
+  components and strength chosen on the validation identities (``training.prior``). A prediction is a
+  weighted sum of the training identities' changes, so the maps are streamed once for every evaluated
+  subject together (:class:`RidgeBaseline`).
 
 The mean training face per expression is computed once per dataset, split and expression list and kept
 in memory (``mean_training_face``).
@@ -25,7 +30,8 @@ from ..pipelines.expdiff import transfer_map
 
 NEUTRAL_COPY = "neutral copy"
 LINEAR_3DMM = "3DMM"
-BASELINES = (NEUTRAL_COPY, LINEAR_3DMM)
+RIDGE = "ridge"
+BASELINES = (NEUTRAL_COPY, LINEAR_3DMM, RIDGE)
 Maps = dict[str, dict[int, np.ndarray]]  # {kind: {udim: (C, R, R) float32}}
 
 
@@ -138,3 +144,67 @@ def baseline_predictions(dataset: Dataset | str | os.PathLike, subject: str, exp
     mean_face = mean_training_face(dataset, expressions, train_split, progress=progress)
     return {NEUTRAL_COPY: neutral_copy(vertices, maps, expressions),
             LINEAR_3DMM: linear_3dmm(vertices, maps, mean_face, expressions)}
+
+
+class RidgeBaseline:
+    """The ridge baseline fitted on ``split`` of ``dataset`` (components and strength chosen on ``tune_split``).
+
+    ``predict`` gives every requested expression for many subjects at once (one pass over the training maps).
+    """
+
+    def __init__(self, dataset: Dataset, expressions: Sequence[str], split: str = "train", tune_split: str = "val",
+                 n_components: int | None = None, ridge: float | None = None, progress: bool = True):
+        from ..models.prior import IdentityFeatures
+        from ..training.prior import IdentityCorpus, best_candidate, score_candidates
+
+        self.dataset = dataset
+        self.expressions = [e for e in expressions if e != NEUTRAL]
+        self.subjects = dataset.split(split)
+        train = IdentityCorpus.load(dataset, self.subjects, self.expressions, progress)
+        if n_components is None or ridge is None:
+            val = IdentityCorpus.load(dataset, dataset.split(tune_split), self.expressions, progress)
+            chosen = best_candidate(score_candidates(train, val))
+            n_components, ridge = chosen.n_components, chosen.ridge
+        self.n_components, self.ridge = int(n_components), float(ridge)
+        n = len(self.subjects)
+        self.features = IdentityFeatures.fit(train.neutral_vertices.reshape(n, -1), train.map_features, self.n_components)
+        self.train_scores = self.features.scores(train.neutral_vertices.reshape(n, -1), train.map_features)
+        self.vertex_changes = train.vertex_changes
+        self.progress = progress
+
+    def weights(self, neutrals: Sequence[Prediction]) -> np.ndarray:
+        """(Q, N) weights over the training identities (summing the changes gives the prediction)."""
+        from ..models.prior import coarse_maps, ridge_weights
+
+        v = np.stack([p.vertices.reshape(-1) for p in neutrals])
+        m = np.stack([coarse_maps(p.maps, self.dataset.map_kinds, self.dataset.udims) for p in neutrals])
+        w = ridge_weights(self.train_scores, self.features.scores(v, m), self.ridge)
+        return w + (1.0 - w.sum(axis=1, keepdims=True)) / w.shape[1]  # mean(Y) + w (Y - mean(Y)) = w' Y
+
+    def predict(self, neutrals: Sequence[Prediction], expressions: Sequence[str]) -> list[dict[str, Prediction]]:
+        """Per neutral (vertices (V, 3), maps at the dataset resolution): {expression: Prediction}."""
+        w = self.weights(neutrals).astype(np.float32)
+        out: list[dict[str, Prediction]] = [{} for _ in neutrals]
+        kinds = [k for k in neutrals[0].maps]
+        bar = tqdm(total=len(expressions) * len(self.subjects), desc="ridge baseline", unit="expr",
+                   disable=not self.progress)
+        neutral_maps = {s: self.dataset.load_maps(s, NEUTRAL, kinds) for s in self.subjects}
+        for e in expressions:
+            changes = {k: {u: np.zeros((len(neutrals), *img.shape), np.float32) for u, img in tiles.items()}
+                       for k, tiles in neutrals[0].maps.items()}
+            if e != NEUTRAL:
+                for i, s in enumerate(self.subjects):
+                    neutral, expression = neutral_maps[s], self.dataset.load_maps(s, e, kinds)
+                    for k in kinds:
+                        for u in changes[k]:
+                            changes[k][u] += w[:, i, None, None, None] * (expression[k][u] - neutral[k][u])
+                    bar.update(1)
+                vertex = np.einsum("qn,nvd->qvd", w, self.vertex_changes[e])
+            else:
+                vertex = np.zeros((len(neutrals), *neutrals[0].vertices.shape), np.float32)
+            for q, p in enumerate(neutrals):
+                maps = {k: {u: transfer_map(img, img + changes[k][u][q], img, k) for u, img in tiles.items()}
+                        for k, tiles in p.maps.items()}
+                out[q][e] = Prediction((p.vertices + vertex[q]).astype(np.float32), maps)
+        bar.close()
+        return out

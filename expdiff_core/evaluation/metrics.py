@@ -109,6 +109,33 @@ def ssim(pred: np.ndarray, true: np.ndarray) -> float:
     return float(ssim_batch(pred, true)[0])
 
 
+CHANGE_REGION = 0.1  # a texel is "in the change region" where the true change exceeds 10% of its largest value
+NO_CHANGE = 1e-4  # true changes spanning less than this (in [0, 1] map units) are no change at all
+
+
+def change_psnr(pred_change: np.ndarray, true_change: np.ndarray) -> tuple[float | None, float | None]:
+    """(whole, region) PSNR in dB of a predicted *change* (expression minus neutral) against the true change.
+
+    Both (..., C, H, W) in map units. The peak is the true change's range (max - min), so the figure does not
+    saturate where the change is small against the map's [0, 1] range (whole-map PSNR does). ``region``
+    counts only texels where the true change (max over channels of |change|) exceeds ``CHANGE_REGION`` of
+    its largest value. (None, None) when the true change spans less than ``NO_CHANGE``.
+    """
+    pred_change = np.asarray(pred_change, np.float64)
+    true_change = np.asarray(true_change, np.float64)
+    peak = float(true_change.max() - true_change.min())
+    if peak < NO_CHANGE:
+        return None, None
+    err = (pred_change - true_change) ** 2
+    magnitude = np.abs(true_change).max(axis=-3, keepdims=True)
+    region = np.broadcast_to(magnitude > CHANGE_REGION * magnitude.max(), err.shape)
+
+    def db(mse: float) -> float:
+        return float(10.0 * np.log10(peak ** 2 / max(mse, 1e-20)))
+
+    return db(float(err.mean())), db(float(err[region].mean()))
+
+
 def map_scores(pred: Maps, true: Maps, kinds: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
     """{"psnr": {kind: dB}, "ssim": {kind: value}}: per map kind, the mean over its UDIM tiles."""
     kinds = list(kinds or true)

@@ -1,7 +1,9 @@
 """The evaluation table: printed aligned like the paper's Tables II/III, saved as CSV, logged to MLflow.
 
 CSV columns: ``method, expression, samples, fvd_mm``, then ``psnr_<kind>`` for every map kind and
-``psnr_mean``, the same for ``ssim`` and ``lpips`` (LPIPS cells are empty when it was not computed).
+``psnr_mean``, the same for ``ssim``, ``lpips`` (LPIPS cells are empty when it was not computed),
+``change_psnr`` and ``change_region_psnr`` (PSNR of the predicted change against the true change, peak =
+the true change's range; whole map and inside the change region; empty where the truth has no change).
 Floats are written with full precision, so ``read_csv(write_csv(rows))`` gives the rows back exactly.
 """
 
@@ -18,7 +20,7 @@ from ..errors import ExpDiffInputError
 from ..fileio import atomic_path
 from .evaluate import ALL, Row
 
-MEASURES = ("psnr", "ssim", "lpips")
+MEASURES = ("psnr", "ssim", "lpips", "change_psnr", "change_region_psnr")
 KIND_ABBREVIATIONS = {"albedo": "alb", "specular": "spec", "roughness": "rough", "normal": "nrm"}
 EXPERIMENT = "evaluation"
 
@@ -91,7 +93,8 @@ def format_table(rows: Sequence[Row], *, per_expression: bool = False) -> str:
     """An aligned text table: one line per method (its ``all`` row), or per method and expression.
 
     Columns: FVD in mm (lower is better), PSNR in dB and SSIM (higher is better) per map kind and their
-    mean, and the mean LPIPS (lower is better) when it was computed.
+    mean, the mean LPIPS (lower is better) when it was computed, and the change PSNR per kind and its mean
+    inside the change region (dPSNR, higher is better).
     """
     kinds = _kinds(rows)
     chosen = [r for r in rows if per_expression or r.expression == ALL]
@@ -100,12 +103,14 @@ def format_table(rows: Sequence[Row], *, per_expression: bool = False) -> str:
     header += [f"PSNR {KIND_ABBREVIATIONS.get(k, k)}" for k in kinds] + ["PSNR"]
     header += [f"SSIM {KIND_ABBREVIATIONS.get(k, k)}" for k in kinds] + ["SSIM"]
     header += ["LPIPS"] if with_lpips else []
+    header += [f"dPSNR {KIND_ABBREVIATIONS.get(k, k)}" for k in kinds] + ["dPSNR region"]
     lines = []
     for r in chosen:
         cells = [r.method] + ([r.expression] if per_expression else []) + [str(r.samples), _cell(r.fvd_mm, 3)]
         cells += [_cell(r.psnr.get(k), 2) for k in kinds] + [_cell(r.psnr_mean, 2)]
         cells += [_cell(r.ssim.get(k), 4) for k in kinds] + [_cell(r.ssim_mean, 4)]
         cells += [_cell(r.lpips_mean, 4)] if with_lpips else []
+        cells += [_cell(r.change_psnr.get(k), 2) for k in kinds] + [_cell(r.change_region_psnr_mean, 2)]
         lines.append(cells)
     text_columns = 2 if per_expression else 1
     widths = [max(len(str(c)) for c in column) for column in zip(header, *lines)]

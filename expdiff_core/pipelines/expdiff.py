@@ -8,11 +8,20 @@ Stages, each callable alone (the Prefect tasks call them one by one):
 3. ``sample``: every expression of the character in one batch (chunked), SDEdit from the noised neutral
    (strength < 1, the paper's inference) or pure noise (strength 1); deterministic per expression and seed.
 4. ``decode``: latents -> position and BRDF maps per expression (Eq. 7).
-5. ``recover``: Eq. 9 on the user's own mesh, against the *generated* neutral so the model's identity bias
-   cancels; ``transfer_maps`` does the same for textures at the user's texture resolution.
+5. ``recover``: Eq. 9 on the user's own mesh, against the expression's *reference* so the model's identity
+   bias cancels; ``transfer_maps`` does the same for textures at the user's texture resolution.
+
+With an identity-aware prior (``prior/``, :class:`~expdiff_core.models.prior.ExpressionPrior`, a ridge
+regression from the neutral to each unit's change), each expression starts from the prior instead of the
+neutral: its latents ``z_p = z_0 + prior latent change`` are noised to ``prior_strength`` and denoised under
+the prompt (SDEdit; 0 keeps the prior). The result is read directionally: vertices are the user's neutral +
+the prior's vertex change + ``f(P(z_n) - P(z_p))`` (Eq. 9 against the decoded prior, so the codec's error on
+the prior cancels), maps the user's neutral + ``D(z_n) - D(z_0)``. Without a prior (or ``use_prior=False``)
+every expression is read against the generated neutral, as in the paper.
 
 A pretrained pipeline is a folder: ``pipeline_config.json``, ``template.obj`` (topology + the reference
-shape position maps are measured from), ``vae/``, ``denoiser/`` (+ ``scheduler_config.json``), ``README.md``.
+shape position maps are measured from), ``vae/``, ``denoiser/`` (+ ``scheduler_config.json``), optionally
+``prior/``, ``README.md``.
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ from ..fileio import atomic_dir
 from ..io.mesh import FaceMesh, read_obj, write_obj
 from ..io.template import check_template
 from ..models.denoiser import ExpDiffDenoiser, encode_prompts, fit_prompt_tokens
+from ..models.prior import ExpressionPrior
 from ..models.vae import LatentCodec
 from ..schedulers import load_noise_scheduler, sampling_scheduler
 from ..uv.position_map import PositionMapConfig, position_maps
@@ -57,7 +67,9 @@ class PipelineConfig:
     kinds: map kinds in the denoiser's order (``position`` + BRDF kinds); udims: generated tiles;
     resolution: map size (texels) the VAE and denoiser were trained at; skin_groups: material groups the
     position maps are rasterised from; text_encoder: ``"minilm"`` (the offline default) or the name of the
-    production text encoder the denoiser was trained with.
+    production text encoder the denoiser was trained with. prior_strength: SDEdit strength from the prior
+    (0: the prior's expression as it is; used only when the folder has a prior). prompt_temperature: softmax
+    temperature over the cosine similarities of a free prompt to the units' prompts (its prior's mix).
     """
 
     kinds: list[str]
@@ -71,6 +83,8 @@ class PipelineConfig:
     steps: int = 30
     strength: float = 1.0
     guidance_scale: float = 1.0
+    prior_strength: float = 0.0
+    prompt_temperature: float = 0.02
     format: str = "expdiff-pipeline/1"
 
     @property
@@ -133,20 +147,26 @@ def _label(text: str) -> str:
 
 @dataclass
 class ExpDiffOutput:
-    """labels: expression names in order; vertices: {label: (V, 3)}; maps: {label: Maps} at model resolution."""
+    """labels: expression names in order; vertices: {label: (V, 3)}; maps: {label: Maps} at model resolution;
+    references: {label: Maps} what each expression's maps are read against (its prior, or the generated neutral).
+    """
 
     labels: list[str]
     vertices: dict[str, np.ndarray]
     maps: dict[str, Maps]
     latents: torch.Tensor
+    references: dict[str, Maps] = field(default_factory=dict)
 
 
 class ExpDiffPipeline:
     """Load once per flow run; every stage reuses the loaded models."""
 
     def __init__(self, config: PipelineConfig, codec: LatentCodec, denoiser: ExpDiffDenoiser, noise_scheduler,
-                 template: FaceMesh, text_encoder: Any = None, device: str | torch.device = "auto"):
+                 template: FaceMesh, text_encoder: Any = None, device: str | torch.device = "auto",
+                 prior: ExpressionPrior | None = None):
         self.config = config
+        self.prior = prior
+        self.use_prior = prior is not None
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
         self.codec = codec.to(self.device)
         self.denoiser = denoiser.to(self.device).eval().requires_grad_(False)
@@ -182,12 +202,17 @@ class ExpDiffPipeline:
                                         "configure clip_text_encoder_path to its local folder")
             text_encoder = TextEncoder.from_pretrained(text_encoder_path if config.text_encoder != "minilm" else None,
                                                        device="cpu")
-        return cls(config, codec, denoiser, scheduler, template, text_encoder, device)
+        prior = ExpressionPrior.from_pretrained(folder / "prior") if (folder / "prior").is_dir() else None
+        if prior is not None and prior.config.vertex_count != template.n_vertices:
+            raise ExpDiffInputError(folder / "prior", f"is for {prior.config.vertex_count} vertices, the template has "
+                                    f"{template.n_vertices}")
+        return cls(config, codec, denoiser, scheduler, template, text_encoder, device, prior)
 
     @staticmethod
     def assemble(folder: str | os.PathLike, config: PipelineConfig, vae_folder: str | os.PathLike,
                  denoiser_folder: str | os.PathLike, template: FaceMesh, model_card: str,
-                 scheduler_folder: str | os.PathLike | None = None) -> Path:
+                 scheduler_folder: str | os.PathLike | None = None,
+                 prior_folder: str | os.PathLike | None = None) -> Path:
         """Write a new pipeline folder from trained parts (copies; ``folder`` must not exist).
 
         scheduler_folder: where the training noise schedule's ``scheduler_config.json`` is, when it is not
@@ -203,6 +228,8 @@ class ExpDiffPipeline:
             shutil.copytree(denoiser_folder, tmp / "denoiser")
             if scheduler_folder is not None:
                 shutil.copy2(Path(scheduler_folder) / "scheduler_config.json", tmp / "denoiser")
+            if prior_folder is not None:
+                shutil.copytree(prior_folder, tmp / "prior")
             (tmp / "README.md").write_text(model_card)
         return folder
 
@@ -281,15 +308,78 @@ class ExpDiffPipeline:
                     masks.append(pt.mask[0] | pt.mask[1])
         return torch.stack(tokens), torch.stack(masks)
 
+    # ------------------------------------------------------------------ the prior
+    def prior_mix(self, expressions: Sequence[Expression]) -> np.ndarray:
+        """(N, E) weights of the prior's units for each expression.
+
+        A unit's own prompt is that unit; ``neutral`` is no unit; a blend mixes its two sides' weights; a free
+        prompt mixes the units whose prompts it resembles (softmax of the text encoder's pooled cosine
+        similarity over ``prompt_temperature``, weights under 1% dropped), and gets no prior from a model
+        without a text encoder.
+        """
+        if self.prior is None:
+            raise ExpDiffInputError(None, "this model has no expression prior")
+        units = self.prior.expressions
+        by_prompt = {expression_prompt(u): u for u in units}
+        free = sorted({p for e in expressions for p in (e.prompt, e.prompt_b)
+                       if p is not None and p not in by_prompt and p != self.config.neutral_prompt})
+        similar: dict[str, dict[str, float]] = {}
+        if free and self.text_encoder is not None:
+            pooled = self.text_encoder.encode(list(by_prompt) + free).pooled.float().cpu()
+            pooled = F.normalize(pooled, dim=-1)
+            cos = pooled[len(by_prompt):] @ pooled[:len(by_prompt)].T
+            weights = torch.softmax(cos / float(self.config.prompt_temperature), dim=-1)
+            for prompt, w in zip(free, weights):
+                w = torch.where(w >= 0.01, w, torch.zeros_like(w))
+                similar[prompt] = {u: float(x) for u, x in zip(by_prompt.values(), w / w.sum()) if x > 0}
+
+        def mix(prompt: str | None) -> dict[str, float]:
+            if prompt is None or prompt == self.config.neutral_prompt:
+                return {}
+            return {by_prompt[prompt]: 1.0} if prompt in by_prompt else similar.get(prompt, {})
+
+        rows = []
+        for e in expressions:
+            if e.prompt_b is None:
+                rows.append(mix(e.prompt))
+                continue
+            row: dict[str, float] = {}
+            for prompt, w in ((e.prompt, 1.0 - e.weight), (e.prompt_b, e.weight)):
+                for u, x in mix(prompt).items():
+                    row[u] = row.get(u, 0.0) + w * x
+            rows.append(row)
+        return self.prior.weights_for(rows)
+
+    def prior_changes(self, mesh: FaceMesh, textures: Mapping[str, Mapping[int, np.ndarray]],
+                      expressions: Sequence[Expression]) -> tuple[np.ndarray, torch.Tensor]:
+        """The prior's change for each expression: vertices (N, V, 3) in the mesh's units, latents (N, M, C, h, w).
+
+        textures: the user's own maps (kinds they do not have are left out, not albedo-filled), any resolution
+        that is a multiple of 16.
+        """
+        if self.prior is None or self.prior.latent_mean is None:
+            raise ExpDiffInputError(None, "this model has no expression prior with latents")
+        factor = {"cm": 1.0, "mm": 10.0, "m": 0.01}
+        to_prior = factor[self.prior.config.units] / factor[mesh.units]
+        r = self.config.resolution
+        coarse = {k: {u: _channels(resize_map(t, r), 3 if k in ("albedo", "normal") else 1)
+                      for u, t in tiles.items() if u in self.config.udims} for k, tiles in textures.items()}
+        scores = self.prior.scores(mesh.vertices * to_prior, coarse)
+        mix = self.prior_mix(expressions)
+        vertices = self.prior.vertex_change(scores, mix) / np.float32(to_prior)
+        return vertices, torch.from_numpy(self.prior.latent_change(scores, mix))
+
     @torch.no_grad()
     def sample(self, neutral_latents: torch.Tensor, expressions: Sequence[Expression], *, seed: int = 0,
                steps: int | None = None, sampler: str | None = None, strength: float | None = None,
                guidance_scale: float | None = None, batch_size: int = 16,
-               on_progress: Callable[[int, int], None] | None = None, progress: bool = True) -> torch.Tensor:
+               on_progress: Callable[[int, int], None] | None = None, progress: bool = True,
+               start_latents: torch.Tensor | None = None) -> torch.Tensor:
         """Denoise every expression's latents -> (N, M, C, h, w) float32 on CPU.
 
-        strength in (0, 1]: 1 starts from pure noise; below 1 starts from the neutral latents noised to that
-        fraction of the schedule (SDEdit, the paper's inference). Every expression of the character starts
+        strength in (0, 1]: 1 starts from pure noise; below 1 starts from the neutral latents (or
+        ``start_latents`` (N, M, C, h, w), e.g. the prior's) noised to that fraction of the schedule (SDEdit,
+        the paper's inference); with ``start_latents`` a strength of 0 returns them unchanged. Every expression of the character starts
         from the *same* noise (seeded by ``seed``): with deterministic samplers the expressions then differ
         only through their prompts, so Eq. 9's expression-minus-generated-neutral difference carries the
         expression and not two independent draws (measured on held-out identities: mean vertex error 1.41 ->
@@ -299,6 +389,8 @@ class ExpDiffPipeline:
         steps = int(steps or cfg.steps)
         strength = float(cfg.strength if strength is None else strength)
         guidance = float(cfg.guidance_scale if guidance_scale is None else guidance_scale)
+        if start_latents is not None and strength == 0.0:
+            return start_latents.float().cpu().clone()
         if not 0.0 < strength <= 1.0:
             raise ExpDiffInputError(None, f"strength must be in (0, 1], got {strength}")
         if steps < 1:
@@ -325,7 +417,9 @@ class ExpDiffPipeline:
             cond = neutral[None].expand(n, *neutral.shape).to(self.device)
             noise = noise.to(self.device)
             if strength < 1.0:
-                start_target = self.denoiser.diffusion_target(cond, cond)  # the neutral (a zero residual)
+                # the neutral (a zero residual), or the given start (the prior's expression)
+                begin = cond if start_latents is None else start_latents[start:start + n].float().to(self.device)
+                start_target = self.denoiser.diffusion_target(begin, cond)
                 x = self.noise_scheduler.add_noise(start_target, noise, timesteps[:1].repeat(n).to(self.device))
             else:
                 x = noise * scheduler.init_noise_sigma
@@ -388,14 +482,31 @@ class ExpDiffPipeline:
             exprs = [Expression(NEUTRAL, self.config.neutral_prompt)] + exprs
         self.check_mesh(mesh)
         z0 = self.encode(self.neutral_maps(mesh, textures))
-        latents = self.sample(z0, exprs, seed=seed, steps=steps, sampler=sampler, strength=strength, progress=progress)
-        decoded = self.decode(latents)
         labels = [e.label for e in exprs]
-        neutral_pos = decoded[labels.index(NEUTRAL)][POSITION]
         sampler_ = self.vertex_sampler(mesh)
-        vertices = {label: self.recover(mesh, maps[POSITION], neutral_pos, sampler_).vertices
-                    for label, maps in zip(labels, decoded)}
-        return ExpDiffOutput(labels, vertices, dict(zip(labels, decoded)), latents)
+        if not self.use_prior:
+            latents = self.sample(z0, exprs, seed=seed, steps=steps, sampler=sampler, strength=strength,
+                                  progress=progress)
+            decoded = self.decode(latents)
+            neutral_maps = decoded[labels.index(NEUTRAL)]
+            vertices = {label: self.recover(mesh, maps[POSITION], neutral_maps[POSITION], sampler_).vertices
+                        for label, maps in zip(labels, decoded)}
+            return ExpDiffOutput(labels, vertices, dict(zip(labels, decoded)), latents,
+                                 {label: neutral_maps for label in labels})
+        prior_vertices, prior_latents = self.prior_changes(mesh, textures, exprs)
+        start = z0[None] + prior_latents
+        latents = self.sample(z0, exprs, seed=seed, steps=steps, sampler=sampler, progress=progress,
+                              strength=self.config.prior_strength if strength is None else strength,
+                              start_latents=start)
+        decoded, starts = self.decode(latents), self.decode(start)
+        neutral_maps = self.decode(z0[None])[0]
+        references = {label: {POSITION: s[POSITION], **{k: v for k, v in neutral_maps.items() if k != POSITION}}
+                      for label, s in zip(labels, starts)}
+        vertices = {}
+        for i, label in enumerate(labels):
+            base = mesh.with_vertices(mesh.vertices + prior_vertices[i])
+            vertices[label] = self.recover(base, decoded[i][POSITION], starts[i][POSITION], sampler_).vertices
+        return ExpDiffOutput(labels, vertices, dict(zip(labels, decoded)), latents, references)
 
 
 # ---------------------------------------------------------------------- helpers

@@ -54,10 +54,13 @@ def model_card(name: str, config: PipelineConfig, vae_dir: Path, denoiser_dir: P
 
 def assemble_pipeline(dataset_root: str | os.PathLike, vae_dir: str | os.PathLike, diffusion_run: str | os.PathLike,
                       out: str | os.PathLike, *, name: str = "expdiff-offline", steps: int = 30,
-                      sampler: str = "ddim", strength: float = 1.0) -> Path:
+                      sampler: str = "ddim", strength: float = 1.0, prior_dir: str | os.PathLike | None = None,
+                      prior_strength: float = 0.0) -> Path:
     """A new pipeline folder ``out`` from a trained VAE and a finished diffusion run on ``dataset_root``'s template.
 
     diffusion_run: the trainer's output folder (``model/`` EMA weights, ``scheduler/``, ``latents_manifest.json``).
+    prior_dir: an expression prior (``expdiff train prior``) fitted on the same dataset and codec, with its
+    latents; prior_strength: the SDEdit strength from it.
     """
     dataset = Dataset(dataset_root)
     run = Path(diffusion_run)
@@ -74,10 +77,26 @@ def assemble_pipeline(dataset_root: str | os.PathLike, vae_dir: str | os.PathLik
         kinds=list(denoiser_config["kinds"]), udims=list(dataset.udims), resolution=dataset.resolution,
         skin_groups=list(dataset.manifest["template"].get("skin_groups") or []),
         position=encoding.get("position_map", {"scale_cm": 6.0}), neutral_prompt=NEUTRAL_PROMPT,
-        sampler=sampler, steps=steps, strength=strength)
+        sampler=sampler, steps=steps, strength=strength, prior_strength=float(prior_strength))
+    if prior_dir is not None:
+        from ..models.prior import ExpressionPrior
+
+        prior = ExpressionPrior.from_pretrained(prior_dir)
+        if prior.latent_mean is None:
+            raise ExpDiffInputError(Path(prior_dir), "has no latent part; fit it with --latents")
+        if prior.config.vertex_count != dataset.vertex_count:
+            raise ExpDiffInputError(Path(prior_dir), f"is for {prior.config.vertex_count} vertices, the dataset has "
+                                    f"{dataset.vertex_count}")
+        if not 0.0 <= prior_strength <= 1.0:
+            raise ExpDiffInputError(None, f"prior strength must be in [0, 1], got {prior_strength}")
     card = model_card(name, config, vae_dir, run, dataset, denoiser_config)
+    if prior_dir is not None:
+        card += (f"\n## Expression prior\n\nRidge regression from the neutral's identity coefficients to each unit's "
+                 f"change: {prior.config.n_components} components, ridge {prior.config.ridge}, fitted on "
+                 f"{json.dumps(prior.config.fitted_on)}. Each expression starts from it; SDEdit strength "
+                 f"{prior_strength}.\n")
     return ExpDiffPipeline.assemble(out, config, vae_dir, denoiser_dir, dataset.template(), card,
-                                    scheduler_folder=run / "scheduler")
+                                    scheduler_folder=run / "scheduler", prior_folder=prior_dir)
 
 
 def _encoding_of(run: Path) -> dict:

@@ -1,0 +1,256 @@
+"""Identity-aware linear expression prior: a "personalised 3DMM" fitted by ridge regression.
+
+Per expression, the change from the neutral (of every vertex, and of the latents of every map) is regressed
+on the neutral's identity coefficients: the first ``n_components`` principal components of the training
+neutrals (vertices and coarse maps, each block weighted to unit total variance, scores standardised). With
+``Phi`` (N, K) the training scores and ``Y`` (N, D) the training changes of one expression::
+
+    change(phi) = mean(Y) + phi^T B,    B = (Phi^T Phi + ridge * N * I)^-1 Phi^T (Y - mean(Y))
+
+so ``ridge`` is relative to the per-identity scale (0: least squares; large: the mean change, i.e. the
+plain 3DMM). The same operator serves the evaluation baseline (:func:`ridge_weights`: the prediction as a
+weighted sum of the training identities' changes) and the pipeline's prior (:class:`ExpressionPrior`: ``B``
+stored per expression). Free prompts get the prior of the units they resemble (:meth:`ExpressionPrior.blend`).
+
+A prior folder: ``config.json`` (:class:`ExpressionPriorConfig`) + ``expression_prior.safetensors``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..errors import ExpDiffInputError
+from ..fileio import atomic_dir
+from .weights import require_safetensors
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "expression_prior.safetensors"
+FEATURE_RESOLUTION = 16  # texels per tile side of the maps that enter the identity features (skin tone, not pores)
+
+Maps = Mapping[str, Mapping[int, np.ndarray]]  # {kind: {udim: (C, R, R)}}
+
+
+# ------------------------------------------------------------------------------------------ features
+def coarse_maps(maps: Maps, kinds: Sequence[str], udims: Sequence[int], size: int = FEATURE_RESOLUTION) -> np.ndarray:
+    """(sum_k C_k * len(udims) * size^2,) float64: every kind's tiles area-averaged to ``size``^2, flattened.
+
+    A kind missing from ``maps`` gives NaNs (filled with the training mean by :meth:`IdentityFeatures.scores`).
+    """
+    out = []
+    for kind in kinds:
+        for udim in udims:
+            tile = maps.get(kind, {}).get(udim)
+            if tile is None:
+                channels = 3 if kind in ("albedo", "normal") else 1
+                out.append(np.full(channels * size * size, np.nan))
+                continue
+            tile = np.asarray(tile, dtype=np.float64)
+            c, h, w = tile.shape
+            if h % size or w % size:
+                raise ExpDiffInputError(None, f"{kind} tile {udim} is {w}x{h}; the prior needs a multiple of {size}")
+            out.append(tile.reshape(c, size, h // size, size, w // size).mean(axis=(2, 4)).ravel())
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+@dataclass
+class IdentityFeatures:
+    """PCA of training neutrals -> standardised identity scores.
+
+    mean: (F,) feature mean; block_scale: (F,) per-feature weight (each block -- vertices, coarse maps --
+    to unit total variance); basis: (K, F) principal directions; score_std: (K,) training score std.
+    """
+
+    mean: np.ndarray
+    block_scale: np.ndarray
+    basis: np.ndarray
+    score_std: np.ndarray
+
+    @classmethod
+    def fit(cls, vertex_features: np.ndarray, map_features: np.ndarray, n_components: int) -> "IdentityFeatures":
+        """vertex_features (N, 3V) neutral vertices; map_features (N, Fm) coarse maps (``coarse_maps``)."""
+        x = np.concatenate([vertex_features, map_features], axis=1).astype(np.float64)
+        n = x.shape[0]
+        if n < 3:
+            raise ExpDiffInputError(None, f"the prior needs at least 3 training identities, got {n}")
+        mean = x.mean(axis=0)
+        centred = x - mean
+        scale = np.empty(x.shape[1])
+        for block in (slice(0, vertex_features.shape[1]), slice(vertex_features.shape[1], x.shape[1])):
+            total = float((centred[:, block] ** 2).sum() / n)
+            scale[block] = 1.0 / np.sqrt(total) if total > 0 else 0.0
+        _, s, vt = np.linalg.svd(centred * scale, full_matrices=False)
+        k = int(min(n_components, n - 1, vt.shape[0]))
+        std = s[:k] / np.sqrt(n)
+        return cls(mean, scale, vt[:k], np.maximum(std, 1e-12))
+
+    @property
+    def n_components(self) -> int:
+        return int(self.basis.shape[0])
+
+    def scores(self, vertex_features: np.ndarray, map_features: np.ndarray) -> np.ndarray:
+        """(N, K) standardised scores; NaN features (maps the user does not have) take the training mean."""
+        x = np.concatenate([np.atleast_2d(vertex_features), np.atleast_2d(map_features)], axis=1).astype(np.float64)
+        x = np.where(np.isnan(x), self.mean, x)
+        return ((x - self.mean) * self.block_scale) @ self.basis.T / self.score_std
+
+
+def ridge_operator(scores: np.ndarray, ridge: float) -> np.ndarray:
+    """(K, N): ``(Phi^T Phi + ridge * N * I)^-1 Phi^T`` for training scores ``Phi`` (N, K)."""
+    n, k = scores.shape
+    return np.linalg.solve(scores.T @ scores + float(ridge) * n * np.eye(k), scores.T)
+
+
+def ridge_weights(train_scores: np.ndarray, query_scores: np.ndarray, ridge: float) -> np.ndarray:
+    """(Q, N) weights: ridge prediction for a query = mean(Y) + weights @ (Y - mean(Y))."""
+    return np.atleast_2d(query_scores) @ ridge_operator(train_scores, ridge)
+
+
+# ------------------------------------------------------------------------------------------ the prior
+@dataclass
+class ExpressionPriorConfig:
+    """expressions: units with a prior (``neutral`` excluded: its change is zero). vertex_count: V.
+    latent_shape: (M, C, h, w) of the pipeline's latents, or None (no latent prior). map_kinds, udims: the
+    maps that enter the features. n_components, ridge: see the module docstring. units: length unit of
+    the vertex changes (the dataset's, cm). fitted_on: provenance (dataset, split, identities).
+    """
+
+    expressions: list[str]
+    vertex_count: int
+    n_components: int
+    ridge: float
+    map_kinds: list[str]
+    udims: list[int]
+    latent_shape: list[int] | None = None
+    units: str = "cm"
+    fitted_on: dict = field(default_factory=dict)
+    format: str = "expdiff-expression-prior/1"
+
+
+class ExpressionPrior:
+    """Per-expression ridge coefficients for the change of vertices (and latents) given the neutral."""
+
+    def __init__(self, config: ExpressionPriorConfig, features: IdentityFeatures,
+                 vertex_mean: np.ndarray, vertex_coef: np.ndarray,
+                 latent_mean: np.ndarray | None = None, latent_coef: np.ndarray | None = None):
+        """vertex_mean (E, V, 3), vertex_coef (E, K, V, 3); latent_mean (E, M, C, h, w), latent_coef (E, K, ...)."""
+        self.config = config
+        self.features = features
+        self.vertex_mean = np.asarray(vertex_mean, np.float32)
+        self.vertex_coef = np.asarray(vertex_coef, np.float32)
+        self.latent_mean = None if latent_mean is None else np.asarray(latent_mean, np.float32)
+        self.latent_coef = None if latent_coef is None else np.asarray(latent_coef, np.float32)
+        self.index = {e: i for i, e in enumerate(config.expressions)}
+
+    @property
+    def expressions(self) -> list[str]:
+        return list(self.config.expressions)
+
+    def scores(self, neutral_vertices: np.ndarray, neutral_maps: Maps) -> np.ndarray:
+        """(K,) identity scores of one neutral: vertices (V, 3) in ``config.units``, maps at any multiple of 16."""
+        v = np.asarray(neutral_vertices, np.float64).reshape(1, -1)
+        if v.shape[1] != 3 * self.config.vertex_count:
+            raise ExpDiffInputError(None, f"the prior is for {self.config.vertex_count} vertices, the neutral has "
+                                    f"{v.shape[1] // 3}")
+        m = coarse_maps(neutral_maps, self.config.map_kinds, self.config.udims)[None]
+        return self.features.scores(v, m)[0]
+
+    def weights_for(self, expressions: Sequence[tuple[Mapping[str, float]]]) -> np.ndarray:
+        """(N_expr, E) mixing weights from ``{unit: weight}`` dicts (neutral and unknown units weigh 0)."""
+        out = np.zeros((len(expressions), len(self.index)), np.float32)
+        for row, mix in enumerate(expressions):
+            for unit, w in mix.items():
+                if unit in self.index:
+                    out[row, self.index[unit]] += float(w)
+        return out
+
+    def vertex_change(self, scores: np.ndarray, mix: np.ndarray) -> np.ndarray:
+        """(N_expr, V, 3) float32: prior vertex change for each row of mixing weights ``mix`` (N_expr, E)."""
+        per_unit = self.vertex_mean + np.einsum("k,ekvd->evd", scores.astype(np.float32), self.vertex_coef)
+        return np.einsum("ne,evd->nvd", mix, per_unit).astype(np.float32)
+
+    def latent_change(self, scores: np.ndarray, mix: np.ndarray) -> np.ndarray | None:
+        """(N_expr, M, C, h, w) float32 prior latent change, or None when the prior has no latent part."""
+        if self.latent_mean is None:
+            return None
+        flat_mean = self.latent_mean.reshape(len(self.index), -1)
+        flat_coef = self.latent_coef.reshape(len(self.index), self.features.n_components, -1)
+        per_unit = flat_mean + np.einsum("k,ekd->ed", scores.astype(np.float32), flat_coef)
+        return (mix @ per_unit).reshape(len(mix), *self.latent_mean.shape[1:]).astype(np.float32)
+
+    # -------------------------------------------------------------------------------------- persistence
+    def save_pretrained(self, folder: str | os.PathLike) -> Path:
+        """Write ``config.json`` + ``expression_prior.safetensors`` (coefficients in float16) into a new folder."""
+        tensors = {
+            "features.mean": self.features.mean, "features.block_scale": self.features.block_scale,
+            "features.basis": self.features.basis, "features.score_std": self.features.score_std,
+            "vertex.mean": self.vertex_mean, "vertex.coef": self.vertex_coef.astype(np.float16),
+        }
+        if self.latent_mean is not None:
+            tensors.update({"latent.mean": self.latent_mean, "latent.coef": self.latent_coef.astype(np.float16)})
+        folder = Path(folder)
+        with atomic_dir(folder) as tmp:
+            (tmp / CONFIG_NAME).write_text(json.dumps(asdict(self.config), indent=2) + "\n")
+            save_file({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in tensors.items()}, str(tmp / WEIGHTS_NAME))
+        return folder
+
+    @classmethod
+    def from_pretrained(cls, folder: str | os.PathLike) -> "ExpressionPrior":
+        """Load a prior folder (safetensors only)."""
+        folder = Path(folder)
+        try:
+            data = json.loads((folder / CONFIG_NAME).read_text())
+            config = ExpressionPriorConfig(**data)
+        except FileNotFoundError:
+            raise ExpDiffInputError(folder / CONFIG_NAME, "expression prior config not found") from None
+        except (json.JSONDecodeError, TypeError) as exc:
+            raise ExpDiffInputError(folder / CONFIG_NAME, f"not an expression prior config ({exc})") from None
+        require_safetensors(folder)
+        t = {k: v.float().numpy() for k, v in load_file(str(folder / WEIGHTS_NAME)).items()}
+        features = IdentityFeatures(t["features.mean"].astype(np.float64), t["features.block_scale"].astype(np.float64),
+                                    t["features.basis"].astype(np.float64), t["features.score_std"].astype(np.float64))
+        e, k, v = len(config.expressions), features.n_components, config.vertex_count
+        if t["vertex.coef"].shape != (e, k, v, 3):
+            raise ExpDiffInputError(folder / WEIGHTS_NAME, f"vertex coefficients are {t['vertex.coef'].shape}, "
+                                    f"the config says {(e, k, v, 3)}")
+        return cls(config, features, t["vertex.mean"], t["vertex.coef"], t.get("latent.mean"), t.get("latent.coef"))
+
+
+def fit_expression_prior(neutral_vertices: np.ndarray, neutral_map_features: np.ndarray,
+                         vertex_changes: Mapping[str, np.ndarray], *, n_components: int, ridge: float,
+                         map_kinds: Sequence[str], udims: Sequence[int],
+                         latent_changes: Mapping[str, np.ndarray] | None = None,
+                         fitted_on: Mapping | None = None) -> ExpressionPrior:
+    """Fit the prior on N training identities.
+
+    neutral_vertices (N, V, 3); neutral_map_features (N, Fm) from ``coarse_maps``; vertex_changes
+    {expression: (N, V, 3)} (expression minus neutral); latent_changes {expression: (N, M, C, h, w)}.
+    """
+    n, v, _ = neutral_vertices.shape
+    features = IdentityFeatures.fit(neutral_vertices.reshape(n, -1), neutral_map_features, n_components)
+    scores = features.scores(neutral_vertices.reshape(n, -1), neutral_map_features)
+    operator = ridge_operator(scores, ridge)  # (K, N)
+    expressions = list(vertex_changes)
+
+    def coefficients(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        flat = y.reshape(n, -1).astype(np.float64)
+        mean = flat.mean(axis=0)
+        return mean.reshape(y.shape[1:]), (operator @ (flat - mean)).reshape(-1, *y.shape[1:])
+
+    vm, vc = zip(*(coefficients(vertex_changes[e]) for e in expressions))
+    lm = lc = None
+    latent_shape = None
+    if latent_changes is not None:
+        lm, lc = zip(*(coefficients(latent_changes[e]) for e in expressions))
+        latent_shape = list(lm[0].shape)
+    config = ExpressionPriorConfig(expressions, int(v), features.n_components, float(ridge), list(map_kinds),
+                                   [int(u) for u in udims], latent_shape, fitted_on=dict(fitted_on or {}))
+    return ExpressionPrior(config, features, np.stack(vm), np.stack(vc),
+                           None if lm is None else np.stack(lm), None if lc is None else np.stack(lc))

@@ -1,0 +1,154 @@
+"""Fit the identity-aware expression prior (``models.prior``) on a dataset, its strength chosen on ``val``.
+
+The training identities' neutrals and changes are read once (:class:`IdentityCorpus`); every candidate
+(n_components, ridge) is scored on the validation identities by the mean vertex error of the predicted
+expressions (FVD, mm) and the RMS error of the coarse map changes, and the best one is refitted and saved.
+The test split is never read.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..errors import ExpDiffInputError
+from ..io.dataset import NEUTRAL, Dataset
+from ..models.prior import (ExpressionPrior, IdentityFeatures, coarse_maps, fit_expression_prior, ridge_weights)
+from .latents import LatentDataset, read_manifest
+
+COMPONENTS = (4, 8, 12, 16, 24, 32)
+RIDGES = (1e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0)
+
+
+@dataclass
+class IdentityCorpus:
+    """Neutrals and changes of some identities.
+
+    neutral_vertices (N, V, 3) float32; map_features (N, Fm) coarse neutral maps; vertex_changes
+    {expression: (N, V, 3)}; map_changes {expression: (N, Fm)} coarse map changes.
+    """
+
+    subjects: list[str]
+    neutral_vertices: np.ndarray
+    map_features: np.ndarray
+    vertex_changes: dict[str, np.ndarray]
+    map_changes: dict[str, np.ndarray]
+
+    @classmethod
+    def load(cls, dataset: Dataset, subjects: Sequence[str], expressions: Sequence[str],
+             progress: bool = True) -> "IdentityCorpus":
+        if not subjects:
+            raise ExpDiffInputError(dataset.root / "manifest.json", "no identities to fit the prior on")
+        kinds, udims = list(dataset.map_kinds), list(dataset.udims)
+        n = len(subjects)
+        verts = np.zeros((n, dataset.vertex_count, 3), np.float32)
+        vchange = {e: np.zeros((n, dataset.vertex_count, 3), np.float32) for e in expressions}
+        feats, mchange = [], {e: [] for e in expressions}
+        bar = tqdm(total=n * (len(expressions) + 1), desc="read identities", unit="expr", disable=not progress)
+        for i, s in enumerate(subjects):
+            verts[i] = dataset.load_vertices(s, NEUTRAL)
+            neutral_maps = coarse_maps(dataset.load_maps(s, NEUTRAL), kinds, udims)
+            feats.append(neutral_maps)
+            bar.update(1)
+            for e in expressions:
+                vchange[e][i] = dataset.load_vertices(s, e) - verts[i]
+                mchange[e].append(coarse_maps(dataset.load_maps(s, e), kinds, udims) - neutral_maps)
+                bar.update(1)
+        bar.close()
+        return cls(list(subjects), verts, np.stack(feats), vchange, {e: np.stack(m) for e, m in mchange.items()})
+
+
+def latent_changes(latents_root: str | os.PathLike, split: str, subjects: Sequence[str],
+                   expressions: Sequence[str]) -> dict[str, np.ndarray]:
+    """{expression: (N, M, C, h, w)} latent minus neutral latent, subjects in the given order."""
+    data = LatentDataset(latents_root, split, expressions=list(expressions))
+    missing = sorted(set(subjects) - set(data.subjects))
+    if missing:
+        raise ExpDiffInputError(Path(latents_root), f"has no latents of subject(s) {missing[:3]}")
+    out = {e: [] for e in expressions}
+    for s in subjects:
+        z0 = data.neutral(s)
+        for e in expressions:
+            out[e].append((data.target(s, e) - z0).numpy())
+    return {e: np.stack(v) for e, v in out.items()}
+
+
+@dataclass
+class PriorScore:
+    n_components: int
+    ridge: float
+    fvd_mm: float
+    map_rmse: float
+
+
+def score_candidates(train: IdentityCorpus, val: IdentityCorpus, units_to_mm: float = 10.0,
+                     components: Sequence[int] = COMPONENTS, ridges: Sequence[float] = RIDGES) -> list[PriorScore]:
+    """Every (n_components, ridge) scored on ``val``: mean vertex error (mm) and coarse map change RMSE."""
+    n = len(train.subjects)
+    tv = train.neutral_vertices.reshape(n, -1)
+    vv = val.neutral_vertices.reshape(len(val.subjects), -1)
+    expressions = list(train.vertex_changes)
+    out = []
+    for k in sorted({min(c, n - 1) for c in components}):
+        features = IdentityFeatures.fit(tv, train.map_features, k)
+        ts, vs = features.scores(tv, train.map_features), features.scores(vv, val.map_features)
+        for r in ridges:
+            w = ridge_weights(ts, vs, r)  # (Nv, N)
+            fvd, mse = [], []
+            for e in expressions:
+                y = train.vertex_changes[e].reshape(n, -1)
+                pred = y.mean(0) + w @ (y - y.mean(0))
+                err = (pred - val.vertex_changes[e].reshape(len(vs), -1)).reshape(len(vs), -1, 3)
+                fvd.append(np.linalg.norm(err, axis=2).mean() * units_to_mm)
+                m = train.map_changes[e]
+                mpred = m.mean(0) + w @ (m - m.mean(0))
+                mse.append(((mpred - val.map_changes[e]) ** 2).mean())
+            out.append(PriorScore(features.n_components, float(r), float(np.mean(fvd)), float(np.sqrt(np.mean(mse)))))
+    return out
+
+
+def best_candidate(scores: Sequence[PriorScore]) -> PriorScore:
+    """Lowest val FVD; among candidates within 1% of it, the one with the lowest map error, then fewest components."""
+    best = min(s.fvd_mm for s in scores)
+    near = [s for s in scores if s.fvd_mm <= best * 1.01]
+    return min(near, key=lambda s: (round(s.map_rmse, 6), s.n_components))
+
+
+def fit_prior(dataset_root: str | os.PathLike, out: str | os.PathLike, *, latents_root: str | os.PathLike | None = None,
+              n_components: int | None = None, ridge: float | None = None, split: str = "train",
+              tune_split: str = "val", progress: bool = True) -> tuple[ExpressionPrior, list[PriorScore]]:
+    """Fit the prior on ``split`` (components and ridge chosen on ``tune_split`` unless both are given),
+    save it to ``out`` (must not exist) and return it with the candidates' validation scores."""
+    dataset = Dataset(Path(dataset_root))
+    expressions = [e for e in dataset.units if e != NEUTRAL]
+    train = IdentityCorpus.load(dataset, dataset.split(split), expressions, progress)
+    scores: list[PriorScore] = []
+    if n_components is None or ridge is None:
+        val = IdentityCorpus.load(dataset, dataset.split(tune_split), expressions, progress)
+        scores = score_candidates(train, val, components=[n_components] if n_components else COMPONENTS,
+                                  ridges=[ridge] if ridge is not None else RIDGES)
+        chosen = best_candidate(scores)
+        n_components, ridge = chosen.n_components, chosen.ridge
+    latents = None
+    if latents_root is not None:
+        manifest = read_manifest(latents_root)
+        if manifest.kinds[0] != "position":
+            raise ExpDiffInputError(Path(latents_root), f"latent kinds {manifest.kinds} do not start with position")
+        latents = latent_changes(latents_root, split, train.subjects, expressions)
+    prior = fit_expression_prior(
+        train.neutral_vertices, train.map_features, train.vertex_changes, n_components=n_components, ridge=ridge,
+        map_kinds=list(dataset.map_kinds), udims=list(dataset.udims), latent_changes=latents,
+        fitted_on={"dataset": dataset.root.name, "split": split, "identities": len(train.subjects),
+                   "tuned_on": tune_split if scores else None})
+    prior.save_pretrained(out)
+    return prior, scores
+
+
+def candidate_grid() -> list[tuple[int, float]]:
+    return list(itertools.product(COMPONENTS, RIDGES))
