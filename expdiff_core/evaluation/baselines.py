@@ -147,7 +147,8 @@ def baseline_predictions(dataset: Dataset | str | os.PathLike, subject: str, exp
 
 
 class RidgeBaseline:
-    """The ridge baseline fitted on ``split`` of ``dataset`` (components and strength chosen on ``tune_split``).
+    """The ridge baseline fitted on ``split`` of ``dataset`` (components and strength chosen on ``tune_split``;
+    ``training.prior.UNTUNED`` when it has no identity).
 
     ``predict`` gives every requested expression for many subjects at once (one pass over the training maps).
     """
@@ -155,12 +156,14 @@ class RidgeBaseline:
     def __init__(self, dataset: Dataset, expressions: Sequence[str], split: str = "train", tune_split: str = "val",
                  n_components: int | None = None, ridge: float | None = None, progress: bool = True):
         from ..models.prior import IdentityFeatures
-        from ..training.prior import IdentityCorpus, best_candidate, score_candidates
+        from ..training.prior import UNTUNED, IdentityCorpus, best_candidate, score_candidates
 
         self.dataset = dataset
         self.expressions = [e for e in expressions if e != NEUTRAL]
         self.subjects = dataset.split(split)
         train = IdentityCorpus.load(dataset, self.subjects, self.expressions, progress)
+        if (n_components is None or ridge is None) and not dataset.split(tune_split):
+            n_components, ridge = n_components or UNTUNED[0], UNTUNED[1] if ridge is None else ridge
         if n_components is None or ridge is None:
             val = IdentityCorpus.load(dataset, dataset.split(tune_split), self.expressions, progress)
             chosen = best_candidate(score_candidates(train, val))

@@ -8,7 +8,9 @@ neutrals (vertices and coarse maps, each block weighted to unit total variance, 
     change(phi) = mean(Y) + phi^T B,    B = (Phi^T Phi + ridge * N * I)^-1 Phi^T (Y - mean(Y))
 
 so ``ridge`` is relative to the per-identity scale (0: least squares; large: the mean change, i.e. the
-plain 3DMM). The same operator serves the evaluation baseline (:func:`ridge_weights`: the prediction as a
+plain 3DMM). A unit moves few vertices (7% on average on our corpus), so the vertex part is stored sparsely:
+per unit, only the vertices some training identity moves by more than ``MOVING`` (0.1 um); the latent part
+uses only the first ``latent_components`` scores, to keep the file small. The same operator serves the evaluation baseline (:func:`ridge_weights`: the prediction as a
 weighted sum of the training identities' changes) and the pipeline's prior (:class:`ExpressionPrior`: ``B``
 stored per expression). Free prompts get the prior of the units they resemble (:meth:`ExpressionPrior.blend`).
 
@@ -34,6 +36,7 @@ from .weights import require_safetensors
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "expression_prior.safetensors"
 FEATURE_RESOLUTION = 16  # texels per tile side of the maps that enter the identity features (skin tone, not pores)
+MOVING = 1e-5  # cm: vertices a unit moves less than this in every training identity are stored as not moving
 
 Maps = Mapping[str, Mapping[int, np.ndarray]]  # {kind: {udim: (C, R, R)}}
 
@@ -78,8 +81,8 @@ class IdentityFeatures:
         """vertex_features (N, 3V) neutral vertices; map_features (N, Fm) coarse maps (``coarse_maps``)."""
         x = np.concatenate([vertex_features, map_features], axis=1).astype(np.float64)
         n = x.shape[0]
-        if n < 3:
-            raise ExpDiffInputError(None, f"the prior needs at least 3 training identities, got {n}")
+        if n < 2:
+            raise ExpDiffInputError(None, f"the prior needs at least 2 training identities, got {n}")
         mean = x.mean(axis=0)
         centred = x - mean
         scale = np.empty(x.shape[1])
@@ -117,8 +120,8 @@ def ridge_weights(train_scores: np.ndarray, query_scores: np.ndarray, ridge: flo
 @dataclass
 class ExpressionPriorConfig:
     """expressions: units with a prior (``neutral`` excluded: its change is zero). vertex_count: V.
-    latent_shape: (M, C, h, w) of the pipeline's latents, or None (no latent prior). map_kinds, udims: the
-    maps that enter the features. n_components, ridge: see the module docstring. units: length unit of
+    latent_shape: (M, C, h, w) of the pipeline's latents, or None (no latent prior); latent_components: how
+    many identity scores the latent part uses. map_kinds, udims: the maps that enter the features. n_components, ridge: see the module docstring. units: length unit of
     the vertex changes (the dataset's, cm). fitted_on: provenance (dataset, split, identities).
     """
 
@@ -129,20 +132,27 @@ class ExpressionPriorConfig:
     map_kinds: list[str]
     udims: list[int]
     latent_shape: list[int] | None = None
+    latent_components: int = 0
     units: str = "cm"
     fitted_on: dict = field(default_factory=dict)
     format: str = "expdiff-expression-prior/1"
 
 
 class ExpressionPrior:
-    """Per-expression ridge coefficients for the change of vertices (and latents) given the neutral."""
+    """Per-expression ridge coefficients for the change of vertices (and latents) given the neutral.
 
-    def __init__(self, config: ExpressionPriorConfig, features: IdentityFeatures,
-                 vertex_mean: np.ndarray, vertex_coef: np.ndarray,
+    Vertex part, sparse over the E units: ``vertex_offsets`` (E + 1,) into ``vertex_index`` (S,) vertex ids,
+    ``vertex_mean`` (S, 3) and ``vertex_coef`` (K, S, 3). Latent part: ``latent_mean`` (E, M, C, h, w) and
+    ``latent_coef`` (E, k, M, C, h, w) with k = ``config.latent_components``.
+    """
+
+    def __init__(self, config: ExpressionPriorConfig, features: IdentityFeatures, vertex_offsets: np.ndarray,
+                 vertex_index: np.ndarray, vertex_mean: np.ndarray, vertex_coef: np.ndarray,
                  latent_mean: np.ndarray | None = None, latent_coef: np.ndarray | None = None):
-        """vertex_mean (E, V, 3), vertex_coef (E, K, V, 3); latent_mean (E, M, C, h, w), latent_coef (E, K, ...)."""
         self.config = config
         self.features = features
+        self.vertex_offsets = np.asarray(vertex_offsets, np.int64)
+        self.vertex_index = np.asarray(vertex_index, np.int64)
         self.vertex_mean = np.asarray(vertex_mean, np.float32)
         self.vertex_coef = np.asarray(vertex_coef, np.float32)
         self.latent_mean = None if latent_mean is None else np.asarray(latent_mean, np.float32)
@@ -162,8 +172,8 @@ class ExpressionPrior:
         m = coarse_maps(neutral_maps, self.config.map_kinds, self.config.udims)[None]
         return self.features.scores(v, m)[0]
 
-    def weights_for(self, expressions: Sequence[tuple[Mapping[str, float]]]) -> np.ndarray:
-        """(N_expr, E) mixing weights from ``{unit: weight}`` dicts (neutral and unknown units weigh 0)."""
+    def weights_for(self, expressions: Sequence[Mapping[str, float]]) -> np.ndarray:
+        """(N_expr, E) mixing weights from ``{unit: weight}`` dicts (units without a prior weigh 0)."""
         out = np.zeros((len(expressions), len(self.index)), np.float32)
         for row, mix in enumerate(expressions):
             for unit, w in mix.items():
@@ -173,16 +183,21 @@ class ExpressionPrior:
 
     def vertex_change(self, scores: np.ndarray, mix: np.ndarray) -> np.ndarray:
         """(N_expr, V, 3) float32: prior vertex change for each row of mixing weights ``mix`` (N_expr, E)."""
-        per_unit = self.vertex_mean + np.einsum("k,ekvd->evd", scores.astype(np.float32), self.vertex_coef)
-        return np.einsum("ne,evd->nvd", mix, per_unit).astype(np.float32)
+        out = np.zeros((len(mix), self.config.vertex_count, 3), np.float32)
+        change = self.vertex_mean + np.einsum("k,ksd->sd", scores.astype(np.float32), self.vertex_coef)
+        for e in np.flatnonzero(np.abs(mix).sum(axis=0)):
+            part = slice(self.vertex_offsets[e], self.vertex_offsets[e + 1])
+            out[:, self.vertex_index[part]] += mix[:, e, None, None] * change[part]
+        return out
 
     def latent_change(self, scores: np.ndarray, mix: np.ndarray) -> np.ndarray | None:
         """(N_expr, M, C, h, w) float32 prior latent change, or None when the prior has no latent part."""
         if self.latent_mean is None:
             return None
+        k = self.latent_coef.shape[1]
         flat_mean = self.latent_mean.reshape(len(self.index), -1)
-        flat_coef = self.latent_coef.reshape(len(self.index), self.features.n_components, -1)
-        per_unit = flat_mean + np.einsum("k,ekd->ed", scores.astype(np.float32), flat_coef)
+        flat_coef = self.latent_coef.reshape(len(self.index), k, -1)
+        per_unit = flat_mean + np.einsum("k,ekd->ed", scores[:k].astype(np.float32), flat_coef)
         return (mix @ per_unit).reshape(len(mix), *self.latent_mean.shape[1:]).astype(np.float32)
 
     # -------------------------------------------------------------------------------------- persistence
@@ -191,6 +206,7 @@ class ExpressionPrior:
         tensors = {
             "features.mean": self.features.mean, "features.block_scale": self.features.block_scale,
             "features.basis": self.features.basis, "features.score_std": self.features.score_std,
+            "vertex.offsets": self.vertex_offsets, "vertex.index": self.vertex_index.astype(np.int32),
             "vertex.mean": self.vertex_mean, "vertex.coef": self.vertex_coef.astype(np.float16),
         }
         if self.latent_mean is not None:
@@ -213,20 +229,23 @@ class ExpressionPrior:
         except (json.JSONDecodeError, TypeError) as exc:
             raise ExpDiffInputError(folder / CONFIG_NAME, f"not an expression prior config ({exc})") from None
         require_safetensors(folder)
-        t = {k: v.float().numpy() for k, v in load_file(str(folder / WEIGHTS_NAME)).items()}
-        features = IdentityFeatures(t["features.mean"].astype(np.float64), t["features.block_scale"].astype(np.float64),
-                                    t["features.basis"].astype(np.float64), t["features.score_std"].astype(np.float64))
-        e, k, v = len(config.expressions), features.n_components, config.vertex_count
-        if t["vertex.coef"].shape != (e, k, v, 3):
-            raise ExpDiffInputError(folder / WEIGHTS_NAME, f"vertex coefficients are {t['vertex.coef'].shape}, "
-                                    f"the config says {(e, k, v, 3)}")
-        return cls(config, features, t["vertex.mean"], t["vertex.coef"], t.get("latent.mean"), t.get("latent.coef"))
+        t = {k: v.numpy() for k, v in load_file(str(folder / WEIGHTS_NAME)).items()}
+        f = {k: t[f"features.{k}"].astype(np.float64) for k in ("mean", "block_scale", "basis", "score_std")}
+        features = IdentityFeatures(**f)
+        e, k = len(config.expressions), features.n_components
+        s = t["vertex.index"].shape[0]
+        if t["vertex.offsets"].shape != (e + 1,) or t["vertex.coef"].shape != (k, s, 3) or t["vertex.mean"].shape != (s, 3):
+            raise ExpDiffInputError(folder / WEIGHTS_NAME, "vertex coefficients do not match the config's "
+                                    f"{e} units and {k} components")
+        return cls(config, features, t["vertex.offsets"], t["vertex.index"], t["vertex.mean"],
+                   t["vertex.coef"].astype(np.float32), t.get("latent.mean"),
+                   None if "latent.coef" not in t else t["latent.coef"].astype(np.float32))
 
 
 def fit_expression_prior(neutral_vertices: np.ndarray, neutral_map_features: np.ndarray,
                          vertex_changes: Mapping[str, np.ndarray], *, n_components: int, ridge: float,
                          map_kinds: Sequence[str], udims: Sequence[int],
-                         latent_changes: Mapping[str, np.ndarray] | None = None,
+                         latent_changes: Mapping[str, np.ndarray] | None = None, latent_components: int = 8,
                          fitted_on: Mapping | None = None) -> ExpressionPrior:
     """Fit the prior on N training identities.
 
@@ -244,13 +263,23 @@ def fit_expression_prior(neutral_vertices: np.ndarray, neutral_map_features: np.
         mean = flat.mean(axis=0)
         return mean.reshape(y.shape[1:]), (operator @ (flat - mean)).reshape(-1, *y.shape[1:])
 
-    vm, vc = zip(*(coefficients(vertex_changes[e]) for e in expressions))
+    offsets, index, means, coefs = [0], [], [], []
+    for e in expressions:
+        moving = np.flatnonzero(np.abs(vertex_changes[e]).max(axis=(0, 2)) > MOVING)
+        mean, coef = coefficients(vertex_changes[e][:, moving])
+        offsets.append(offsets[-1] + moving.size)
+        index.append(moving)
+        means.append(mean)
+        coefs.append(coef)
     lm = lc = None
-    latent_shape = None
+    latent_shape, k_latent = None, 0
     if latent_changes is not None:
+        k_latent = int(min(latent_components, features.n_components))
         lm, lc = zip(*(coefficients(latent_changes[e]) for e in expressions))
+        lc = [c[:k_latent] for c in lc]
         latent_shape = list(lm[0].shape)
     config = ExpressionPriorConfig(expressions, int(v), features.n_components, float(ridge), list(map_kinds),
-                                   [int(u) for u in udims], latent_shape, fitted_on=dict(fitted_on or {}))
-    return ExpressionPrior(config, features, np.stack(vm), np.stack(vc),
-                           None if lm is None else np.stack(lm), None if lc is None else np.stack(lc))
+                                   [int(u) for u in udims], latent_shape, k_latent, fitted_on=dict(fitted_on or {}))
+    return ExpressionPrior(config, features, np.asarray(offsets), np.concatenate(index), np.concatenate(means),
+                           np.concatenate(coefs, axis=1), None if lm is None else np.stack(lm),
+                           None if lc is None else np.stack(lc))

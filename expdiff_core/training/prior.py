@@ -8,7 +8,6 @@ The test split is never read.
 
 from __future__ import annotations
 
-import itertools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from .latents import LatentDataset, read_manifest
 
 COMPONENTS = (4, 8, 12, 16, 24, 32)
 RIDGES = (1e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0)
+UNTUNED = (16, 1e-2)  # (components, ridge) when there is no validation identity: the corpus's usual best
 
 
 @dataclass
@@ -129,6 +129,8 @@ def fit_prior(dataset_root: str | os.PathLike, out: str | os.PathLike, *, latent
     expressions = [e for e in dataset.units if e != NEUTRAL]
     train = IdentityCorpus.load(dataset, dataset.split(split), expressions, progress)
     scores: list[PriorScore] = []
+    if (n_components is None or ridge is None) and not dataset.split(tune_split):
+        n_components, ridge = n_components or UNTUNED[0], UNTUNED[1] if ridge is None else ridge
     if n_components is None or ridge is None:
         val = IdentityCorpus.load(dataset, dataset.split(tune_split), expressions, progress)
         scores = score_candidates(train, val, components=[n_components] if n_components else COMPONENTS,
@@ -150,5 +152,3 @@ def fit_prior(dataset_root: str | os.PathLike, out: str | os.PathLike, *, latent
     return prior, scores
 
 
-def candidate_grid() -> list[tuple[int, float]]:
-    return list(itertools.product(COMPONENTS, RIDGES))

@@ -68,3 +68,31 @@ def test_mean_training_face_is_computed_once_per_dataset_and_split(procedural_da
 def test_an_empty_training_split_is_a_clear_error(linear_dataset):
     with pytest.raises(ExpDiffInputError, match="split .val. has no subject"):
         mean_training_face(Dataset(linear_dataset), UNITS, split="val", progress=False)
+
+
+def test_ridge_equals_the_truth_when_expressions_are_exactly_linear(linear_dataset):
+    from expdiff_core.evaluation.baselines import RidgeBaseline
+    from expdiff_core.evaluation.baselines import Prediction
+
+    ds = Dataset(linear_dataset)
+    subject = ds.split("test")[0]
+    neutral = Prediction(ds.load_vertices(subject, "neutral"), ds.load_maps(subject, "neutral"))
+    # every identity has the same change, so the regression has nothing to add to the mean change
+    predicted = RidgeBaseline(ds, UNITS, progress=False).predict([neutral], UNITS)[0]
+    for unit in UNITS:
+        assert fvd(predicted[unit].vertices, ds.load_vertices(subject, unit)) < 1e-4  # as for 3DMM above
+        true = ds.load_map(subject, unit, "albedo", 1001)
+        assert np.abs(predicted[unit].maps["albedo"][1001] - true).max() < 1e-3  # half-float maps, as above
+
+
+def test_ridge_is_personal_where_3dmm_is_not(procedural_dataset):
+    from expdiff_core.evaluation.baselines import Prediction, RidgeBaseline
+
+    ds = Dataset(procedural_dataset)
+    subjects = ds.split("train")
+    neutrals = [Prediction(ds.load_vertices(s, "neutral"), ds.load_maps(s, "neutral")) for s in subjects]
+    ridge = RidgeBaseline(ds, UNITS, n_components=1, ridge=1e-6, progress=False)
+    predicted = ridge.predict(neutrals, ["jawOpen"])
+    # two training identities, one component, almost no shrinkage: each training identity gets its own change
+    for s, p in zip(subjects, predicted):
+        assert fvd(p["jawOpen"].vertices, ds.load_vertices(s, "jawOpen")) < 0.01

@@ -29,14 +29,14 @@ def test_eval_prints_the_table_writes_the_csv_and_never_overwrites_it(procedural
     assert main(argv) == 0
     text = capsys.readouterr().out
     table = text[text.index("Method"):]
-    for method in ("neutral copy", "3DMM", "ExpDiff"):
+    for method in ("neutral copy", "3DMM", "ridge", "ExpDiff"):
         assert f"\n{method} " in table
-    assert "1 subject(s) x 1 expression(s), 3 method(s)" in text
+    assert "1 subject(s) x 1 expression(s), 4 method(s)" in text
     assert "LPIPS: not computed: lpips_weights_path is not configured" in text
     assert "MLflow" not in text
     rows = read_csv(tmp_path / "eval" / "metrics.csv")
     assert [(r.method, r.expression) for r in rows] == [
-        (m, e) for m in ("neutral copy", "3DMM", "ExpDiff") for e in (ALL, "jawOpen")]
+        (m, e) for m in ("neutral copy", "3DMM", "ridge", "ExpDiff") for e in (ALL, "jawOpen")]
 
     before = (tmp_path / "eval" / "metrics.csv").read_bytes()
     assert main(argv) == 2

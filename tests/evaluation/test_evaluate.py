@@ -23,12 +23,21 @@ def baseline_rows(procedural_dataset):
 
 def test_rows_hold_an_all_row_then_one_per_expression_for_each_baseline(baseline_rows):
     assert [(r.method, r.expression) for r in baseline_rows] == [
-        (m, e) for m in ("neutral copy", "3DMM") for e in [ALL, *UNITS]]
+        (m, e) for m in ("neutral copy", "3DMM", "ridge") for e in [ALL, *UNITS]]
     by_key = {(r.method, r.expression): r for r in baseline_rows}
     assert by_key[("3DMM", ALL)].samples == len(UNITS) and by_key[("3DMM", "jawOpen")].samples == 1
     for r in baseline_rows:
         assert set(r.psnr) == set(r.ssim) == {"albedo", "specular", "roughness", "normal"}
         assert r.lpips == {} and r.lpips_mean is None
+
+
+def test_change_psnr_is_scored_for_every_kind_that_changes(baseline_rows):
+    rows = {(r.method, r.expression): r for r in baseline_rows}
+    copy, mean = rows[("neutral copy", ALL)], rows[("3DMM", ALL)]
+    # neutral copy predicts no change: its change error is the whole change, so 3DMM (the mean change) beats it
+    assert set(copy.change_psnr) == {"albedo", "specular", "roughness", "normal"}
+    assert mean.change_psnr_mean > copy.change_psnr_mean
+    assert mean.change_region_psnr_mean > copy.change_region_psnr_mean
 
 
 def test_the_all_row_is_the_mean_over_every_sample(baseline_rows):
