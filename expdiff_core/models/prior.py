@@ -246,11 +246,12 @@ def fit_expression_prior(neutral_vertices: np.ndarray, neutral_map_features: np.
                          vertex_changes: Mapping[str, np.ndarray], *, n_components: int, ridge: float,
                          map_kinds: Sequence[str], udims: Sequence[int],
                          latent_changes: Mapping[str, np.ndarray] | None = None, latent_components: int = 8,
-                         fitted_on: Mapping | None = None) -> ExpressionPrior:
+                         latent_rows: Sequence[int] | None = None, fitted_on: Mapping | None = None) -> ExpressionPrior:
     """Fit the prior on N training identities.
 
     neutral_vertices (N, V, 3); neutral_map_features (N, Fm) from ``coarse_maps``; vertex_changes
-    {expression: (N, V, 3)} (expression minus neutral); latent_changes {expression: (N, M, C, h, w)}.
+    {expression: (N, V, 3)} (expression minus neutral); latent_changes {expression: (n, M, C, h, w)} of the
+    identities ``latent_rows`` (default: all N, in order).
     """
     n, v, _ = neutral_vertices.shape
     features = IdentityFeatures.fit(neutral_vertices.reshape(n, -1), neutral_map_features, n_components)
@@ -258,10 +259,10 @@ def fit_expression_prior(neutral_vertices: np.ndarray, neutral_map_features: np.
     operator = ridge_operator(scores, ridge)  # (K, N)
     expressions = list(vertex_changes)
 
-    def coefficients(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        flat = y.reshape(n, -1).astype(np.float64)
+    def coefficients(y: np.ndarray, op: np.ndarray = operator) -> tuple[np.ndarray, np.ndarray]:
+        flat = y.reshape(len(y), -1).astype(np.float64)
         mean = flat.mean(axis=0)
-        return mean.reshape(y.shape[1:]), (operator @ (flat - mean)).reshape(-1, *y.shape[1:])
+        return mean.reshape(y.shape[1:]), (op @ (flat - mean)).reshape(-1, *y.shape[1:])
 
     offsets, index, means, coefs = [0], [], [], []
     for e in expressions:
@@ -275,8 +276,12 @@ def fit_expression_prior(neutral_vertices: np.ndarray, neutral_map_features: np.
     latent_shape, k_latent = None, 0
     if latent_changes is not None:
         k_latent = int(min(latent_components, features.n_components))
-        lm, lc = zip(*(coefficients(latent_changes[e]) for e in expressions))
-        lc = [c[:k_latent] for c in lc]
+        rows = np.arange(n) if latent_rows is None else np.asarray(latent_rows)
+        sub = scores[rows, :k_latent]
+        centre = sub.mean(axis=0)  # scores are centred on all N identities; the latents may cover fewer
+        latent_operator = ridge_operator(sub - centre, ridge)
+        lm, lc = zip(*(coefficients(latent_changes[e], latent_operator) for e in expressions))
+        lm = [m - np.tensordot(centre, c, axes=1) for m, c in zip(lm, lc)]
         latent_shape = list(lm[0].shape)
     config = ExpressionPriorConfig(expressions, int(v), features.n_components, float(ridge), list(map_kinds),
                                    [int(u) for u in udims], latent_shape, k_latent, fitted_on=dict(fitted_on or {}))

@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from ..errors import ExpDiffInputError
 from ..io.dataset import NEUTRAL, Dataset
-from ..models.prior import (ExpressionPrior, IdentityFeatures, coarse_maps, fit_expression_prior, ridge_weights)
-from .latents import LatentDataset, read_manifest
+from ..models.prior import ExpressionPrior, IdentityFeatures, coarse_maps, fit_expression_prior, ridge_weights
+from .latents import latent_key, read_latent_shard, read_manifest
 
 COMPONENTS = (4, 8, 12, 16, 24, 32)
 RIDGES = (1e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0)
@@ -64,19 +65,29 @@ class IdentityCorpus:
         return cls(list(subjects), verts, np.stack(feats), vchange, {e: np.stack(m) for e, m in mchange.items()})
 
 
-def latent_changes(latents_root: str | os.PathLike, split: str, subjects: Sequence[str],
-                   expressions: Sequence[str]) -> dict[str, np.ndarray]:
-    """{expression: (N, M, C, h, w)} latent minus neutral latent, subjects in the given order."""
-    data = LatentDataset(latents_root, split, expressions=list(expressions))
-    missing = sorted(set(subjects) - set(data.subjects))
-    if missing:
-        raise ExpDiffInputError(Path(latents_root), f"has no latents of subject(s) {missing[:3]}")
+def latent_changes(latents_root: str | os.PathLike, subjects: Sequence[str],
+                   expressions: Sequence[str]) -> tuple[list[int], dict[str, np.ndarray]]:
+    """(rows, {expression: (n, M, C, h, w)}): latent minus neutral latent of the ``subjects`` that have a shard
+    (``rows``: their positions in ``subjects``), maps tile-major as the pipeline orders them.
+
+    Encoding is the slowest step of the recipe (~30 s per identity on 2 CPU cores), so the latent part may be
+    fitted on the identities encoded so far; at least 2 are needed.
+    """
+    manifest = read_manifest(latents_root)
+    if manifest.kinds[0] != "position":
+        raise ExpDiffInputError(Path(latents_root), f"latent kinds {manifest.kinds} do not start with position")
+    rows = [i for i, s in enumerate(subjects) if (Path(latents_root) / f"{s}.safetensors").is_file()]
+    if len(rows) < 2:
+        raise ExpDiffInputError(Path(latents_root), f"has latents of {len(rows)} of the {len(subjects)} identities; "
+                                "the prior needs at least 2")
+    order = [(k, u) for u in manifest.udims for k in manifest.kinds]
     out = {e: [] for e in expressions}
-    for s in subjects:
-        z0 = data.neutral(s)
+    for i in rows:
+        shard = read_latent_shard(Path(latents_root) / f"{subjects[i]}.safetensors")
+        z0 = torch.stack([shard[latent_key(NEUTRAL, k, u)].float() for k, u in order])
         for e in expressions:
-            out[e].append((data.target(s, e) - z0).numpy())
-    return {e: np.stack(v) for e, v in out.items()}
+            out[e].append((torch.stack([shard[latent_key(e, k, u)].float() for k, u in order]) - z0).numpy())
+    return rows, {e: np.stack(v) for e, v in out.items()}
 
 
 @dataclass
@@ -137,18 +148,54 @@ def fit_prior(dataset_root: str | os.PathLike, out: str | os.PathLike, *, latent
                                   ridges=[ridge] if ridge is not None else RIDGES)
         chosen = best_candidate(scores)
         n_components, ridge = chosen.n_components, chosen.ridge
-    latents = None
+    latents, rows = None, None
     if latents_root is not None:
-        manifest = read_manifest(latents_root)
-        if manifest.kinds[0] != "position":
-            raise ExpDiffInputError(Path(latents_root), f"latent kinds {manifest.kinds} do not start with position")
-        latents = latent_changes(latents_root, split, train.subjects, expressions)
+        rows, latents = latent_changes(latents_root, train.subjects, expressions)
     prior = fit_expression_prior(
         train.neutral_vertices, train.map_features, train.vertex_changes, n_components=n_components, ridge=ridge,
-        map_kinds=list(dataset.map_kinds), udims=list(dataset.udims), latent_changes=latents,
+        map_kinds=list(dataset.map_kinds), udims=list(dataset.udims), latent_changes=latents, latent_rows=rows,
         fitted_on={"dataset": dataset.root.name, "split": split, "identities": len(train.subjects),
+                   "latent_identities": None if rows is None else len(rows),
                    "tuned_on": tune_split if scores else None})
     prior.save_pretrained(out)
     return prior, scores
 
 
+
+
+def score_prior_strengths(model_dir: str | os.PathLike, dataset_root: str | os.PathLike, strengths: Sequence[float],
+                          *, split: str = "val", max_subjects: int | None = 4, steps: int | None = None,
+                          seed: int = 0, device: str = "cpu", progress: bool = True) -> list[dict]:
+    """Score a pipeline with a prior at several SDEdit strengths on ``split`` (never the test split).
+
+    Returns one dict per strength: ``strength``, ``fvd_mm`` and ``change_psnr`` (mean over kinds), averaged
+    over the subjects' every unit.
+    """
+    from ..evaluation.evaluate import expdiff_predictions, score_predictions
+    from ..evaluation.baselines import Prediction
+    from ..pipelines.expdiff import ExpDiffPipeline
+
+    if split == "test":
+        raise ExpDiffInputError(None, "the prior strength is tuned on val (or train), never on the test split")
+    dataset = Dataset(Path(dataset_root))
+    pipe = ExpDiffPipeline.from_pretrained(model_dir, device=device)
+    if pipe.prior is None:
+        raise ExpDiffInputError(Path(model_dir), "has no expression prior")
+    units = [e for e in dataset.units if e != NEUTRAL]
+    kinds = list(dataset.map_kinds)
+    subjects = dataset.split(split)[:max_subjects]
+    results = []
+    for strength in strengths:
+        pipe.config.prior_strength = float(strength)
+        fvd, change = [], []
+        for s in tqdm(subjects, desc=f"strength {strength}", disable=not progress):
+            neutral = Prediction(dataset.load_vertices(s, NEUTRAL), dataset.load_maps(s, NEUTRAL, kinds))
+            mesh = dataset.template().with_vertices(neutral.vertices)
+            predicted = expdiff_predictions(pipe, mesh, neutral.maps, units, seed=seed, steps=steps)
+            truth = {e: Prediction(dataset.load_vertices(s, e), dataset.load_maps(s, e, kinds)) for e in units}
+            for sample in score_predictions(predicted, truth, kinds, neutral=neutral).values():
+                fvd.append(sample.fvd_mm)
+                change.extend(sample.change_psnr.values())
+        results.append({"strength": float(strength), "fvd_mm": float(np.mean(fvd)),
+                        "change_psnr": float(np.mean(change))})
+    return results
