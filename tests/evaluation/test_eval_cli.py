@@ -32,7 +32,7 @@ def test_eval_prints_the_table_writes_the_csv_and_never_overwrites_it(procedural
     for method in ("neutral copy", "3DMM", "ridge", "ExpDiff"):
         assert f"\n{method} " in table
     assert "1 subject(s) x 1 expression(s), 4 method(s)" in text
-    assert "LPIPS: not computed: lpips_weights_path is not configured" in text
+    assert "LPIPS: not computed: no LPIPS weights: lpips_weights_path is not configured" in text
     assert "MLflow" not in text
     rows = read_csv(tmp_path / "eval" / "metrics.csv")
     assert [(r.method, r.expression) for r in rows] == [
