@@ -86,12 +86,16 @@ def _load_textures(ingested: Mapping[str, Any]) -> dict[str, dict[int, np.ndarra
 # ---------------------------------------------------------------------- 2. encode
 def encode_neutral(ingested: Mapping[str, Any], model_dir: str | os.PathLike, work_dir: str | os.PathLike,
                    device: str = "auto") -> dict[str, Any]:
-    """Neutral maps at model resolution -> latents (M, C, h, w) in ``<work>/neutral_latents.safetensors``."""
+    """Neutral maps at model resolution -> latents (M, C, h, w) in ``<work>/neutral_latents.safetensors``
+    (with the neutral's identity scores ``prior_scores`` (K,) when the model has an expression prior)."""
     pipe = load_pipeline(str(model_dir), device)
     mesh = read_mesh(ingested["mesh"])
-    z0 = pipe.encode(pipe.neutral_maps(mesh, _load_textures(ingested)))
-    path = _save_tensors(Path(work_dir) / "neutral_latents.safetensors", {"latents": z0})
-    return {"latents": str(path), "shape": list(z0.shape)}
+    textures = _load_textures(ingested)
+    tensors = {"latents": pipe.encode(pipe.neutral_maps(mesh, textures))}
+    if pipe.prior is not None:
+        tensors["prior_scores"] = torch.from_numpy(pipe.prior_scores(mesh, textures).astype(np.float32))
+    path = _save_tensors(Path(work_dir) / "neutral_latents.safetensors", tensors)
+    return {"latents": str(path), "shape": list(tensors["latents"].shape), "units": mesh.units}
 
 
 # ---------------------------------------------------------------------- 3. diffuse
@@ -111,37 +115,72 @@ def diffuse(encoded: Mapping[str, Any], model_dir: str | os.PathLike, expression
             work_dir: str | os.PathLike, *, seed: int = 0, steps: int | None = None, sampler: str | None = None,
             strength: float | None = None, device: str = "auto", batch_size: int = 16,
             on_progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-    """Sample every expression's latents in one (chunked) batch -> ``<work>/expression_latents.safetensors``."""
+    """Sample every expression's latents in one (chunked) batch -> ``<work>/expression_latents.safetensors``.
+
+    With an expression prior, each expression starts from the prior's latents (``start``, saved too, with the
+    prior's vertex change ``prior_vertices`` (N, V, 3) in the mesh's units) at the model's prior strength.
+    """
     pipe = load_pipeline(str(model_dir), device)
     exprs = expression_list(expressions)
-    z0 = load_file(encoded["latents"])["latents"]
+    neutral = load_file(encoded["latents"])
+    z0 = neutral["latents"]
     t0 = time.perf_counter()
+    tensors = {}
+    if pipe.use_prior and "prior_scores" in neutral:
+        prior_vertices, prior_latents = pipe.prior_changes(neutral["prior_scores"].numpy(), exprs, encoded["units"])
+        tensors = {"start": z0[None] + prior_latents, "prior_vertices": torch.from_numpy(prior_vertices)}
+        strength = pipe.config.prior_strength if strength is None else strength
     latents = pipe.sample(z0, exprs, seed=seed, steps=steps, sampler=sampler, strength=strength,
-                          batch_size=batch_size, on_progress=on_progress)
-    path = _save_tensors(Path(work_dir) / "expression_latents.safetensors", {"latents": latents})
+                          batch_size=batch_size, on_progress=on_progress, start_latents=tensors.get("start"))
+    path = _save_tensors(Path(work_dir) / "expression_latents.safetensors", {"latents": latents, **tensors})
     cfg = pipe.config
     return {"latents": str(path), "labels": [e.label for e in exprs], "prompts": [e.prompt for e in exprs],
             "seed": seed, "steps": int(steps or cfg.steps), "sampler": sampler or cfg.sampler,
-            "strength": float(cfg.strength if strength is None else strength), "seconds": time.perf_counter() - t0}
+            "strength": float(cfg.strength if strength is None else strength), "prior": bool(tensors),
+            "neutral_latents": encoded["latents"],
+            "seconds": time.perf_counter() - t0}
 
 
 # ---------------------------------------------------------------------- 4. decode
 def decode(diffused: Mapping[str, Any], model_dir: str | os.PathLike, work_dir: str | os.PathLike,
            device: str = "auto") -> dict[str, Any]:
-    """Latents -> model-resolution maps ``<work>/decoded/<label>/<kind>.<udim>.exr`` (float EXR)."""
+    """Latents -> model-resolution maps ``<work>/decoded/<label>/<kind>.<udim>.exr`` (float EXR).
+
+    With a prior, also each expression's reference ``<work>/references/<label>/...``: its decoded prior
+    latents for ``position`` and the decoded neutral latents for the BRDF kinds (see ``pipelines.expdiff``);
+    without, every expression is read against the decoded generated neutral.
+    """
     pipe = load_pipeline(str(model_dir), device)
-    latents = load_file(diffused["latents"])["latents"]
+    tensors = load_file(diffused["latents"])
     root = Path(work_dir) / "decoded"
-    for label, maps in zip(diffused["labels"], pipe.decode(latents)):
-        for kind, tiles in maps.items():
-            for udim, image in tiles.items():
-                write_image(root / label / f"{kind}.{udim}.exr", image.transpose(1, 2, 0), pixel_type="float")
-    return {"decoded": str(root), "labels": list(diffused["labels"]), "kinds": list(pipe.config.kinds),
-            "udims": list(pipe.config.udims)}
+
+    def write(folder: Path, label: str, maps: Mapping[str, Mapping[int, np.ndarray]], kinds: Sequence[str]) -> None:
+        for kind in kinds:
+            for udim, image in maps[kind].items():
+                write_image(folder / label / f"{kind}.{udim}.exr", image.transpose(1, 2, 0), pixel_type="float")
+
+    kinds = list(pipe.config.kinds)
+    for label, maps in zip(diffused["labels"], pipe.decode(tensors["latents"])):
+        write(root, label, maps, kinds)
+    out = {"decoded": str(root), "labels": list(diffused["labels"]), "kinds": kinds, "udims": list(pipe.config.udims)}
+    if "start" in tensors:
+        references = Path(work_dir) / "references"
+        neutral = pipe.decode(load_file(diffused["neutral_latents"])["latents"][None])[0]
+        for label, maps in zip(diffused["labels"], pipe.decode(tensors["start"])):
+            write(references, label, {**neutral, POSITION: maps[POSITION]}, kinds)
+        out.update(references=str(references), prior_vertices=diffused["latents"])
+    return out
 
 
 def _decoded_map(decoded: Mapping[str, Any], label: str, kind: str, udim: int) -> np.ndarray:
     return read_image(Path(decoded["decoded"]) / label / f"{kind}.{udim}.exr").transpose(2, 0, 1)
+
+
+def _reference_map(decoded: Mapping[str, Any], label: str, kind: str, udim: int) -> np.ndarray:
+    """What ``label``'s map is read against: its reference (with a prior) or the generated neutral."""
+    if "references" in decoded:
+        return read_image(Path(decoded["references"]) / label / f"{kind}.{udim}.exr").transpose(2, 0, 1)
+    return _decoded_map(decoded, NEUTRAL, kind, udim)
 
 
 # ---------------------------------------------------------------------- 5. recover
@@ -154,12 +193,14 @@ def recover(decoded: Mapping[str, Any], ingested: Mapping[str, Any], model_dir: 
     pipe = load_pipeline(str(model_dir), "cpu")
     mesh = read_mesh(ingested["mesh"])
     udims = decoded["udims"]
-    position = {label: {u: _decoded_map(decoded, label, POSITION, u) for u in udims} for label in decoded["labels"]}
     sampler = pipe.vertex_sampler(mesh)
     to_mm = {"cm": 10.0, "mm": 1.0, "m": 1000.0}[mesh.units]
+    prior = load_file(decoded["prior_vertices"])["prior_vertices"].numpy() if "prior_vertices" in decoded else None
     vertices, figures = {}, {}
-    for label in decoded["labels"]:
-        v = pipe.recover(mesh, position[label], position[NEUTRAL], sampler).vertices
+    for i, label in enumerate(decoded["labels"]):
+        base = mesh if prior is None else mesh.with_vertices(mesh.vertices + prior[i])
+        v = pipe.recover(base, {u: _decoded_map(decoded, label, POSITION, u) for u in udims},
+                         {u: _reference_map(decoded, label, POSITION, u) for u in udims}, sampler).vertices
         d = np.linalg.norm(v - mesh.vertices, axis=1) * to_mm
         vertices[label] = v
         figures[label] = {"mean_displacement_mm": float(d.mean()), "max_displacement_mm": float(d.max())}
@@ -178,7 +219,6 @@ def transfer_textures(decoded: Mapping[str, Any], ingested: Mapping[str, Any], k
     root = Path(work_dir) / "maps"
     user = ingested["textures"].get(kind)
     user_maps = read_texture_set({int(u): p for u, p in user.items()}, kind) if user else None
-    generated_neutral = {u: _decoded_map(decoded, NEUTRAL, kind, u) for u in decoded["udims"]}
     for label in decoded["labels"]:
         for udim in decoded["udims"]:
             gen = _decoded_map(decoded, label, kind, udim)
@@ -186,7 +226,7 @@ def transfer_textures(decoded: Mapping[str, Any], ingested: Mapping[str, Any], k
                 out = gen
             else:
                 ref = user_maps[udim] if kind not in ("specular", "roughness") else user_maps[udim][:1]
-                out = transfer_map(ref, gen, generated_neutral[udim], kind)
+                out = transfer_map(ref, gen, _reference_map(decoded, label, kind, udim), kind)
             write_image(root / label / f"{kind}.{udim}.exr", out.transpose(1, 2, 0), pixel_type="half")
     return {"maps": str(root), "kind": kind, "labels": list(decoded["labels"]), "udims": list(decoded["udims"])}
 

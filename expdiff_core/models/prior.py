@@ -205,7 +205,7 @@ class ExpressionPrior:
         """Write ``config.json`` + ``expression_prior.safetensors`` (coefficients in float16) into a new folder."""
         tensors = {
             "features.mean": self.features.mean, "features.block_scale": self.features.block_scale,
-            "features.basis": self.features.basis, "features.score_std": self.features.score_std,
+            "features.basis": self.features.basis.astype(np.float32), "features.score_std": self.features.score_std,
             "vertex.offsets": self.vertex_offsets, "vertex.index": self.vertex_index.astype(np.int32),
             "vertex.mean": self.vertex_mean, "vertex.coef": self.vertex_coef.astype(np.float16),
         }

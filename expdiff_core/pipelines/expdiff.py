@@ -350,23 +350,27 @@ class ExpDiffPipeline:
             rows.append(row)
         return self.prior.weights_for(rows)
 
-    def prior_changes(self, mesh: FaceMesh, textures: Mapping[str, Mapping[int, np.ndarray]],
-                      expressions: Sequence[Expression]) -> tuple[np.ndarray, torch.Tensor]:
-        """The prior's change for each expression: vertices (N, V, 3) in the mesh's units, latents (N, M, C, h, w).
+    def prior_scores(self, mesh: FaceMesh, textures: Mapping[str, Mapping[int, np.ndarray]]) -> np.ndarray:
+        """(K,) the neutral's identity scores under the prior.
 
-        textures: the user's own maps (kinds they do not have are left out, not albedo-filled), any resolution
-        that is a multiple of 16.
+        textures: the user's own maps (kinds they do not have are left out, not albedo-filled), any resolution.
         """
         if self.prior is None or self.prior.latent_mean is None:
             raise ExpDiffInputError(None, "this model has no expression prior with latents")
-        factor = {"cm": 1.0, "mm": 10.0, "m": 0.01}
-        to_prior = factor[self.prior.config.units] / factor[mesh.units]
         r = self.config.resolution
         coarse = {k: {u: _channels(resize_map(t, r), 3 if k in ("albedo", "normal") else 1)
                       for u, t in tiles.items() if u in self.config.udims} for k, tiles in textures.items()}
-        scores = self.prior.scores(mesh.vertices * to_prior, coarse)
+        return self.prior.scores(mesh.vertices * self._to_prior_units(mesh.units), coarse)
+
+    def _to_prior_units(self, units: str) -> np.float32:
+        factor = {"cm": 1.0, "mm": 10.0, "m": 0.01}
+        return np.float32(factor[self.prior.config.units] / factor[units])
+
+    def prior_changes(self, scores: np.ndarray, expressions: Sequence[Expression],
+                      units: str) -> tuple[np.ndarray, torch.Tensor]:
+        """The prior's change for each expression: vertices (N, V, 3) in ``units``, latents (N, M, C, h, w)."""
         mix = self.prior_mix(expressions)
-        vertices = self.prior.vertex_change(scores, mix) / np.float32(to_prior)
+        vertices = self.prior.vertex_change(scores, mix) / self._to_prior_units(units)
         return vertices, torch.from_numpy(self.prior.latent_change(scores, mix))
 
     @torch.no_grad()
@@ -493,7 +497,7 @@ class ExpDiffPipeline:
                         for label, maps in zip(labels, decoded)}
             return ExpDiffOutput(labels, vertices, dict(zip(labels, decoded)), latents,
                                  {label: neutral_maps for label in labels})
-        prior_vertices, prior_latents = self.prior_changes(mesh, textures, exprs)
+        prior_vertices, prior_latents = self.prior_changes(self.prior_scores(mesh, textures), exprs, mesh.units)
         start = z0[None] + prior_latents
         latents = self.sample(z0, exprs, seed=seed, steps=steps, sampler=sampler, progress=progress,
                               strength=self.config.prior_strength if strength is None else strength,

@@ -14,10 +14,39 @@ KINDS = ["position", "albedo", "specular", "roughness", "normal"]
 RESOLUTION = 32  # 4x4 latents: the smallest size the 8x VAE and a patch-2 denoiser accept
 
 
-def tiny_pipeline_folder(root, text_conditioning: str = "encoder", target: str = "absolute"):
+PRIOR_UNITS = ["jawOpen", "mouthSmile_L", "mouthSmile_R"]
+
+
+def tiny_prior_folder(root, template, n_identities: int = 6):
+    """Write an expression prior fitted on made-up identities of ``template`` (one latent component); returns it.
+
+    Identity k is the template scaled by 1 + 0.02 k; jawOpen moves the lower half down by 1 cm (more for
+    bigger faces), mouthSmile_L/_R lift the +X/-X half by 0.5 cm; latent changes are small fixed patterns.
+    """
+    from expdiff_core.models.prior import fit_expression_prior
+
+    rng = np.random.default_rng(0)
+    v = template.vertices.astype(np.float64)
+    scales = 1.0 + 0.02 * np.arange(n_identities)
+    neutrals = np.stack([v * s for s in scales])
+    lower, left = (v[:, 1] < np.median(v[:, 1]))[:, None], (v[:, 0] > 0)[:, None]
+    up = np.array([0.0, 1.0, 0.0])
+    changes = {"jawOpen": np.stack([-s * up * lower for s in scales]),
+               "mouthSmile_L": np.stack([0.5 * up * left for _ in scales]),
+               "mouthSmile_R": np.stack([0.5 * up * ~left for _ in scales])}
+    latents = {u: np.stack([rng.normal(size=(2 * len(KINDS), 4, RESOLUTION // 8, RESOLUTION // 8)) * 0.1] * n_identities)
+               for u in PRIOR_UNITS}
+    prior = fit_expression_prior(neutrals.astype(np.float32), np.zeros((n_identities, 0)),
+                                 {u: c.astype(np.float32) for u, c in changes.items()}, n_components=2, ridge=1e-6,
+                                 map_kinds=[], udims=[], latent_changes=latents, latent_components=1)
+    return prior.save_pretrained(root / "prior")
+
+
+def tiny_pipeline_folder(root, text_conditioning: str = "encoder", target: str = "absolute", prior: bool = False):
     """Write a pipeline folder under ``root / "model"`` (random weights, 4 sampling steps); returns it.
 
     target="residual": the denoiser diffuses (expression - neutral) latents, every map scaled by 4.
+    prior: also an expression prior (``tiny_prior_folder``), sampled from at strength 0.
     """
     template = template_mesh()
     config = PipelineConfig(kinds=KINDS, udims=[1001, 1002], resolution=RESOLUTION,
@@ -31,7 +60,9 @@ def tiny_pipeline_folder(root, text_conditioning: str = "encoder", target: str =
     den_dir = root / "parts" / "denoiser"
     denoiser.save_pretrained(den_dir)
     training_noise_scheduler().save_pretrained(den_dir)
-    return ExpDiffPipeline.assemble(root / "model", config, vae_dir, den_dir, template, "# tiny test model\n")
+    prior_dir = tiny_prior_folder(root / "parts", template) if prior else None
+    return ExpDiffPipeline.assemble(root / "model", config, vae_dir, den_dir, template, "# tiny test model\n",
+                                    prior_folder=prior_dir)
 
 
 def neutral_textures(resolution: int = 48) -> dict[str, dict[int, np.ndarray]]:

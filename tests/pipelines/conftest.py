@@ -23,3 +23,9 @@ def tiny_pipeline(tiny_model):
 def tiny_residual_pipeline(tmp_path_factory):
     folder = tiny_pipeline_folder(tmp_path_factory.mktemp("tiny-expdiff-residual"), target="residual")
     return ExpDiffPipeline.from_pretrained(folder, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_prior_pipeline(tmp_path_factory):
+    folder = tiny_pipeline_folder(tmp_path_factory.mktemp("tiny-expdiff-prior"), target="residual", prior=True)
+    return ExpDiffPipeline.from_pretrained(folder, device="cpu")
