@@ -26,6 +26,10 @@ def tiny_residual_pipeline(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def tiny_prior_pipeline(tmp_path_factory):
-    folder = tiny_pipeline_folder(tmp_path_factory.mktemp("tiny-expdiff-prior"), target="residual", prior=True)
-    return ExpDiffPipeline.from_pretrained(folder, device="cpu")
+def tiny_prior_model(tmp_path_factory):
+    return tiny_pipeline_folder(tmp_path_factory.mktemp("tiny-expdiff-prior"), target="residual", prior=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_prior_pipeline(tiny_prior_model):
+    return ExpDiffPipeline.from_pretrained(tiny_prior_model, device="cpu")
