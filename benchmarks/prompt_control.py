@@ -7,7 +7,10 @@ Prints, for one identity:
   mesh and the position along the w=0 -> w=1 direction (projection, 0 at w=0 and 1 at w=1); geometry changes
   monotonically when both rise with w;
 - the novel prompt "nose right": mean and max vertex distance from the generated neutral (Eq. 9 result);
-- sides: mean displacement of the character's left (+X) vs right half for mouthSmile_L and mouthSmile_R.
+- "smile on both sides": the lift (+Y, mm) at the vertex mouthSmile_L lifts most and the one mouthSmile_R lifts most;
+- sides, for every _L/_R pair: own half over other half mean displacement (>= 3 wanted) and the cosine of the
+  _L offsets with the mirrored _R offsets (>= 0.9 wanted), with the same figures for the truth when the
+  dataset has the units.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import argparse
 
 import numpy as np
 
+from expdiff_core.evaluation.sides import side_pairs, sides_table
 from expdiff_core.facs import NEUTRAL
 from expdiff_core.io.dataset import Dataset
 from expdiff_core.pipelines.expdiff import ExpDiffPipeline, Expression
@@ -39,7 +43,8 @@ def main() -> None:
     mesh = data.template().with_vertices(data.load_vertices(subject, NEUTRAL), name=subject)
     maps = data.load_maps(subject, NEUTRAL, [k for k in pipe.config.kinds if k != "position"])
     blends = [f"jawOpen->mouthSmile_L@{w}" for w in WEIGHTS]
-    out = pipe(mesh, maps, [NEUTRAL, *blends, "nose right", "mouthSmile_L", "mouthSmile_R"], seed=args.seed,
+    pairs = [u for pair in side_pairs() for u in pair]
+    out = pipe(mesh, maps, [NEUTRAL, *blends, "nose right", "smile on both sides", *pairs], seed=args.seed,
                steps=args.steps, progress=False)
     scale = MM_PER_CM if data.template().units == "cm" else 1.0
     meshes = [out.vertices[Expression.parse(spec).label].astype(np.float64) for spec in blends]
@@ -59,10 +64,25 @@ def main() -> None:
     neutral = out.vertices[NEUTRAL].astype(np.float64)
     nose = np.linalg.norm(out.vertices[Expression.parse("nose right").label] - neutral, axis=1) * scale
     print(f"novel prompt 'nose right': mean {nose.mean():.3f} mm, max {nose.max():.3f} mm from the generated neutral")
-    left = mesh.vertices[:, 0] > 0
-    for unit in ("mouthSmile_L", "mouthSmile_R"):
-        moved = np.linalg.norm(out.vertices[unit] - neutral, axis=1) * scale
-        print(f"{unit}: character's left half moves {moved[left].mean():.3f} mm, right half {moved[~left].mean():.3f} mm")
+    both = out.vertices[Expression.parse("smile on both sides").label] - neutral
+    corners = [int(np.argmax(out.vertices[u][:, 1] - neutral[:, 1])) for u in ("mouthSmile_L", "mouthSmile_R")]
+    print(f"'smile on both sides': lifts the left corner {both[corners[0], 1] * scale:.2f} mm, the right corner "
+          f"{both[corners[1], 1] * scale:.2f} mm (mouthSmile_L/_R lift them "
+          f"{(out.vertices['mouthSmile_L'] - neutral)[corners[0], 1] * scale:.2f} / "
+          f"{(out.vertices['mouthSmile_R'] - neutral)[corners[1], 1] * scale:.2f} mm)")
+    generated = sides_table(neutral, {u: out.vertices[u].astype(np.float64) for u in pairs})
+    truth = {}
+    if all(u in data.units for u in pairs):
+        truth = {r["pair"]: r for r in sides_table(mesh.vertices.astype(np.float64),
+                                                   {u: data.load_vertices(subject, u).astype(np.float64) for u in pairs})}
+    print("sides (own half / other half mean displacement; cosine of _L with mirrored _R)")
+    print(f"  {'pair':<16} {'L ratio':>8} {'R ratio':>8} {'mirror':>7}   truth: {'L':>6} {'R':>6} {'mirror':>7}")
+    for r in generated:
+        t = truth.get(r["pair"])
+        tail = f"{t['ratio_L']:>6.1f} {t['ratio_R']:>6.1f} {t['mirror_cosine']:>7.3f}" if t else "-"
+        print(f"  {r['pair']:<16} {r['ratio_L']:>8.1f} {r['ratio_R']:>8.1f} {r['mirror_cosine']:>7.3f}          {tail}")
+    ok = all(min(r["ratio_L"], r["ratio_R"]) >= 3 and r["mirror_cosine"] >= 0.9 for r in generated)
+    print(f"  every pair >= 3x on its own side and mirror cosine >= 0.9: {'yes' if ok else 'NO'}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduce the bundled offline-default model (models/expdiff/) from scratch on a CPU machine:
-# synthetic corpus -> latent codec -> latents -> denoiser -> assembled pipeline -> held-out evaluation.
+# synthetic corpus -> latent codec -> latents -> denoiser -> expression prior -> assembled pipeline.
 # Every step is an ordinary `expdiff` command; WORK keeps the intermediate folders (resumable steps resume).
 set -euo pipefail
 WORK=${WORK:-$PWD/.offline-default}
@@ -10,6 +10,8 @@ VAE_STEPS=${VAE_STEPS:-3000}
 DIFFUSION_STEPS=${DIFFUSION_STEPS:-1800}
 DEVICE=${DEVICE:-auto}
 OUT=${OUT:-models/expdiff}
+PRIOR_IDENTITIES=${PRIOR_IDENTITIES:-160}   # the prior learns identity: a larger corpus (the factory makes ~18/min)
+PRIOR_STRENGTH=${PRIOR_STRENGTH:-0.0}      # SDEdit strength from the prior, chosen on val (score_prior_strengths)
 mkdir -p "$WORK"
 
 [ -d "$WORK/dataset" ] || expdiff data synth --identities "$IDENTITIES" --resolution "$RESOLUTION" --seed 2026 --out "$WORK/dataset"
@@ -19,4 +21,13 @@ expdiff data encode "$WORK/dataset" --vae "$WORK/vae" --out "$WORK/latents" --sp
 expdiff train diffusion --latents "$WORK/latents" --out "$WORK/diffusion" --steps "$DIFFUSION_STEPS" \
     --model-config "$(dirname "$0")/offline_denoiser.json" --target residual --batch-size 16 \
     --learning-rate 5e-4 --warmup-steps 50 --checkpoint-every 200 --device "$DEVICE"
-[ -d "$OUT" ] || expdiff models assemble --dataset "$WORK/dataset" --vae "$WORK/vae" --diffusion "$WORK/diffusion" --out "$OUT"
+# The identity-aware prior: ridge from the neutral to every unit's change, tuned on the val split. Its latent
+# part needs the big corpus encoded (~30 s per identity here; resumable; the prior uses the identities encoded).
+[ -d "$WORK/dataset$PRIOR_IDENTITIES" ] || expdiff data synth --identities "$PRIOR_IDENTITIES" --resolution "$RESOLUTION" \
+    --seed 2026 --out "$WORK/dataset$PRIOR_IDENTITIES"
+expdiff data encode "$WORK/dataset$PRIOR_IDENTITIES" --vae "$WORK/vae" --out "$WORK/latents$PRIOR_IDENTITIES" \
+    --splits train --device "$DEVICE"
+[ -d "$WORK/prior" ] || expdiff train prior --dataset "$WORK/dataset$PRIOR_IDENTITIES" \
+    --latents "$WORK/latents$PRIOR_IDENTITIES" --out "$WORK/prior"
+[ -d "$OUT" ] || expdiff models assemble --dataset "$WORK/dataset" --vae "$WORK/vae" --diffusion "$WORK/diffusion" \
+    --prior "$WORK/prior" --prior-strength "$PRIOR_STRENGTH" --out "$OUT"
