@@ -166,7 +166,9 @@ def decode(diffused: Mapping[str, Any], model_dir: str | os.PathLike, work_dir: 
     if "start" in tensors:
         references = Path(work_dir) / "references"
         neutral = pipe.decode(load_file(diffused["neutral_latents"])["latents"][None])[0]
-        for label, maps in zip(diffused["labels"], pipe.decode(tensors["start"])):
+        starts = pipe.decode(tensors["start"]) if not torch.equal(tensors["start"], tensors["latents"]) else \
+            [{POSITION: {u: _decoded_map(out, label, POSITION, u) for u in out["udims"]}} for label in out["labels"]]
+        for label, maps in zip(diffused["labels"], starts):
             write(references, label, {**neutral, POSITION: maps[POSITION]}, kinds)
         out.update(references=str(references), prior_vertices=diffused["latents"])
     return out

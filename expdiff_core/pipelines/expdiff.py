@@ -502,7 +502,8 @@ class ExpDiffPipeline:
         latents = self.sample(z0, exprs, seed=seed, steps=steps, sampler=sampler, progress=progress,
                               strength=self.config.prior_strength if strength is None else strength,
                               start_latents=start)
-        decoded, starts = self.decode(latents), self.decode(start)
+        starts = self.decode(start)
+        decoded = starts if torch.equal(latents, start) else self.decode(latents)  # strength 0 keeps the prior
         neutral_maps = self.decode(z0[None])[0]
         references = {label: {POSITION: s[POSITION], **{k: v for k, v in neutral_maps.items() if k != POSITION}}
                       for label, s in zip(labels, starts)}
