@@ -127,16 +127,24 @@ def diffuse(encoded: Mapping[str, Any], model_dir: str | os.PathLike, expression
 
 # ---------------------------------------------------------------------- 4. decode
 def decode(diffused: Mapping[str, Any], model_dir: str | os.PathLike, work_dir: str | os.PathLike,
-           device: str = "auto") -> dict[str, Any]:
-    """Latents -> model-resolution maps ``<work>/decoded/<label>/<kind>.<udim>.exr`` (float EXR)."""
+           device: str = "auto", expressions_per_pass: int = 16) -> dict[str, Any]:
+    """Latents -> model-resolution maps ``<work>/decoded/<label>/<kind>.<udim>.exr`` (float EXR).
+
+    Decoded ``expressions_per_pass`` expressions at a time (batched decoder passes, ``ExpDiffPipeline.decode``)
+    and written before the next, so memory does not grow with the number of expressions.
+    """
     pipe = load_pipeline(str(model_dir), device)
     latents = load_file(diffused["latents"])["latents"]
+    labels = list(diffused["labels"])
     root = Path(work_dir) / "decoded"
-    for label, maps in zip(diffused["labels"], pipe.decode(latents)):
-        for kind, tiles in maps.items():
-            for udim, image in tiles.items():
-                write_image(root / label / f"{kind}.{udim}.exr", image.transpose(1, 2, 0), pixel_type="float")
-    return {"decoded": str(root), "labels": list(diffused["labels"]), "kinds": list(pipe.config.kinds),
+    for start in range(0, len(labels), expressions_per_pass):
+        chunk = pipe.decode(latents[start:start + expressions_per_pass])
+        for label, maps in zip(labels[start:start + expressions_per_pass], chunk):
+            for kind, tiles in maps.items():
+                for udim, image in tiles.items():
+                    write_image(root / label / f"{kind}.{udim}.exr", image.transpose(1, 2, 0), pixel_type="float")
+        del chunk
+    return {"decoded": str(root), "labels": labels, "kinds": list(pipe.config.kinds),
             "udims": list(pipe.config.udims)}
 
 
@@ -191,11 +199,33 @@ def transfer_textures(decoded: Mapping[str, Any], ingested: Mapping[str, Any], k
     return {"maps": str(root), "kind": kind, "labels": list(decoded["labels"]), "udims": list(decoded["udims"])}
 
 
+class LazyTiles(Mapping[int, np.ndarray]):
+    """{udim: (C, H, W) float32} of one expression's map kind, read from ``<root>/<label>/<kind>.<udim>.exr``
+    each time a tile is looked up and never kept: a consumer that walks every expression's tiles one by one
+    (the USD writer) holds one tile at a time, whatever the number of expressions or the texture size."""
+
+    def __init__(self, root: Path, label: str, kind: str, udims: Sequence[int]):
+        self.root, self.label, self.kind, self.udims = Path(root), label, kind, [int(u) for u in udims]
+
+    def path(self, udim: int) -> Path:
+        return self.root / self.label / f"{self.kind}.{int(udim)}.exr"
+
+    def __getitem__(self, udim: int) -> np.ndarray:
+        if int(udim) not in self.udims:
+            raise KeyError(udim)
+        return read_image(self.path(udim)).transpose(2, 0, 1)
+
+    def __iter__(self):
+        return iter(self.udims)
+
+    def __len__(self) -> int:
+        return len(self.udims)
+
+
 def _read_maps(maps_root: str, labels: Sequence[str], kinds: Sequence[str], udims: Sequence[int]
-               ) -> dict[str, dict[str, dict[int, np.ndarray]]]:
-    root = Path(maps_root)
-    return {label: {k: {u: read_image(root / label / f"{k}.{u}.exr").transpose(2, 0, 1) for u in udims}
-                    for k in kinds} for label in labels}
+               ) -> dict[str, dict[str, LazyTiles]]:
+    """{label: {kind: LazyTiles}}: every transferred map, read only when a tile is looked up."""
+    return {label: {k: LazyTiles(Path(maps_root), label, k, udims) for k in kinds} for label in labels}
 
 
 # ---------------------------------------------------------------------- 7. publish
