@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from . import __version__
+from .device import resolve_device
 from .errors import ExpDiffInputError
 from .fileio import atomic_path, file_sha256
 from .io.images import read_image, write_image
@@ -30,9 +31,16 @@ from .pipelines.expdiff import NEUTRAL, POSITION, Expression, ExpDiffPipeline, t
 BRDF_KINDS = ("albedo", "specular", "roughness", "normal")
 
 
+def load_pipeline(model_dir: str | os.PathLike, device: str = "auto",
+                  text_encoder_path: str | None = None) -> ExpDiffPipeline:
+    """The pipeline of ``model_dir``, loaded once per process and device and shared by every task of every
+    flow run in the process: the key is the resolved folder and the resolved device, so ``auto`` and ``cpu``
+    (or ``cuda`` and ``cuda:0``) and two spellings of one folder share one copy."""
+    return _cached_pipeline(str(Path(model_dir).resolve()), str(resolve_device(device)), text_encoder_path)
+
+
 @functools.lru_cache(maxsize=4)
-def load_pipeline(model_dir: str, device: str = "auto", text_encoder_path: str | None = None) -> ExpDiffPipeline:
-    """The pipeline of ``model_dir``, loaded once per process and device."""
+def _cached_pipeline(model_dir: str, device: str, text_encoder_path: str | None) -> ExpDiffPipeline:
     return ExpDiffPipeline.from_pretrained(model_dir, device=device, text_encoder_path=text_encoder_path)
 
 

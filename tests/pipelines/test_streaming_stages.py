@@ -62,3 +62,9 @@ def test_transferred_maps_are_read_only_when_a_tile_is_looked_up(tmp_path):
     write_image(tmp_path / "jawOpen" / "albedo.1001.exr", np.full((4, 4, 3), 0.75, np.float32))  # after the lookup table
     assert tiles[1001].shape == (3, 4, 4) and np.allclose(tiles[1001], 0.75)  # read now, not when listed
     assert 1002 not in tiles
+
+
+def test_the_model_is_loaded_once_per_process_whatever_the_spelling(tiny_model):
+    here = build.load_pipeline(str(tiny_model), "cpu")
+    assert build.load_pipeline(tiny_model, "auto" if not torch.cuda.is_available() else "cpu") is here
+    assert build.load_pipeline(f"{tiny_model}/../{tiny_model.name}", "cpu") is here
