@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from . import __version__
+from .device import resolve_device
 from .errors import ExpDiffInputError
 from .fileio import atomic_path, file_sha256
 from .io.images import read_image, write_image
@@ -30,9 +31,16 @@ from .pipelines.expdiff import NEUTRAL, POSITION, Expression, ExpDiffPipeline, t
 BRDF_KINDS = ("albedo", "specular", "roughness", "normal")
 
 
+def load_pipeline(model_dir: str | os.PathLike, device: str = "auto",
+                  text_encoder_path: str | None = None) -> ExpDiffPipeline:
+    """The pipeline of ``model_dir``, loaded once per process and device and shared by every task of every
+    flow run in the process: the key is the resolved folder and the resolved device, so ``auto`` and ``cpu``
+    (or ``cuda`` and ``cuda:0``) and two spellings of one folder share one copy."""
+    return _cached_pipeline(str(Path(model_dir).resolve()), str(resolve_device(device)), text_encoder_path)
+
+
 @functools.lru_cache(maxsize=4)
-def load_pipeline(model_dir: str, device: str = "auto", text_encoder_path: str | None = None) -> ExpDiffPipeline:
-    """The pipeline of ``model_dir``, loaded once per process and device."""
+def _cached_pipeline(model_dir: str, device: str, text_encoder_path: str | None) -> ExpDiffPipeline:
     return ExpDiffPipeline.from_pretrained(model_dir, device=device, text_encoder_path=text_encoder_path)
 
 
@@ -143,33 +151,45 @@ def diffuse(encoded: Mapping[str, Any], model_dir: str | os.PathLike, expression
 
 # ---------------------------------------------------------------------- 4. decode
 def decode(diffused: Mapping[str, Any], model_dir: str | os.PathLike, work_dir: str | os.PathLike,
-           device: str = "auto") -> dict[str, Any]:
+           device: str = "auto", expressions_per_pass: int = 16) -> dict[str, Any]:
     """Latents -> model-resolution maps ``<work>/decoded/<label>/<kind>.<udim>.exr`` (float EXR).
 
     With a prior, also each expression's reference ``<work>/references/<label>/...``: its decoded prior
     latents for ``position`` and the decoded neutral latents for the BRDF kinds (see ``pipelines.expdiff``);
-    without, every expression is read against the decoded generated neutral.
+    without, every expression is read against the decoded generated neutral. Decoded
+    ``expressions_per_pass`` expressions at a time (batched decoder passes, ``ExpDiffPipeline.decode``) and
+    written before the next, so memory does not grow with the number of expressions.
     """
     pipe = load_pipeline(str(model_dir), device)
     tensors = load_file(diffused["latents"])
+    labels = list(diffused["labels"])
+    kinds = list(pipe.config.kinds)
     root = Path(work_dir) / "decoded"
 
-    def write(folder: Path, label: str, maps: Mapping[str, Mapping[int, np.ndarray]], kinds: Sequence[str]) -> None:
+    def write(folder: Path, label: str, maps: Mapping[str, Mapping[int, np.ndarray]]) -> None:
         for kind in kinds:
             for udim, image in maps[kind].items():
                 write_image(folder / label / f"{kind}.{udim}.exr", image.transpose(1, 2, 0), pixel_type="float")
 
-    kinds = list(pipe.config.kinds)
-    for label, maps in zip(diffused["labels"], pipe.decode(tensors["latents"])):
-        write(root, label, maps, kinds)
-    out = {"decoded": str(root), "labels": list(diffused["labels"]), "kinds": kinds, "udims": list(pipe.config.udims)}
+    def decode_all(latents: torch.Tensor, folder: Path, extra: Mapping[str, Mapping[int, np.ndarray]]) -> None:
+        for start in range(0, len(labels), expressions_per_pass):
+            chunk = pipe.decode(latents[start:start + expressions_per_pass])
+            for label, maps in zip(labels[start:start + expressions_per_pass], chunk):
+                write(folder, label, {**maps, **extra})
+            del chunk
+
+    decode_all(tensors["latents"], root, {})
+    out = {"decoded": str(root), "labels": labels, "kinds": kinds, "udims": list(pipe.config.udims)}
     if "start" in tensors:
         references = Path(work_dir) / "references"
         neutral = pipe.decode(load_file(diffused["neutral_latents"])["latents"][None])[0]
-        starts = pipe.decode(tensors["start"]) if not torch.equal(tensors["start"], tensors["latents"]) else \
-            [{POSITION: {u: _decoded_map(out, label, POSITION, u) for u in out["udims"]}} for label in out["labels"]]
-        for label, maps in zip(diffused["labels"], starts):
-            write(references, label, {**neutral, POSITION: maps[POSITION]}, kinds)
+        brdf = {k: v for k, v in neutral.items() if k != POSITION}
+        if torch.equal(tensors["start"], tensors["latents"]):  # strength 0: the prior's position maps are decoded
+            for label in labels:
+                write(references, label, {**brdf, POSITION: {u: _decoded_map(out, label, POSITION, u)
+                                                              for u in out["udims"]}})
+        else:
+            decode_all(tensors["start"], references, brdf)
         out.update(references=str(references), prior_vertices=diffused["latents"])
     return out
 
@@ -233,11 +253,33 @@ def transfer_textures(decoded: Mapping[str, Any], ingested: Mapping[str, Any], k
     return {"maps": str(root), "kind": kind, "labels": list(decoded["labels"]), "udims": list(decoded["udims"])}
 
 
+class LazyTiles(Mapping[int, np.ndarray]):
+    """{udim: (C, H, W) float32} of one expression's map kind, read from ``<root>/<label>/<kind>.<udim>.exr``
+    each time a tile is looked up and never kept: a consumer that walks every expression's tiles one by one
+    (the USD writer) holds one tile at a time, whatever the number of expressions or the texture size."""
+
+    def __init__(self, root: Path, label: str, kind: str, udims: Sequence[int]):
+        self.root, self.label, self.kind, self.udims = Path(root), label, kind, [int(u) for u in udims]
+
+    def path(self, udim: int) -> Path:
+        return self.root / self.label / f"{self.kind}.{int(udim)}.exr"
+
+    def __getitem__(self, udim: int) -> np.ndarray:
+        if int(udim) not in self.udims:
+            raise KeyError(udim)
+        return read_image(self.path(udim)).transpose(2, 0, 1)
+
+    def __iter__(self):
+        return iter(self.udims)
+
+    def __len__(self) -> int:
+        return len(self.udims)
+
+
 def _read_maps(maps_root: str, labels: Sequence[str], kinds: Sequence[str], udims: Sequence[int]
-               ) -> dict[str, dict[str, dict[int, np.ndarray]]]:
-    root = Path(maps_root)
-    return {label: {k: {u: read_image(root / label / f"{k}.{u}.exr").transpose(2, 0, 1) for u in udims}
-                    for k in kinds} for label in labels}
+               ) -> dict[str, dict[str, LazyTiles]]:
+    """{label: {kind: LazyTiles}}: every transferred map, read only when a tile is looked up."""
+    return {label: {k: LazyTiles(Path(maps_root), label, k, udims) for k in kinds} for label in labels}
 
 
 # ---------------------------------------------------------------------- 7. publish

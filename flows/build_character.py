@@ -19,8 +19,9 @@ from tasks.common import StageTimer, artifacts_path, bind_result_storage, run_se
 POSITION = "position"
 
 
+# The returned summary is persisted (JSON) so a parent run on another worker - the nightly fan-out - can read it.
 @flow(name="build-character", description="Build FACS expression blendshapes with dynamic BRDF textures for one "
-      "character and publish them as a new USD version.")
+      "character and publish them as a new USD version.", persist_result=True, result_serializer="json")
 def build_character(character: str, mesh: str, textures: dict[str, str], expressions: list[str],
                     model: str = "models:/expdiff@champion", seed: int = 0, steps: int | None = None,
                     sampler: str | None = None, strength: float | None = None, device: str | None = None,

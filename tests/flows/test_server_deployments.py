@@ -133,7 +133,8 @@ def test_three_deployment_runs_complete_on_two_workers(stack, deployment_runs):
 def test_deployments_carry_the_prefect_yaml_settings(stack, deployment_runs):
     api = stack["api"]
     nightly = httpx.get(f"{api}/deployments/name/nightly-build/nightly", timeout=10).json()
-    assert nightly["work_pool_name"] == "gpu" and nightly["work_queue_name"] == "builds"
+    assert nightly["work_pool_name"] == "gpu" and nightly["work_queue_name"] == "nightly"
+    assert nightly["parameters"]["build_deployment"] == "build-character/on-demand"
     assert nightly["schedules"][0]["schedule"] == {"cron": "0 2 * * *", "timezone": "Europe/London", "day_or": True}
     assert nightly["global_concurrency_limit"]["limit"] == 1
     assert nightly["concurrency_options"]["collision_strategy"] == "ENQUEUE"

@@ -1,0 +1,117 @@
+"""Characters per GPU-hour at the paper's 512^2, and a 500-character night over a GPU pool, from a suite run.
+
+    python benchmarks/cost_model.py benchmarks/results/<date>-<machine>.json [--characters 500] [--window-h 6]
+
+No GPU was measured: the GPU time is the 512^2 production models' FLOPs (counted by torch's FLOP counter on
+meta tensors: nothing is computed) divided by a GPU's vendor dense bf16 FLOP/s times the *measured* fraction of
+matmul FLOP/s our models reach on the suite's machine (denoiser forward vs dense matmul in the same run; the
+VAE decoder's fraction from its measured maps/s). The CPU stages (ingest, recover, textures, USD, contact
+sheet) are taken from the suite's demo build as measured. Printed as a markdown table for docs/cost-model.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import torch
+
+# Vendor datasheet dense (no sparsity) bf16 tensor FLOP/s: assumptions, not measurements.
+GPUS = {"NVIDIA L4": 121e12, "NVIDIA A100 80GB": 312e12, "NVIDIA H100 SXM": 989e12}
+KINDS = ["position", "albedo", "normal", "roughness", "specular"]
+UDIMS = 2
+EXPRESSIONS = 57  # 56 units + the generated neutral
+CPU_STAGES = ("resolve model", "ingest", "recover", "textures", "USD", "contact sheet")
+
+
+def denoiser_flops(preset: str, latent: int) -> float:
+    """FLOPs of one denoiser forward for one expression (batch 1) at ``latent``^2 latents."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from expdiff_core.models.denoiser import ExpDiffDenoiser, denoiser_config
+
+    cfg = denoiser_config(KINDS, UDIMS, 4, latent, preset=preset, text_conditioning="encoder")
+    with torch.device("meta"):
+        model = ExpDiffDenoiser(**cfg)
+        m = len(KINDS) * UDIMS
+        x = torch.randn(1, m, 4, latent, latent)
+        text = torch.randn(1, model.config.text_len, model.config.text_dim)
+        mask = torch.ones(1, model.config.text_len, dtype=torch.bool)
+        with FlopCounterMode(display=False) as counter:
+            model(x, torch.tensor([500]), x, text, mask)
+    return float(counter.get_total_flops())
+
+
+def vae_decode_flops(block_out_channels: list[int], size: int) -> float:
+    """FLOPs of decoding one ``size``^2 map with an AutoencoderKL of ``block_out_channels`` (SD VAE: 128..512)."""
+    from diffusers import AutoencoderKL
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):
+        vae = AutoencoderKL(block_out_channels=block_out_channels, layers_per_block=2,
+                            down_block_types=["DownEncoderBlock2D"] * len(block_out_channels),
+                            up_block_types=["UpDecoderBlock2D"] * len(block_out_channels), latent_channels=4)
+        z = torch.randn(1, 4, size // 8, size // 8)
+        with FlopCounterMode(display=False) as counter:
+            vae.decode(z)
+    return float(counter.get_total_flops())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("suite_json", type=Path)
+    parser.add_argument("--characters", type=int, default=500)
+    parser.add_argument("--window-h", type=float, default=6.0, help="hours the night may take")
+    parser.add_argument("--steps", type=int, default=20, help="DPM-Solver++ steps")
+    args = parser.parse_args(argv)
+    suite = json.loads(args.suite_json.read_text())
+
+    den_fraction = suite["denoiser_matmul_fraction"]
+    # The bundled codec's decoder: its measured maps/s x its FLOPs per map, over the matmul FLOP/s.
+    vae_cfg = json.loads((Path(suite["model"]) / "vae" / "config.json").read_text())
+    res = suite["codec"]["resolution"]
+    small_vae = vae_decode_flops(vae_cfg["block_out_channels"], res) if vae_cfg["layers_per_block"] == 2 else None
+    if small_vae is None:  # count the bundled layout exactly
+        from diffusers import AutoencoderKL
+        from torch.utils.flop_counter import FlopCounterMode
+
+        with torch.device("meta"):
+            vae = AutoencoderKL(**{k: v for k, v in vae_cfg.items() if not k.startswith("_")})
+            with FlopCounterMode(display=False) as counter:
+                vae.decode(torch.randn(1, 4, res // 8, res // 8))
+        small_vae = float(counter.get_total_flops())
+    vae_fraction = suite["codec"]["decode_maps_per_s"] * small_vae / suite["matmul_flops_per_s"]
+
+    den_512 = denoiser_flops("production", 64)
+    vae_512 = vae_decode_flops([128, 256, 512, 512], 512)
+    maps = EXPRESSIONS * len(KINDS) * UDIMS
+    gpu_flops = {"diffuse": EXPRESSIONS * args.steps * den_512, "decode": maps * vae_512}
+    cpu_s = sum(suite["demo_build"]["seconds"].get(s, 0.0) for s in CPU_STAGES)
+
+    print(f"Inputs (suite run {args.suite_json.name}, {suite['machine']}, {suite['torch_threads']} thread(s)):\n")
+    print(f"- measured: denoiser reaches {100 * den_fraction:.1f}% of dense matmul FLOP/s; the bundled VAE decoder "
+          f"{100 * vae_fraction:.1f}% ({small_vae / 1e9:.2f} GFLOP per {res}^2 map at "
+          f"{suite['codec']['decode_maps_per_s']:.1f} maps/s)")
+    print(f"- counted (meta tensors): production denoiser {den_512 / 1e9:.0f} GFLOP per expression per step at 512^2 "
+          f"(2560 tokens); SD-VAE decoder {vae_512 / 1e9:.0f} GFLOP per 512^2 map")
+    print(f"- per character: {EXPRESSIONS} expressions x {args.steps} DPM-Solver++ steps = "
+          f"{gpu_flops['diffuse'] / 1e12:.1f} TFLOP diffusion, {maps} maps = {gpu_flops['decode'] / 1e12:.1f} TFLOP decoding")
+    print(f"- CPU stages of the demo build as measured (128^2 model maps, 256^2 textures): {cpu_s:.0f} s\n")
+    print("| GPU (vendor bf16 dense, assumed) | diffuse s | decode s | GPU s / character | + CPU stages s | "
+          f"characters / GPU-hour | GPUs for {args.characters} in {args.window_h:g} h |")
+    print("|---|---|---|---|---|---|---|")
+    for name, peak in GPUS.items():
+        diffuse = gpu_flops["diffuse"] / (peak * den_fraction)
+        decode = gpu_flops["decode"] / (peak * vae_fraction)
+        per_char = diffuse + decode + cpu_s
+        per_hour = 3600 / per_char
+        gpus = math.ceil(args.characters * per_char / (args.window_h * 3600))
+        print(f"| {name} ({peak / 1e12:.0f} TFLOP/s) | {diffuse:.1f} | {decode:.1f} | {diffuse + decode:.1f} | "
+              f"{per_char:.0f} | {per_hour:.0f} | {gpus} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,380 @@
+"""ExpDiff benchmark suite: one command, a table on stdout and ``benchmarks/results/<date>-<machine>.json``.
+
+    OMP_NUM_THREADS=1 python benchmarks/suite.py [--quick] [--model models/expdiff] [--device cpu]
+                                                 [--night-json F] [--memory-json F] [--out benchmarks/results]
+
+Measured in this run, on this machine (ratios are the acceptance figures: machine noise cancels in them):
+
+- dense matmul FLOP/s (fp32 n x n, best of several) - the machine's reference;
+- denoiser forward at the demo's batch (16 expressions): tokens/s, achieved FLOP/s (torch's FLOP counter) and
+  the fraction of the matmul FLOP/s (``denoiser_matmul_fraction``);
+- all 57 expressions sampled in batches of 16 vs one at a time (same steps): ``batched_speedup``;
+- schedulers DDPM-1000, DDIM-50, DPM-Solver++-20 and -10 on held-out synthetic identities (our factory, seeds
+  outside the training corpus): sampling seconds, FVD (mean vertex error, mm) and change-PSNR (dB: PSNR of the
+  transferred BRDF maps' change from the neutral against the true change, mean over kinds);
+- codec encode / decode maps/s (model resolution) and UV raster texels/s;
+- the demo build (``expdiff build --demo``'s stages, all 56 units, in-process): wall seconds and peak
+  resident GB per stage; ``decode_to_diffuse_ratio``;
+- upscaler megapixels/s when ``models/upscaler`` holds one (the row is skipped otherwise);
+- ``night_two_worker_speedup`` and ``peak_gb_56_units_4k`` come from their own, longer benchmarks
+  (night_fanout.py, texture_memory.py): the newest ``benchmarks/results/night-fanout-*.json`` /
+  ``texture-memory-*.json`` unless given; the JSON names the file.
+
+``--quick``: a smoke run (smaller sizes, fewer identities and steps; the DDPM row runs 100 steps, named so).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from texture_memory import PeakMemory  # noqa: E402
+
+SCHEDULERS = (("ddpm", 1000), ("ddim", 50), ("dpm++", 20), ("dpm++", 10))
+HELD_OUT_SEED = 880_001  # held-out identities: outside every identity_seed() of the training corpus
+
+
+def best_seconds(fn: Callable[[], Any], repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+# ------------------------------------------------------------------------------------------ hardware
+def matmul_flops(n: int, device: torch.device, repeats: int = 5) -> float:
+    """Dense fp32 matmul FLOP/s (2 n^3 per product) on ``device``, best of ``repeats``."""
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+
+    def run():
+        torch.mm(a, b)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    run()
+    return 2 * n ** 3 / best_seconds(run, repeats)
+
+
+# ------------------------------------------------------------------------------------------ denoiser
+def denoiser_inputs(pipe, batch: int):
+    from expdiff_core import facs
+    from expdiff_core.pipelines.expdiff import Expression
+
+    den = pipe.denoiser
+    m, c = len(pipe.config.kinds) * len(pipe.config.udims), den.config.latent_channels
+    h, w = den.config.latent_size
+    exprs = [Expression.parse(u) for u in list(facs.UNIT_NAMES)[:batch]]
+    tokens, mask = pipe.prompt_tokens(exprs)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, m, c, h, w, generator=gen).to(pipe.device)
+    cond = torch.randn(batch, m, c, h, w, generator=gen).to(pipe.device)
+    return x, torch.tensor(500, device=pipe.device), cond, tokens.to(pipe.device), mask.to(pipe.device)
+
+
+def denoiser_figures(pipe, batch: int, repeats: int) -> dict[str, float]:
+    """Tokens/s and achieved FLOP/s of one denoiser forward at ``batch`` expressions."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from expdiff_core.device import autocast
+
+    den = pipe.denoiser
+    args = denoiser_inputs(pipe, batch)
+    with torch.inference_mode():
+        with FlopCounterMode(display=False) as counter:
+            den(*args)
+        flops = counter.get_total_flops()
+
+        def run():
+            with autocast(pipe.device):
+                den(*args)
+            if pipe.device.type == "cuda":
+                torch.cuda.synchronize()
+
+        seconds = best_seconds(run, repeats)
+    m = len(pipe.config.kinds) * len(pipe.config.udims)
+    h, w = den.config.latent_size
+    p = den.config.patch_size
+    tokens = batch * m * (h // p) * (w // p)
+    return {"batch": batch, "tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds,
+            "flops_per_forward": float(flops), "flops_per_s": flops / seconds}
+
+
+def batched_vs_single(pipe, n_expressions: int, steps: int) -> dict[str, float]:
+    """Sampling ``n_expressions`` (neutral + units) in batches of 16 vs one at a time, same steps."""
+    from expdiff_core import facs
+    from expdiff_core.build import expression_list
+
+    exprs = expression_list(list(facs.UNIT_NAMES)[:n_expressions - 1])
+    z0 = torch.randn(len(pipe.config.kinds) * len(pipe.config.udims), pipe.denoiser.config.latent_channels,
+                     *pipe.denoiser.config.latent_size, generator=torch.Generator().manual_seed(0))
+    t = {}
+    for name, size in (("batched", 16), ("one_at_a_time", 1)):
+        start = time.perf_counter()
+        pipe.sample(z0, exprs, steps=steps, batch_size=size, progress=False)
+        t[name] = time.perf_counter() - start
+    return {"expressions": len(exprs), "steps": steps, "batched_s": t["batched"],
+            "one_at_a_time_s": t["one_at_a_time"], "speedup": t["one_at_a_time"] / t["batched"]}
+
+
+# ------------------------------------------------------------------------------------------ schedulers
+def held_out_subjects(pipe, count: int, units: list[str]):
+    """(mesh, neutral BRDF maps, {unit: (vertices, maps)}) for ``count`` factory identities at model resolution."""
+    from expdiff_core.synth.factory import ProceduralSource, iter_expressions, skin_rasters
+
+    source = ProceduralSource()
+    rasters = skin_rasters(source, pipe.config.resolution)
+    kinds = [k for k in pipe.config.kinds if k != "position"]
+    subjects = []
+    for i in range(count):
+        identity = source.identity(HELD_OUT_SEED + i)
+        truth = {}
+        for name, vertices, maps in iter_expressions(source, identity, rasters):
+            if name == "neutral" or name in units:
+                truth[name] = (vertices, {k: {u: maps[k][u] for u in pipe.config.udims} for k in kinds})
+            if len(truth) == len(units) + 1:
+                break
+        mesh = source.template.with_vertices(truth["neutral"][0], name=f"held_out_{i}")
+        subjects.append((mesh, truth["neutral"][1], {u: truth[u] for u in units}))
+    return subjects
+
+
+def change_psnr(pred: np.ndarray, true: np.ndarray, neutral: np.ndarray) -> float:
+    """PSNR (dB) of a predicted map's change from the neutral against the true change (both offset to 0.5)."""
+    from expdiff_core.evaluation.metrics import psnr
+
+    return psnr(np.clip(0.5 + pred - neutral, 0, 1), np.clip(0.5 + true - neutral, 0, 1))
+
+
+def scheduler_rows(pipe, subjects, units: list[str], schedulers) -> list[dict[str, Any]]:
+    from expdiff_core.evaluation.metrics import fvd
+    from expdiff_core.pipelines.expdiff import transfer_map
+
+    rows = []
+    for sampler, steps in schedulers:
+        seconds, fvds, psnrs = 0.0, [], []
+        for mesh, neutral_maps, truth in subjects:
+            start = time.perf_counter()
+            out = pipe(mesh, neutral_maps, units, seed=0, steps=steps, sampler=sampler, progress=False)
+            seconds += time.perf_counter() - start
+            gen_neutral = out.maps["neutral"]
+            for unit in units:
+                vertices, maps = truth[unit]
+                fvds.append(fvd(out.vertices[unit], vertices, mesh.units))
+                for kind, tiles in neutral_maps.items():
+                    for u, user in tiles.items():
+                        pred = transfer_map(user, out.maps[unit][kind][u], gen_neutral[kind][u], kind)
+                        psnrs.append(change_psnr(pred, maps[kind][u], user))
+        name = {"ddpm": "DDPM", "ddim": "DDIM", "dpm++": "DPM-Solver++"}[sampler] + f"-{steps}"
+        rows.append({"scheduler": name, "sampler": sampler, "steps": steps, "seconds": seconds,
+                     "fvd_mm": float(np.mean(fvds)), "change_psnr_db": float(np.mean(psnrs))})
+    return rows
+
+
+# ------------------------------------------------------------------------------------------ codec, raster
+def codec_figures(pipe, maps: int, repeats: int) -> dict[str, float]:
+    r = pipe.config.resolution
+    images = torch.rand(maps, 3, r, r, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        enc = best_seconds(lambda: pipe.codec.encode(images, "albedo"), repeats)
+        m = len(pipe.config.kinds) * len(pipe.config.udims)
+        per_expression = max(1, maps // m)
+        latents = torch.randn(per_expression, m, pipe.codec.latent_channels, r // 8, r // 8)
+        dec = best_seconds(lambda: pipe.decode(latents), repeats)
+    return {"resolution": r, "encode_maps_per_s": maps / enc, "decode_maps_per_s": per_expression * m / dec}
+
+
+def raster_figures(resolution: int, repeats: int) -> dict[str, float]:
+    from expdiff_core.synth.template import template_mesh
+    from expdiff_core.uv.raster import uv_raster
+
+    mesh = template_mesh()
+    rasters = uv_raster(mesh, resolution)
+    seconds = best_seconds(lambda: uv_raster(mesh, resolution), repeats)
+    texels = len(rasters) * resolution * resolution
+    return {"resolution": resolution, "tiles": len(rasters), "texels_per_s": texels / seconds}
+
+
+def upscaler_figures(model_root: Path) -> dict[str, Any]:
+    folder = model_root.parent / "upscaler"
+    if not folder.is_dir():
+        return {"skipped": f"no upscaler at {folder}"}
+    return {"skipped": f"{folder} exists, but this branch has no upscale stage to time"}
+
+
+# ------------------------------------------------------------------------------------------ demo build
+def demo_build(model: Path, work: Path, units: int, steps: int | None, device: str) -> dict[str, Any]:
+    """``expdiff build --demo``'s stages in this process: seconds and peak resident GB per stage."""
+    from expdiff_core import build, facs
+    from expdiff_core.demo import write_demo_asset
+
+    asset = write_demo_asset(work / "asset")
+    expressions = list(facs.UNIT_NAMES)[:units]
+    build._cached_pipeline.cache_clear()
+    peaks = PeakMemory()
+    try:
+        with peaks.stage("resolve model"):
+            build.load_pipeline(model, device)
+            build.load_pipeline(model, "cpu")
+        with peaks.stage("ingest"):
+            ingested = build.ingest(asset["mesh"], asset["textures"], model)
+        with peaks.stage("encode"):
+            encoded = build.encode_neutral(ingested, model, work, device=device)
+        with peaks.stage("diffuse"):
+            diffused = build.diffuse(encoded, model, expressions, work, steps=steps, device=device)
+        with peaks.stage("decode"):
+            decoded = build.decode(diffused, model, work, device=device)
+        with peaks.stage("recover"):
+            recovered = build.recover(decoded, ingested, model, work)
+        with peaks.stage("textures"):
+            textured = [build.transfer_textures(decoded, ingested, k, work) for k in decoded["kinds"] if k != "position"]
+        with peaks.stage("USD"):
+            prov = dict(model_name="expdiff", model_version="bundled", seed=0, scheduler=diffused["sampler"],
+                        steps=diffused["steps"])
+            exported = build.export_usd(ingested, recovered, textured, "demo_head", work / "out", prov)
+            build.validate_usd(exported)
+        with peaks.stage("contact sheet"):
+            build.contact_sheet(ingested, recovered, textured, work / "sheet.png")
+    finally:
+        peaks.close()
+    return {"expressions": len(diffused["labels"]), "steps": diffused["steps"], "seconds": peaks.seconds,
+            "peak_gb": {k: round(v, 3) for k, v in peaks.peaks.items()}, "total_seconds": sum(peaks.seconds.values()),
+            "max_peak_gb": max(peaks.peaks.values())}
+
+
+def newest(pattern: str) -> Path | None:
+    found = sorted((REPO / "benchmarks" / "results").glob(pattern))
+    return found[-1] if found else None
+
+
+# ------------------------------------------------------------------------------------------ main
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smoke run: small sizes, few steps")
+    parser.add_argument("--model", type=Path, default=REPO / "models" / "expdiff")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--night-json", type=Path, default=None)
+    parser.add_argument("--memory-json", type=Path, default=None)
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    args = parser.parse_args(argv)
+    quick = args.quick
+    import tempfile
+
+    from expdiff_core.build import load_pipeline
+    from expdiff_core.device import resolve_device
+
+    device = resolve_device(args.device)
+    model = args.model.resolve()
+    threads = torch.get_num_threads()
+    result: dict[str, Any] = {"date": dt.date.today().isoformat(), "machine": socket.gethostname(),
+                              "cpu": platform.processor() or platform.machine(), "device": str(device),
+                              "torch_threads": threads, "quick": quick, "model": str(model)}
+    if device.type == "cuda":
+        result["gpu"] = torch.cuda.get_device_name(device)
+    report = []
+
+    def say(line: str) -> None:
+        report.append(line)
+        print(line, flush=True)
+
+    n = 512 if quick else 1024
+    result["matmul_flops_per_s"] = matmul_flops(n, device)
+    say(f"dense fp32 matmul {n}^3            {result['matmul_flops_per_s'] / 1e9:10.2f} GFLOP/s ({threads} thread(s))")
+
+    pipe = load_pipeline(model, str(device))
+    den = denoiser_figures(pipe, 16, 3 if quick else 10)
+    result["denoiser"] = den
+    result["denoiser_matmul_fraction"] = den["flops_per_s"] / result["matmul_flops_per_s"]
+    say(f"denoiser forward, batch 16         {den['tokens_per_s']:10.0f} tokens/s  {den['flops_per_s'] / 1e9:.2f} GFLOP/s "
+        f"= {100 * result['denoiser_matmul_fraction']:.0f}% of matmul")
+
+    batched = batched_vs_single(pipe, 17 if quick else 57, 1 if quick else 3)
+    result["batched"] = batched
+    result["batched_speedup"] = batched["speedup"]
+    say(f"sampling {batched['expressions']} expressions x {batched['steps']} steps   batched {batched['batched_s']:.2f} s, "
+        f"one at a time {batched['one_at_a_time_s']:.2f} s: {batched['speedup']:.1f}x")
+
+    # DDPM-1000 is 1000 denoiser passes per identity: one held-out identity, four units, on a loaded CPU.
+    units = ["jawOpen", "mouthSmile_L"] if quick else ["jawOpen", "mouthSmile_L", "browInnerUp_L", "eyeBlink_R"]
+    schedulers = [("ddpm", 100), ("ddim", 50), ("dpm++", 20), ("dpm++", 10)] if quick else list(SCHEDULERS)
+    subjects = held_out_subjects(pipe, 1, units)
+    rows = scheduler_rows(pipe, subjects, units, schedulers)
+    result["schedulers"] = rows
+    ref, dpm20 = rows[0], next(r for r in rows if r["scheduler"] == "DPM-Solver++-20")
+    result["dpm20_speedup_vs_ddpm1000"] = ref["seconds"] / dpm20["seconds"]
+    result["dpm20_fvd_ratio_vs_ddpm1000"] = dpm20["fvd_mm"] / ref["fvd_mm"]
+    result["dpm20_change_psnr_delta_db"] = dpm20["change_psnr_db"] - ref["change_psnr_db"]
+    for r in rows:
+        say(f"{r['scheduler']:<18} {len(subjects)} id x {len(units)} expr  {r['seconds']:8.1f} s  FVD {r['fvd_mm']:.3f} mm  "
+            f"change-PSNR {r['change_psnr_db']:.2f} dB")
+    say(f"DPM-Solver++-20 vs {ref['scheduler']}: {result['dpm20_speedup_vs_ddpm1000']:.1f}x faster, "
+        f"FVD x{result['dpm20_fvd_ratio_vs_ddpm1000']:.3f}, change-PSNR {result['dpm20_change_psnr_delta_db']:+.2f} dB")
+
+    codec = codec_figures(pipe, 20 if quick else 60, 2 if quick else 3)
+    result["codec"] = codec
+    say(f"codec at {codec['resolution']}^2                    encode {codec['encode_maps_per_s']:.1f} maps/s, "
+        f"decode {codec['decode_maps_per_s']:.1f} maps/s")
+    raster = raster_figures(256 if quick else 512, 2 if quick else 3)
+    result["raster"] = raster
+    say(f"UV raster at {raster['resolution']}^2 ({raster['tiles']} tiles)     {raster['texels_per_s'] / 1e6:10.2f} Mtexels/s")
+    result["upscaler"] = upscaler_figures(model)
+    say(f"upscaler                           {result['upscaler'].get('skipped', '')}")
+
+    with tempfile.TemporaryDirectory(prefix="expdiff-suite-") as tmp:
+        demo = demo_build(model, Path(tmp), 4 if quick else 56, 3 if quick else None, str(device))
+    result["demo_build"] = demo
+    result["demo_build_seconds"] = demo["total_seconds"]
+    result["demo_peak_gb"] = demo["max_peak_gb"]
+    result["decode_to_diffuse_ratio"] = demo["seconds"]["decode"] / demo["seconds"]["diffuse"]
+    say(f"demo build, {demo['expressions']} expressions x {demo['steps']} steps: {demo['total_seconds']:.1f} s, "
+        f"peak {demo['max_peak_gb']:.2f} GB; decode/diffuse {result['decode_to_diffuse_ratio']:.2f}")
+    say("   " + "  ".join(f"{k} {v:.1f}s/{demo['peak_gb'][k]:.2f}GB" for k, v in demo["seconds"].items()))
+
+    night = args.night_json or newest("night-fanout-*.json")
+    if night and night.is_file():
+        data = json.loads(night.read_text())
+        result["night_two_worker_speedup"] = data["speedup"]
+        result["night_source"] = str(night.relative_to(REPO) if night.is_relative_to(REPO) else night)
+        say(f"night of {data['characters']} characters, 2 vs 1 worker  {data['speedup']:.2f}x   ({result['night_source']})")
+    else:
+        result["night_two_worker_speedup"] = None
+        say("night fan-out: not measured (run benchmarks/night_fanout.py --json ...)")
+    memory = args.memory_json or newest("texture-memory-*.json")
+    if memory and memory.is_file():
+        data = json.loads(memory.read_text())
+        result["peak_gb_56_units_4k"] = data["peak_gb_56_units"]
+        result["peak_gb_56_units_4k_method"] = data["method"]
+        result["memory_source"] = str(memory.relative_to(REPO) if memory.is_relative_to(REPO) else memory)
+        say(f"56-unit build, 4096^2 tiles         {data['peak_gb_56_units']:.2f} GB peak, "
+            f"{data['growth_gb_per_expression']:+.3f} GB/expression ({data['method']}; {result['memory_source']})")
+    else:
+        result["peak_gb_56_units_4k"] = None
+        say("56-unit 4K memory: not measured (run benchmarks/texture_memory.py --json ...)")
+
+    result["table"] = report
+    args.out.mkdir(parents=True, exist_ok=True)
+    name = f"{result['date']}-{result['machine']}{'-quick' if quick else ''}.json"
+    (args.out / name).write_text(json.dumps(result, indent=2, default=float) + "\n")
+    print(f"wrote {args.out / name}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
