@@ -7,6 +7,7 @@ Prints, for one identity:
   mesh and the position along the w=0 -> w=1 direction (projection, 0 at w=0 and 1 at w=1); geometry changes
   monotonically when both rise with w;
 - the novel prompt "nose right": mean and max vertex distance from the generated neutral (Eq. 9 result);
+- jawOpen chin travel: displacement of the vertex the true jawOpen moves most, generated vs true (mm);
 - "smile on both sides": the lift (+Y, mm) at the vertex mouthSmile_L lifts most and the one mouthSmile_R lifts most;
 - sides, for every _L/_R pair: own half over other half mean displacement (>= 3 wanted) and the cosine of the
   _L offsets with the mirrored _R offsets (>= 0.9 wanted), with the same figures for the truth when the
@@ -43,7 +44,7 @@ def main() -> None:
     mesh = data.template().with_vertices(data.load_vertices(subject, NEUTRAL), name=subject)
     maps = data.load_maps(subject, NEUTRAL, [k for k in pipe.config.kinds if k != "position"])
     blends = [f"jawOpen->mouthSmile_L@{w}" for w in WEIGHTS]
-    pairs = [u for pair in side_pairs() for u in pair]
+    pairs = [u for pair in side_pairs() for u in pair] + ["jawOpen"]
     out = pipe(mesh, maps, [NEUTRAL, *blends, "nose right", "smile on both sides", *pairs], seed=args.seed,
                steps=args.steps, progress=False)
     scale = MM_PER_CM if data.template().units == "cm" else 1.0
@@ -70,6 +71,13 @@ def main() -> None:
           f"{both[corners[1], 1] * scale:.2f} mm (mouthSmile_L/_R lift them "
           f"{(out.vertices['mouthSmile_L'] - neutral)[corners[0], 1] * scale:.2f} / "
           f"{(out.vertices['mouthSmile_R'] - neutral)[corners[1], 1] * scale:.2f} mm)")
+    if "jawOpen" in data.units:
+        true_jaw = data.load_vertices(subject, "jawOpen").astype(np.float64) - mesh.vertices
+        chin = int(np.argmax(np.linalg.norm(true_jaw, axis=1)))
+        travel = np.linalg.norm(out.vertices["jawOpen"][chin] - neutral[chin]) * scale
+        truth_travel = np.linalg.norm(true_jaw[chin]) * scale
+        print(f"jawOpen chin travel: {travel:.2f} mm generated, {truth_travel:.2f} mm true "
+              f"({100 * (travel / truth_travel - 1):+.1f}%)")
     generated = sides_table(neutral, {u: out.vertices[u].astype(np.float64) for u in pairs})
     truth = {}
     if all(u in data.units for u in pairs):
