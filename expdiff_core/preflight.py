@@ -227,6 +227,12 @@ def model_info(settings, reference: str) -> ModelInfo:
         raise PreflightError(folder, "model folder not found (and not a models:/NAME@alias reference)")
     if not (folder / "pipeline_config.json").is_file():
         raise PreflightError(folder, "is not an ExpDiff pipeline folder (pipeline_config.json missing)")
+    from .models.weights import PICKLE_SUFFIXES
+
+    pickles = sorted(p for p in folder.rglob("*") if p.suffix.lower() in PICKLE_SUFFIXES)
+    if pickles:
+        raise PreflightError(pickles[0], "is a pickle checkpoint and ExpDiff loads safetensors only (pickle files "
+                                         "can run code when loaded)")
     return _model_from_folder(reference, folder)
 
 
@@ -327,7 +333,11 @@ def check_textures(textures: Mapping[str, str], model: ModelInfo,
         size = None
         for udim, path in sorted(tiles.items()):
             _readable_file(path, f"{kind} texture")
-            h, w, c = image_shape(path)
+            try:
+                h, w, c = image_shape(path)
+            except ExpDiffInputError as exc:  # OpenImageIO repeats itself over several lines: keep the last
+                lines = [re.sub(r"^.*?\): ", "", line).strip() for line in exc.problem.splitlines() if line.strip()]
+                raise PreflightError(path, f"unreadable image ({lines[-1] if lines else 'cannot open'})") from None
             if c not in FILE_CHANNELS[kind]:
                 allowed = " or ".join(str(n) for n in FILE_CHANNELS[kind])
                 raise PreflightError(path, f"has {c} channel(s); {kind} maps need {allowed}")
