@@ -119,8 +119,9 @@ def _usd_error_text(exc: BaseException) -> str:
 
 def unreadable_layers(entry: str | os.PathLike) -> list[ValidationIssue]:
     """Open every layer of the asset (entry, sublayers, references, payloads; recursively) on its own and
-    report each one USD cannot read (truncated, corrupt, missing, not USD) as an ``expdiff:LayerReadable``
-    error, with the layer's path as its site. Empty when every layer reads."""
+    report each existing one USD cannot read (truncated, corrupt, not USD) as an ``expdiff:LayerReadable``
+    error, with the layer's path as its site. Empty when every layer reads (missing layers are left to the
+    composition validators)."""
     from pxr import Sdf, Tf
 
     issues: list[ValidationIssue] = []
@@ -139,7 +140,7 @@ def unreadable_layers(entry: str | os.PathLike) -> list[ValidationIssue]:
                 layer, problem = None, _usd_error_text(exc)
             trap.Clear()
         if not os.path.exists(path):
-            problem = "layer file not found"
+            continue  # a missing layer is a composition error, which OpenUSD's validators report
         if problem:
             issues.append(ValidationIssue("error", "expdiff:LayerReadable", problem, path))
             continue
