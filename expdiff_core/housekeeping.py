@@ -5,7 +5,8 @@
   however it dies), with its start time and work folder.
 - ``sweep_stale`` removes what dead builds left: hidden ``.v###.*.partial`` version folders under the output
   root and per-run work folders under ``<state>/cache/builds``, each only when it was last written before
-  the oldest running build started (so no running build's folder is touched), and the records of dead builds.
+  the oldest running build started (so no running build's folder is touched), and the records of dead builds
+  (whose run ids it returns, so the orchestrator can mark those runs crashed).
 - ``remove_work_folder`` removes one run's work folder at the end of the run.
 - ``start_watchdog`` starts a small child process that watches its parent (the build) and, when the parent is
   gone (SIGKILL included), stops the processes the parent had started, e.g. Prefect's temporary API server.
@@ -73,9 +74,9 @@ def release_build(state_path: str | os.PathLike, run_id: str) -> None:
         os.close(fd)
 
 
-def running_builds(state_path: str | os.PathLike) -> list[RunningBuild]:
+def running_builds(state_path: str | os.PathLike, dead: list[str] | None = None) -> list[RunningBuild]:
     """The builds recorded under ``state_path`` whose process still holds its lock; records of dead builds
-    are removed on the way."""
+    are removed on the way (their run ids appended to ``dead`` when given)."""
     folder = running_folder(state_path)
     found = []
     for path in sorted(folder.glob("*.lock")) if folder.is_dir() else []:
@@ -94,6 +95,8 @@ def running_builds(state_path: str | os.PathLike) -> list[RunningBuild]:
                     held = True
             if not held:
                 path.unlink(missing_ok=True)
+                if dead is not None:
+                    dead.append(path.stem)
                 continue
             try:
                 data = json.loads(path.read_text() or "{}")
@@ -117,15 +120,17 @@ def _last_written(path: Path) -> float:
 
 
 def sweep_stale(output_root: str | os.PathLike, state_path: str | os.PathLike) -> dict[str, list[str]]:
-    """Remove partial version folders and work folders left by dead builds; returns what was removed.
+    """Remove partial version folders and work folders left by dead builds; returns what was removed
+    ({"partial": [...], "work": [...], "dead_runs": [run ids of dead builds whose records were dropped]}).
 
     A folder is stale when it was last written before the oldest running build started (now, when none
     runs) and it is not a running build's work folder.
     """
-    running = running_builds(state_path)
+    dead: list[str] = []
+    running = running_builds(state_path, dead)
     oldest = min((b.started for b in running), default=time.time())
     keep = {os.path.realpath(b.work_dir) for b in running if b.work_dir}
-    removed: dict[str, list[str]] = {"partial": [], "work": []}
+    removed: dict[str, list[str]] = {"partial": [], "work": [], "dead_runs": dead}
     out = Path(output_root)
     for character in _subfolders(out):
         for entry in _subfolders(character):

@@ -235,8 +235,31 @@ def begin_build_run(settings: Settings, character: str, run_id: str) -> str:
 
     work = work_folder(settings.state_path, character, run_id)
     register_build(settings.state_path, run_id, work)
-    sweep_stale(settings.output_path, settings.state_path)
+    swept = sweep_stale(settings.output_path, settings.state_path)
+    mark_crashed(swept["dead_runs"])
     return str(work)
+
+
+def mark_crashed(run_ids: Sequence[str]) -> list[str]:
+    """Set flow runs whose build process died (SIGKILL, power loss) to Crashed, so they do not stay RUNNING
+    forever on the API; returns the ids updated. Runs the API does not know (another server) are skipped."""
+    from prefect.client.orchestration import get_client
+    from prefect.states import Crashed
+
+    done = []
+    if not run_ids:
+        return done
+    with get_client(sync_client=True) as client:
+        for run_id in run_ids:
+            try:
+                run = client.read_flow_run(run_id)
+                if run.state is not None and not run.state.is_final():
+                    client.set_flow_run_state(run_id, Crashed(message="the build process died; its leftovers "
+                                                                      "were removed by a later build"), force=True)
+                    done.append(run_id)
+            except Exception:  # noqa: BLE001 - not a run of this API, or not a run id
+                continue
+    return done
 
 
 def end_build_run(flow: Any, flow_run: Any, state: State) -> None:

@@ -226,7 +226,7 @@ def test_the_sweep_removes_partial_version_and_work_folders_of_dead_builds(tmp_p
         removed = sweep_stale(out, state)
     finally:
         release_build(state, "run-now")
-    assert removed == {"partial": [str(partial)], "work": [str(dead_work)]}
+    assert removed == {"partial": [str(partial)], "work": [str(dead_work)], "dead_runs": []}
     assert not partial.exists() and not dead_work.exists()
 
 
@@ -250,12 +250,14 @@ def test_the_sweep_keeps_what_a_running_build_is_writing(tmp_path):
         their_work.mkdir(parents=True)
         os.utime(their_work, (started, started))
         assert [b.run_id for b in running_builds(state)] == ["run-other"]
-        assert sweep_stale(out, state) == {"partial": [], "work": []}
+        assert sweep_stale(out, state) == {"partial": [], "work": [], "dead_runs": []}
         assert theirs.exists() and their_work.exists()
     finally:
         holder.kill()
         holder.wait()
-    assert running_builds(state) == []  # the lock went with the process; its record is removed
+    # The lock went with the process: the next sweep drops its record, names the run, and clears its folders.
+    assert sweep_stale(out, state) == {"partial": [str(theirs)], "work": [str(their_work)], "dead_runs": ["run-other"]}
+    assert running_builds(state) == []
 
 
 def test_a_run_work_folder_is_removed_at_the_end_unless_kept(tmp_path, monkeypatch):
