@@ -12,6 +12,13 @@ that key in the results folder, so a rerun with the same inputs finds it and the
 without running. Side-effecting steps (synthesise, export, register) are never served from the cache
 (``NOT_CACHED``): Prefect 3.9 persists a result only under a transaction key and ``NO_CACHE`` gives none, so
 they store their result under their own task run id instead - persisted, never a hit for another run.
+
+Caches that heal: cached stages write their files to ``cached_stage_dir`` (named by their inputs, kept after
+the run's work folder is removed); when a record's result names a file that is gone, ``drop_stale_record``
+removes the record as the key is computed, so the lookup is a miss and the stage runs again; a missing input
+file gives a key of its own instead of an exception. Retries: only OS errors that can heal are retried
+(``retry_on_transient_io``). ``begin_build_run`` / ``end_build_run`` record a build as running, sweep what
+dead builds left and remove the run's work folder at the end (``expdiff_core.housekeeping``).
 """
 
 from __future__ import annotations
