@@ -64,11 +64,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .. import facs
-    from ..preflight import PROMPT_PREFIX, PreflightError, check_build
+    from ..preflight import PROMPT_PREFIX, PreflightError, check_build, check_expressions, check_sampling
 
     settings = settings_from(args)
     if args.demo == bool(args.mesh):
         raise PreflightError(None, "give either a MESH or --demo")
+    expressions = list(args.expressions or ([] if args.prompt else facs.UNIT_NAMES))
+    expressions += [PROMPT_PREFIX + p for p in args.prompt]
+    check_sampling(args.seed, args.steps, args.strength, args.sampler)  # values first: no file is touched
+    check_expressions(expressions)
     if args.demo:
         from ..preflight import check_writable_folder
 
@@ -85,8 +89,6 @@ def run(args: argparse.Namespace) -> int:
         textures = {k: str(Path(getattr(args, k)).expanduser().resolve())
                     for k in ("albedo", "specular", "roughness", "normal") if getattr(args, k)}
         character = args.character
-    expressions = list(args.expressions or ([] if args.prompt else facs.UNIT_NAMES))
-    expressions += [PROMPT_PREFIX + p for p in args.prompt]
     plan = check_build(settings, mesh=mesh, textures=textures, character=character, expressions=expressions,
                        model=args.model or DEFAULT_MODEL, seed=args.seed, steps=args.steps, sampler=args.sampler,
                        strength=args.strength)

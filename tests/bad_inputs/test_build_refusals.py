@@ -288,3 +288,9 @@ def test_the_flow_refuses_a_free_prompt_not_marked_as_one(guarded):
     with pytest.raises(PreflightError, match="did you mean jawOpen"):
         build_character.fn(character="hero", mesh=str(guarded.mesh), textures=guarded.textures,
                            expressions=["jawopen"], model=str(guarded.model))
+
+
+def test_a_bad_flag_with_demo_is_refused_before_the_demo_asset_is_written(guarded, capsys):
+    code, _, err = run_cli(["build", "--demo", "--steps", "0", "--output-root", str(guarded.out)], capsys)
+    refused(code, err, "--steps 0")
+    assert not (guarded.state / "demo").exists()
