@@ -9,6 +9,7 @@ import argparse
 import importlib
 import signal
 import sys
+import threading
 import traceback
 
 from ..errors import ExpDiffEnvironmentError, ExpDiffError
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     permission), 1 for anything else, 130 when interrupted."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _terminated)
     try:
         return int(args.func(args) or 0)
