@@ -12,31 +12,40 @@ from __future__ import annotations
 from prefect import flow, unmapped
 from prefect.runtime import flow_run
 
+from expdiff_core.preflight import check_build
 from tasks import artifacts
 from tasks import build as stages
-from tasks.common import StageTimer, artifacts_path, bind_result_storage, run_settings
+from tasks.common import (StageTimer, artifacts_path, begin_build_run, bind_result_storage, cached_stage_dir,
+                          end_build_run, run_settings)
 
 POSITION = "position"
 
 
 # The returned summary is persisted (JSON) so a parent run on another worker - the nightly fan-out - can read it.
 @flow(name="build-character", description="Build FACS expression blendshapes with dynamic BRDF textures for one "
-      "character and publish them as a new USD version.", persist_result=True, result_serializer="json")
+      "character and publish them as a new USD version.", persist_result=True, result_serializer="json",
+      on_completion=[end_build_run], on_failure=[end_build_run], on_crashed=[end_build_run],
+      on_cancellation=[end_build_run])
 def build_character(character: str, mesh: str, textures: dict[str, str], expressions: list[str],
                     model: str = "models:/expdiff@champion", seed: int = 0, steps: int | None = None,
                     sampler: str | None = None, strength: float | None = None, device: str | None = None,
-                    config_file: str | None = None) -> dict:
+                    config_file: str | None = None, keep_work: bool = False) -> dict:
     """character: USD prim name of the character (letters, digits, '_'). mesh: neutral OBJ/PLY/USD on the
     model's template. textures: kind (albedo, specular, roughness, normal) -> a ``<UDIM>`` pattern, one tile
     or a folder; albedo required. expressions: FACS unit names or free prompts. model: ``models:/NAME@alias``,
     ``models:/NAME/VERSION`` or a local pipeline folder. steps/sampler/strength: sampling overrides.
-    device: auto | cpu | cuda[:N] (default: settings). config_file: ExpDiff settings TOML."""
+    device: auto | cpu | cuda[:N] (default: settings). config_file: ExpDiff settings TOML. Free prompts are
+    written ``prompt:TEXT``. keep_work: keep the per-run work folder (removed when the run ends by default).
+    Every parameter is checked first (``expdiff_core.preflight``), before anything is written."""
     settings = run_settings(config_file)
+    plan = check_build(settings, mesh=mesh, textures=textures, character=character, expressions=expressions,
+                       model=model, seed=seed, steps=steps, sampler=sampler, strength=strength)
+    expressions = plan.expressions  # free prompts without their "prompt:" marker
     (resolve, ingest, encode, diffuse, decode, recover, transfer, export, validate, sheet) = bind_result_storage(
         settings, stages.resolve_model, stages.ingest, stages.encode, stages.diffuse, stages.decode,
         stages.recover, stages.transfer_textures, stages.export_usd, stages.validate_usd, stages.contact_sheet)
     run_id = str(flow_run.get_id())
-    work = str(settings.cache_path / "builds" / character / run_id)
+    work = begin_build_run(settings, plan.character, run_id)
     device = device or settings.device
     timer = StageTimer()
 
@@ -45,9 +54,12 @@ def build_character(character: str, mesh: str, textures: dict[str, str], express
     with timer.stage("ingest"):
         ingested = ingest(mesh, textures, model_ref)
     with timer.stage("encode"):
-        encoded = encode(ingested, model_ref, work, device)
+        encoded = encode(ingested, model_ref, cached_stage_dir(settings, "encode", ingested["hashes"],
+                                                               ingested["textures"], model_ref["fingerprint"]), device)
     with timer.stage("diffuse"):
-        diffused = diffuse(encoded, model_ref, expressions, work, seed=seed, steps=steps, sampler=sampler,
+        diffused = diffuse(encoded, model_ref, expressions, cached_stage_dir(
+                               settings, "diffuse", encoded["latents"], model_ref["fingerprint"], expressions, seed,
+                               steps, sampler, strength), seed=seed, steps=steps, sampler=sampler,
                            strength=strength, device=device,
                            progress_key=artifacts.artifact_key("build", character, "diffusion-progress"))
     with timer.stage("decode"):

@@ -12,6 +12,13 @@ that key in the results folder, so a rerun with the same inputs finds it and the
 without running. Side-effecting steps (synthesise, export, register) are never served from the cache
 (``NOT_CACHED``): Prefect 3.9 persists a result only under a transaction key and ``NO_CACHE`` gives none, so
 they store their result under their own task run id instead - persisted, never a hit for another run.
+
+Caches that heal: cached stages write their files to ``cached_stage_dir`` (named by their inputs, kept after
+the run's work folder is removed); when a record's result names a file that is gone, ``drop_stale_record``
+removes the record as the key is computed, so the lookup is a miss and the stage runs again; a missing input
+file gives a key of its own instead of an exception. Retries: only OS errors that can heal are retried
+(``retry_on_transient_io``). ``begin_build_run`` / ``end_build_run`` record a build as running, sweep what
+dead builds left and remove the run's work folder at the end (``expdiff_core.housekeeping``).
 """
 
 from __future__ import annotations
@@ -30,12 +37,14 @@ from prefect.tasks import Task, exponential_backoff
 
 from expdiff_core import __version__
 from expdiff_core.config import Settings, load_settings
-from expdiff_core.fileio import hash_files
+from expdiff_core.errors import ExpDiffInputError
+from expdiff_core.fileio import hash_files, is_unhealable
 from expdiff_core.orchestration_helpers.artifact_server import ARTIFACTS_FOLDER
 
 __all__ = [
     "ARTIFACTS_FOLDER", "GPU_TAG", "IO_RETRIES", "IO_RETRY_DELAYS", "IO_RETRY_JITTER", "NOT_CACHED",
-    "RESULTS_FOLDER", "RESULT_SERIALIZER", "artifacts_path", "bind_result_storage", "content_cache_key",
+    "RESULTS_FOLDER", "RESULT_SERIALIZER", "artifacts_path", "bind_result_storage", "cached_stage_dir",
+    "content_cache_key", "drop_stale_record", "referenced_paths",
     "StageTimer", "folder_files", "input_files", "results_path", "retry_on_transient_io", "run_settings",
 ]
 
@@ -133,22 +142,81 @@ def content_cache_key(step: str, files: Sequence[str] = (), values: Sequence[str
         names = values if values is not None else sorted(k for k in parameters if k not in file_params)
         record: dict[str, Any] = {
             "step": step, "expdiff": __version__, "values": {k: _parameter(parameters, k) for k in names},
-            "files": {k: hash_files([p.resolve() for p in input_files(_parameter(parameters, k))]) for k in files},
+            "files": {k: _hash_or_missing(input_files(_parameter(parameters, k))) for k in files},
         }
         blob = json.dumps(record, sort_keys=True, default=str).encode("utf-8")
-        return f"{step}-{hashlib.sha256(blob).hexdigest()}"
+        cache_key = f"{step}-{hashlib.sha256(blob).hexdigest()}"
+        drop_stale_record(getattr(context, "result_store", None), cache_key)
+        return cache_key
 
     return key
 
 
-def retry_on_transient_io(task: Task, task_run: Any, state: State) -> bool:
-    """Retry condition for I/O steps: retry OS-level errors (network file systems, connections, timeouts).
+def _hash_or_missing(paths: Sequence[Path]) -> dict[str, str]:
+    """{path: sha256}; a file that is gone hashes as ``"missing"`` (a key no real run has), so the task runs
+    and reports the missing file itself instead of the cache lookup crashing."""
+    out = {}
+    for p in paths:
+        try:
+            out.update(hash_files([p.resolve()]))
+        except ExpDiffInputError:
+            out[str(p)] = "missing"
+    return out
 
-    ExpDiff's own errors (a missing or malformed input, a refused overwrite) are not transient: retrying
-    them only delays the failure, so they fail at once.
+
+def referenced_paths(value: Any) -> list[str]:
+    """Absolute file paths named by a task result (strings in its values, nested; not mapping keys)."""
+    if isinstance(value, str):
+        return [value] if os.path.isabs(value) and "<UDIM>" not in value else []
+    if isinstance(value, Mapping):
+        return [p for v in value.values() for p in referenced_paths(v)]
+    if isinstance(value, (list, tuple)):
+        return [p for v in value for p in referenced_paths(v)]
+    return []
+
+
+def drop_stale_record(store: Any, key: str) -> bool:
+    """Remove the cache record ``key`` when a file its result names is gone (a cleaned work folder, a deleted
+    cache), so the lookup is a miss and the task runs again instead of handing on dead paths. True when
+    removed. Only records in local result storage are inspected; unreadable records are left to Prefect."""
+    storage = getattr(store, "result_storage", None)
+    basepath = getattr(storage, "basepath", None)
+    if store is None or basepath is None or getattr(store, "metadata_storage", None) is not None:
+        return False
+    record_file = Path(str(basepath)).expanduser() / key
+    if not record_file.is_file():
+        return False
+    try:
+        result = store.read(key).result
+    except Exception:  # noqa: BLE001 - a record Prefect cannot read is Prefect's to handle
+        return False
+    missing = [p for p in referenced_paths(result) if not os.path.exists(p)]
+    if not missing:
+        return False
+    record_file.unlink(missing_ok=True)
+    return True
+
+
+def cached_stage_dir(settings: Settings, step: str, *values: Any) -> str:
+    """Output folder of a cached stage, named by what determines its output: ``<cache>/stages/<step>-<hash>``.
+
+    Cached stages (encode, diffuse) write here instead of the per-run work folder, so their cache records stay
+    valid after the run's work folder is removed; equal inputs share a folder (files are written atomically).
+    """
+    blob = json.dumps([step, __version__, *values], sort_keys=True, default=str).encode("utf-8")
+    return str(settings.cache_path / "stages" / f"{step}-{hashlib.sha256(blob).hexdigest()[:24]}")
+
+
+def retry_on_transient_io(task: Task, task_run: Any, state: State) -> bool:
+    """Retry condition for I/O steps: retry OS-level errors that can heal (network file systems, connections,
+    timeouts).
+
+    Errors that cannot heal fail at once: ExpDiff's own errors (a missing or malformed input, a refused
+    overwrite, ``ExpDiffEnvironmentError``) and OS errors of the machine itself (no space left, read-only file
+    system, permission denied, a path component that is not a folder: ``fileio.UNHEALABLE_ERRNOS``).
     """
     exc = state.result(raise_on_failure=False)
-    return isinstance(exc, OSError)
+    return isinstance(exc, OSError) and not is_unhealable(exc)
 
 
 class StageTimer:
@@ -164,3 +232,52 @@ class StageTimer:
             yield
         finally:
             self.seconds[name] = round(time.perf_counter() - start, 3)
+
+
+# ------------------------------------------------------------------ run housekeeping of build flows
+def begin_build_run(settings: Settings, character: str, run_id: str) -> str:
+    """Record the build as running, sweep what dead builds left (``housekeeping.sweep_stale``) and return the
+    run's work folder ``<state>/cache/builds/<character>/<run_id>`` (character already checked)."""
+    from expdiff_core.housekeeping import register_build, sweep_stale, work_folder
+
+    work = work_folder(settings.state_path, character, run_id)
+    register_build(settings.state_path, run_id, work)
+    swept = sweep_stale(settings.output_path, settings.state_path)
+    mark_crashed(swept["dead_runs"])
+    return str(work)
+
+
+def mark_crashed(run_ids: Sequence[str]) -> list[str]:
+    """Set flow runs whose build process died (SIGKILL, power loss) to Crashed, so they do not stay RUNNING
+    forever on the API; returns the ids updated. Runs the API does not know (another server) are skipped."""
+    from prefect.client.orchestration import get_client
+    from prefect.states import Crashed
+
+    done = []
+    if not run_ids:
+        return done
+    with get_client(sync_client=True) as client:
+        for run_id in run_ids:
+            try:
+                run = client.read_flow_run(run_id)
+                if run.state is not None and not run.state.is_final():
+                    client.set_flow_run_state(run_id, Crashed(message="the build process died; its leftovers "
+                                                                      "were removed by a later build"), force=True)
+                    done.append(run_id)
+            except Exception:  # noqa: BLE001 - not a run of this API, or not a run id
+                continue
+    return done
+
+
+def end_build_run(flow: Any, flow_run: Any, state: State) -> None:
+    """Flow hook (completed, failed, crashed, cancelled): drop the running record and remove the run's work
+    folder unless the ``keep_work`` parameter is true. Cached stages' outputs live elsewhere and stay."""
+    from expdiff_core.housekeeping import release_build, remove_work_folder, running_builds
+
+    parameters = dict(getattr(flow_run, "parameters", None) or {})
+    settings = run_settings(parameters.get("config_file"))
+    run_id = str(flow_run.id)
+    record = next((b for b in running_builds(settings.state_path) if b.run_id == run_id), None)
+    release_build(settings.state_path, run_id)
+    if record is not None and record.work_dir and not parameters.get("keep_work"):
+        remove_work_folder(record.work_dir)

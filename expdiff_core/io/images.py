@@ -15,7 +15,7 @@ import numpy as np
 import OpenImageIO as oiio
 
 from ..errors import ExpDiffInputError, PublishError
-from ..fileio import atomic_path
+from ..fileio import atomic_path, diagnose_write_failure
 
 PIXEL_TYPES = {"uint8": oiio.UINT8, "uint16": oiio.UINT16, "half": oiio.HALF, "float": oiio.FLOAT}
 
@@ -145,9 +145,12 @@ def _write_pixels(path: Path, tmp: Path, arr: np.ndarray, spec: "oiio.ImageSpec"
     if out is None:
         raise ExpDiffInputError(path, f"no image writer for this suffix: {oiio.geterror()}")
     try:
-        if not out.open(str(tmp), spec):
-            raise ExpDiffInputError(path, f"cannot write image: {out.geterror()}")
-        if not out.write_image(arr):
-            raise ExpDiffInputError(path, f"cannot write image: {out.geterror()}")
+        if not out.open(str(tmp), spec) or not out.write_image(arr):
+            message = out.geterror()
+            # OpenImageIO does not say why a write failed: name a full, read-only or unwritable disk.
+            cause = diagnose_write_failure(path, needed_bytes=arr.nbytes, message=message)
+            if cause is not None:
+                raise cause
+            raise ExpDiffInputError(path, f"cannot write image: {message}")
     finally:
         out.close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from pathlib import PurePath
 from typing import Any, Iterable, Mapping
 
 import numpy as np
@@ -42,7 +43,8 @@ class FacsInfo:
 class Provenance:
     """How an asset was made (the ``ExpDiffProvenanceAPI`` record on the asset root).
 
-    input_hashes maps an input's name (``"neutral_mesh"``, ``"albedo"``, ...) to its sha256 hex digest.
+    input_hashes maps an input's name (``"neutral_mesh"``, ``"albedo"``, ...) or file path to its sha256 hex
+    digest; file paths are published as file names (``portable_input_names``).
     """
 
     model_name: str
@@ -112,16 +114,38 @@ def read_facs_api(prim) -> FacsInfo | None:
 def apply_provenance_api(prim, provenance: Provenance) -> None:
     """Apply ``ExpDiffProvenanceAPI`` to the asset root prim and author ``provenance``."""
     _apply(prim, PROVENANCE_API)
-    names = sorted(provenance.input_hashes)
+    portable = portable_input_names(provenance.input_hashes)
+    names = sorted(portable)
     values = {
         "modelName": provenance.model_name, "modelVersion": str(provenance.model_version),
         "mlflowRunId": provenance.mlflow_run_id or "", "prefectFlowRunId": provenance.prefect_flow_run_id or "",
         "seed": int(provenance.seed), "scheduler": provenance.scheduler, "steps": int(provenance.steps),
-        "inputNames": names, "inputHashes": [provenance.input_hashes[n] for n in names],
+        "inputNames": names, "inputHashes": [provenance.input_hashes[portable[n]] for n in names],
         "packageVersion": provenance.package_version,
     }
     for name, value in values.items():
         prim.GetAttribute(_PROV + name).Set(value)
+
+
+def portable_input_names(input_hashes: Mapping[str, str]) -> dict[str, str]:
+    """{name to publish: key of ``input_hashes``}: a key that is a file path becomes its file name (or the
+    shortest trailing part of its path that tells it from the other inputs), never an absolute path of the
+    build machine; other keys (``"neutral_mesh"``) stay. The absolute paths stay in the Prefect / MLflow run."""
+    parts = {key: PurePath(key.replace("\\", "/")).parts for key in input_hashes}
+    out: dict[str, str] = {}
+    for key, p in parts.items():
+        if len(p) <= 1 and not PurePath(key).is_absolute():
+            out[key] = key
+            continue
+        tail = [x for x in p if x not in ("/", "")]
+        for n in range(1, len(tail) + 1):
+            name = "/".join(tail[-n:])
+            clash = any(k != key and "/".join([x for x in q if x not in ("/", "")][-n:]) == name
+                        for k, q in parts.items())
+            if not clash:
+                break
+        out[name] = key
+    return out
 
 
 def read_provenance_api(prim) -> Provenance | None:

@@ -39,6 +39,8 @@ TD_CHECKS = {
     "expdiff:UdimTiles": "every texture path resolves (each <UDIM> to tiles 1001..1100, the same tiles in every "
                          "variant) and mesh UVs stay inside tiles 1001..1100",
     "expdiff:Schemas": "the root carries ExpDiffProvenanceAPI and every blendshape ExpDiffFacsAPI",
+    "expdiff:LayerReadable": "every layer of the asset (sublayers, references, payloads) can be read: none is "
+                             "missing, truncated or corrupt",
 }
 COLOR_INPUTS = ("diffuseColor", "emissiveColor", "specularColor")
 _UDIM = "<UDIM>"
@@ -86,14 +88,66 @@ def validate_asset(path: str | os.PathLike) -> list[ValidationIssue]:
     from pxr import Tf, Usd
 
     entry = find_entry_layer(path)
+    unreadable = unreadable_layers(entry)
+    if unreadable:
+        return unreadable
     with Tf.DiagnosticTrap() as trap:
         try:
             stage = Usd.Stage.Open(str(entry), Usd.Stage.LoadAll)
         except Tf.ErrorException as exc:
             trap.Clear()
-            raise ExpDiffInputError(entry, f"cannot open as a USD stage: {str(exc).strip()}") from None
+            raise ExpDiffInputError(entry, f"cannot open as a USD stage: {_usd_error_text(exc)}") from None
         issues = _diagnostics(trap, "usd:open")
-    return _unique(issues + validate_stage(stage))
+    try:
+        return _unique(issues + validate_stage(stage))
+    except Tf.ErrorException as exc:  # a layer that opened but fails when read further
+        return _unique(issues + [ValidationIssue("error", "expdiff:LayerReadable", _usd_error_text(exc), str(entry))])
+
+
+def _usd_error_text(exc: BaseException) -> str:
+    """The message of a ``pxr.Tf.ErrorException`` without USD's source locations: the first quoted reason
+    (``Error in '...' at line N in file F : 'reason'`` -> ``reason``), once."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    reasons = []
+    for line in lines:
+        m = re.search(r" : '(.*)'$", line)
+        text = m.group(1) if m else line
+        if text not in reasons:
+            reasons.append(text)
+    return "; ".join(reasons) or type(exc).__name__
+
+
+def unreadable_layers(entry: str | os.PathLike) -> list[ValidationIssue]:
+    """Open every layer of the asset (entry, sublayers, references, payloads; recursively) on its own and
+    report each existing one USD cannot read (truncated, corrupt, not USD) as an ``expdiff:LayerReadable``
+    error, with the layer's path as its site. Empty when every layer reads (missing layers are left to the
+    composition validators)."""
+    from pxr import Sdf, Tf
+
+    issues: list[ValidationIssue] = []
+    seen: set[str] = set()
+    todo = [str(Path(entry).resolve())]
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        with Tf.DiagnosticTrap() as trap:
+            try:
+                layer = Sdf.Layer.FindOrOpen(path)
+                problem = None if layer is not None else "cannot be opened as a USD layer"
+            except Tf.ErrorException as exc:
+                layer, problem = None, _usd_error_text(exc)
+            trap.Clear()
+        if not os.path.exists(path):
+            continue  # a missing layer is a composition error, which OpenUSD's validators report
+        if problem:
+            issues.append(ValidationIssue("error", "expdiff:LayerReadable", problem, path))
+            continue
+        for dep in layer.GetCompositionAssetDependencies():
+            if dep and "<UDIM>" not in dep:
+                todo.append(os.path.normpath(layer.ComputeAbsolutePath(dep)))
+    return issues
 
 
 def validate_stage(stage) -> list[ValidationIssue]:

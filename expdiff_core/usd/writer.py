@@ -25,8 +25,8 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..errors import ExpDiffInputError, PublishError
-from ..fileio import atomic_dir
+from ..errors import ExpDiffEnvironmentError, ExpDiffInputError, PublishError
+from ..fileio import atomic_dir, diagnose_write_failure, environment_error, is_unhealable
 from ..io.mesh import METERS_PER_UNIT, FaceMesh, validate_mesh
 from ..io.textures import write_texture_set
 from ..io.udim import UDIM_FIRST, UDIM_LAST
@@ -133,13 +133,19 @@ def publish_character(
     character_dir = Path(output_root) / character
     version = next_version(character_dir)
     target = character_dir / f"v{version:03d}"
+    from pxr import Tf
+
     try:
         with atomic_dir(target) as tmp:
             write_asset(tmp, character, neutral, shapes, maps, provenance, facs, options, version=version)
+    except Tf.ErrorException as exc:  # USD reports a failed write (e.g. a full disk) as a pile of errors
+        raise _write_failure(target, exc) from None
     except OSError as exc:
         if target.exists():
             raise PublishError(f"{target}: another export published this version first; nothing was "
                                f"overwritten, run the export again to take the next version") from exc
+        if is_unhealable(exc):
+            raise environment_error(exc, exc.filename or target) from None
         raise
     return PublishedAsset(target, target / f"{character}.usda", version, tuple(_prim_names(shapes)))
 
@@ -236,6 +242,18 @@ def preview_weights(n_shapes: int, frames_per_expression: int, start_frame: floa
         one_hot[k] = 1.0
         samples[float(start_frame + k * f + f / 2)] = one_hot
     return dict(sorted(samples.items()))
+
+
+def _write_failure(target: Path, exc: BaseException) -> Exception:
+    """One error for a failed USD write into ``target``: the environment's cause when there is one (no
+    space left, read-only, no permission), else the first reason USD gave."""
+    from .validate import _usd_error_text
+
+    text = _usd_error_text(exc)
+    cause = diagnose_write_failure(target, message=text)
+    if cause is not None:
+        return ExpDiffEnvironmentError(target, f"cannot write the USD asset: {cause.problem}", cause.errno)
+    return PublishError(f"{target}: cannot write the USD asset: {text.split('; ')[0]}")
 
 
 # --------------------------------------------------------------------------- validation

@@ -63,25 +63,12 @@ def tiny_model_folder(root):
     return ExpDiffPipeline.assemble(root / "model", config, vae_dir, den_dir, template_mesh(), "# tiny test model\n")
 
 
-def write_neutral_asset(root, resolution: int = 48):
-    """Our template head (OBJ) and smooth albedo/specular/roughness/normal tiles 1001-1002 under ``root``.
+def write_neutral_asset(root, resolution: int = 64):
+    """Our template head (OBJ) and smooth BRDF tiles 1001-1002 under ``root`` (``helpers.assets``); 64 texels:
+    a power of two, as pre-flight requires. Returns (mesh path, {kind: "<root>/tex/<kind>.<UDIM>.exr"})."""
+    from ..helpers.assets import write_neutral_asset as write
 
-    Returns (mesh path, {kind: "<root>/tex/<kind>.<UDIM>.exr"}).
-    """
-    import numpy as np
-
-    from expdiff_core.io.mesh import write_obj
-    from expdiff_core.io.textures import write_texture_set
-    from expdiff_core.synth.template import template_mesh
-
-    y, x = np.mgrid[0:resolution, 0:resolution].astype(np.float32) / resolution
-    maps = {"albedo": np.stack([0.6 + 0.2 * x, 0.4 + 0.1 * y, 0.35 + 0.0 * x]), "specular": (0.3 + 0.1 * x)[None],
-            "roughness": (0.5 + 0.2 * y)[None], "normal": np.stack([0.5 + 0.0 * x, 0.5 + 0.0 * x, 1.0 + 0.0 * x])}
-    root.mkdir(parents=True, exist_ok=True)
-    write_obj(template_mesh(), root / "head.obj")
-    for kind, image in maps.items():
-        write_texture_set({1001: image, 1002: image[:, ::-1].copy()}, root / "tex", kind)
-    return root / "head.obj", {kind: str(root / "tex" / f"{kind}.<UDIM>.exr") for kind in maps}
+    return write(root, resolution)
 
 
 @pytest.fixture(scope="session")
