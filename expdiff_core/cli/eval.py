@@ -35,7 +35,8 @@ ridge regression from the neutral's PCA coefficients to the change of vertices a
   --method 'w/o attention=models/no-attn' --method one-hot=models/onehot
 
 Prints the table, writes <out>/metrics.csv (an 'all' row per method plus one row per method and
-expression) and logs the per-method means and the CSV to MLflow (experiment 'evaluation').
+expression), <out>/summary.csv (one line per method with its margin over the best baseline: FVD ratio,
+change-PSNR difference per kind) and logs the per-method means and the CSV to MLflow (experiment 'evaluation').
 """
 
 
@@ -90,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import ExpDiffInputError, PublishError
     from ..evaluation.evaluate import evaluate_methods
     from ..evaluation.metrics import LpipsMetric, lpips_status
-    from ..evaluation.report import format_table, log_report, write_csv
+    from ..evaluation.baselines import BASELINES
+    from ..evaluation.report import format_table, log_report, write_csv, write_summary_csv
 
     settings = settings_from(args)
     methods: dict[str, Path] = {}
@@ -118,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
                             without_prior=args.without_prior)
     seconds = time.perf_counter() - start
     write_csv(rows, csv_path)
+    write_summary_csv(rows, out / "summary.csv", BASELINES)
 
     n_methods = len({r.method for r in rows})
     n_expressions = len(rows) // n_methods - 1  # every method has its 'all' row plus one per expression
@@ -129,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
         print()
         print(format_table(rows, per_expression=True))
     print(f"\nLPIPS: computed ({status.reason})" if status.available else f"\nLPIPS: not computed: {status.reason}")
-    print(f"wrote {csv_path}")
+    print(f"wrote {csv_path} and {out / 'summary.csv'}")
     if args.mlflow:
         params = {"dataset": str(dataset.resolve()), "split": args.split, "train_split": args.train_split,
                   "max_subjects": args.max_subjects, "steps": args.steps, "seed": args.seed,

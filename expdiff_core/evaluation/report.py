@@ -123,6 +123,51 @@ def format_table(rows: Sequence[Row], *, per_expression: bool = False) -> str:
     return "\n".join([fmt(header), rule, *(fmt(c) for c in lines)])
 
 
+def summary_records(rows: Sequence[Row], baselines: Sequence[str]) -> list[dict[str, Any]]:
+    """One record per method (its ``all`` row) with how it compares to the best of ``baselines``.
+
+    Columns: ``method``, ``FVD mm``, ``FVD / best baseline`` (below 1 wins), then per map kind PSNR, SSIM,
+    LPIPS (when computed), change PSNR, change PSNR in the change region, and ``change PSNR - best baseline``
+    (dB, above 0 wins), where "best baseline" is the best value among ``baselines`` for that column.
+    """
+    chosen = [r for r in rows if r.expression == ALL]
+    kinds = _kinds(chosen)
+    base = [r for r in chosen if r.method in baselines]
+    if not base:
+        raise ExpDiffInputError(None, f"no baseline row among {list(baselines)}")
+    best_fvd = min(r.fvd_mm for r in base)
+    best_change = {k: max(r.change_psnr[k] for r in base if k in r.change_psnr) for k in kinds
+                   if any(k in r.change_psnr for r in base)}
+    out = []
+    for r in chosen:
+        rec: dict[str, Any] = {"method": r.method, "FVD mm": round(r.fvd_mm, 5),
+                               "FVD / best baseline": round(r.fvd_mm / best_fvd, 3)}
+        for k in kinds:
+            rec[f"PSNR {k}"] = round(r.psnr[k], 3)
+            rec[f"SSIM {k}"] = round(r.ssim[k], 5)
+            if r.lpips:
+                rec[f"LPIPS {k}"] = round(r.lpips[k], 5)
+            if k in r.change_psnr:
+                rec[f"change PSNR {k}"] = round(r.change_psnr[k], 3)
+                rec[f"change PSNR region {k}"] = round(r.change_region_psnr[k], 3)
+                rec[f"change PSNR {k} - best baseline"] = round(r.change_psnr[k] - best_change[k], 3)
+        out.append(rec)
+    return out
+
+
+def write_summary_csv(rows: Sequence[Row], path: str | os.PathLike, baselines: Sequence[str], *,
+                      overwrite: bool = False) -> Path:
+    """``summary_records`` as CSV, atomically (never replacing a file unless ``overwrite``)."""
+    records = summary_records(rows, baselines)
+    path = Path(path)
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(records[0]))
+            writer.writeheader()
+            writer.writerows(records)
+    return path
+
+
 def metric_key(method: str, name: str) -> str:
     """MLflow metric name ``<method slug>.<name>``, e.g. ``w_o_attention.psnr_mean``."""
     slug = re.sub(r"[^a-z0-9]+", "_", method.lower()).strip("_") or "method"

@@ -71,3 +71,18 @@ def test_report_is_logged_to_a_real_sqlite_mlflow_store(tmp_path):
     assert [a.path for a in client.list_artifacts(run_id, "evaluation")] == ["evaluation/metrics.csv"]
     local = client.download_artifacts(run_id, "evaluation/metrics.csv", str(tmp_path / "back"))
     assert read_csv(local) == rows
+
+
+def test_the_summary_says_by_how_much_each_method_wins_or_loses_against_the_best_baseline():
+    from expdiff_core.evaluation.evaluate import ALL, Row
+    from expdiff_core.evaluation.report import summary_records
+
+    def row(method, fvd, change):
+        return Row(method, ALL, 4, fvd, {"albedo": 70.0}, {"albedo": 0.99}, {}, {"albedo": change}, {"albedo": change - 3})
+
+    records = summary_records([row("neutral copy", 0.2, 0.0), row("3DMM", 0.04, 20.0), row("model", 0.02, 25.0)],
+                              ["neutral copy", "3DMM"])
+    model = records[-1]
+    assert model["FVD / best baseline"] == 0.5  # 0.02 mm against 3DMM's 0.04
+    assert model["change PSNR albedo - best baseline"] == 5.0
+    assert records[1]["FVD / best baseline"] == 1.0
