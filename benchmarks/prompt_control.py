@@ -83,12 +83,15 @@ def main() -> None:
     if all(u in data.units for u in pairs):
         truth = {r["pair"]: r for r in sides_table(mesh.vertices.astype(np.float64),
                                                    {u: data.load_vertices(subject, u).astype(np.float64) for u in pairs})}
+    def ratio(x: float) -> str:
+        return f"{x:>6.1f}" if x < 1000 else "  >999"
+
     print("sides (own half / other half mean displacement; cosine of _L with mirrored _R)")
     print(f"  {'pair':<16} {'L ratio':>8} {'R ratio':>8} {'mirror':>7}   truth: {'L':>6} {'R':>6} {'mirror':>7}")
     for r in generated:
         t = truth.get(r["pair"])
-        tail = f"{t['ratio_L']:>6.1f} {t['ratio_R']:>6.1f} {t['mirror_cosine']:>7.3f}" if t else "-"
-        print(f"  {r['pair']:<16} {r['ratio_L']:>8.1f} {r['ratio_R']:>8.1f} {r['mirror_cosine']:>7.3f}          {tail}")
+        tail = f"{ratio(t['ratio_L'])} {ratio(t['ratio_R'])} {t['mirror_cosine']:>7.3f}" if t else "-"
+        print(f"  {r['pair']:<16}   {ratio(r['ratio_L'])}   {ratio(r['ratio_R'])} {r['mirror_cosine']:>7.3f}          {tail}")
     ok = all(min(r["ratio_L"], r["ratio_R"]) >= 3 and r["mirror_cosine"] >= 0.9 for r in generated)
     print(f"  every pair >= 3x on its own side and mirror cosine >= 0.9: {'yes' if ok else 'NO'}")
 
