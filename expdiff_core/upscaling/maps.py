@@ -109,7 +109,9 @@ def chain(factor: int) -> list[int]:
 class MapUpscaler:
     """One loaded upscaler. method: "compact" | "x4plus" (a GuidedNet) or "lanczos".
 
-    tile / overlap / context: tiling in low-resolution texels (see ``tiling.run_tiled``).
+    tile / overlap / context: tiling in low-resolution texels (see ``tiling.run_tiled``). skip_tolerance: in
+    ``upscale_set``, tiles whose expression differs from the neutral by no more than this (network encoding,
+    over the tile and its context) reuse the neutral's output plus the bilinear change; 0 runs every tile.
     """
 
     method: str
@@ -118,7 +120,9 @@ class MapUpscaler:
     overlap: int = 16
     context: int = 24
     device: str = "cpu"
+    skip_tolerance: float = 0.5 / 255
     info: dict[str, Any] = field(default_factory=dict)
+    skipped: int = 0
 
     def guides(self, expression: torch.Tensor, neutral: torch.Tensor, user: torch.Tensor) -> torch.Tensor | None:
         """The guide channels (G, h, w) for encoded maps at the low resolution (``user`` already reduced)."""
@@ -128,8 +132,14 @@ class MapUpscaler:
         return torch.cat(parts, dim=0) if parts else None
 
     @torch.no_grad()
-    def _pass(self, x: torch.Tensor, guide: torch.Tensor | None, scale: int) -> torch.Tensor:
-        """One network pass on encoded (3, h, w) -> (3, scale*h, scale*w); scale 2 = x4 then area 1/2."""
+    def _pass(self, x: torch.Tensor, guide: torch.Tensor | None, scale: int, *,
+              same_as: tuple[torch.Tensor, torch.Tensor] | None = None, keep_raw: bool = False):
+        """One network pass on encoded (3, h, w) -> (3, scale*h, scale*w); scale 2 = x4 then area 1/2.
+
+        same_as: (encoded neutral (3, h, w), its raw network output): tiles whose window differs from the
+        neutral by at most ``skip_tolerance`` reuse the neutral's output plus the bilinear change instead of
+        running the network. keep_raw: also return the output before the area reduction.
+        """
         net = self.net
         inp = x if guide is None else torch.cat([x, guide], dim=0)
 
@@ -137,10 +147,65 @@ class MapUpscaler:
             patch = patch.to(self.device)
             return net(patch[:, :3], patch[:, 3:] if guide is not None else None).cpu()
 
-        y = run_tiled(fn, inp, net.scale, 3, tile=self.tile, overlap=self.overlap, context=self.context)
-        if scale != net.scale:
-            y = downsample(y, (x.shape[1] * scale, x.shape[2] * scale))
-        return y
+        shortcut = None
+        if same_as is not None and self.skip_tolerance > 0:
+            neutral, neutral_raw = same_as
+            diff = (x - neutral).abs().amax(dim=0)
+            ctx = min(self.context, x.shape[1] - 1, x.shape[2] - 1)
+            diff = F.pad(diff[None, None], (ctx,) * 4, mode="reflect")[0, 0]
+            up = F.interpolate((x - neutral)[None], scale_factor=net.scale, mode="bilinear", align_corners=False)[0]
+
+            def shortcut(patch: torch.Tensor, region: tuple[slice, slice]) -> torch.Tensor | None:
+                y0, x0 = region[0].start // net.scale, region[1].start // net.scale
+                h, w = patch.shape[-2:]
+                if float(diff[y0:y0 + h, x0:x0 + w].max()) > self.skip_tolerance:
+                    return None
+                self.skipped += 1
+                return neutral_raw[:, region[0], region[1]] + up[:, region[0], region[1]]
+
+        raw = run_tiled(fn, inp, net.scale, 3, tile=self.tile, overlap=self.overlap, context=self.context,
+                        shortcut=shortcut)
+        y = raw if scale == net.scale else downsample(raw, (x.shape[1] * scale, x.shape[2] * scale))
+        return (y, raw) if keep_raw else y
+
+    def upscale_set(self, expressions: dict[str, np.ndarray], generated_neutral: np.ndarray,
+                    user_neutral: np.ndarray | None, kind: str, factor: int = 4) -> dict[str, np.ndarray]:
+        """``upscale`` for many expression maps sharing one neutral: {label: (C, f*h, f*w)}.
+
+        With one network pass (factor 2 or 4) the neutral runs once and every expression's tiles that do not
+        differ from it (``skip_tolerance``, network encoding) reuse its output plus the bilinear change.
+        """
+        if self.method == "lanczos" or len(chain(factor)) != 1:
+            return {k: self.upscale(v, generated_neutral, user_neutral, kind, factor) for k, v in expressions.items()}
+        n = check_map(generated_neutral, kind, "generated neutral map")
+        u = check_map(user_neutral, kind, "user neutral map") if user_neutral is not None else None
+        self.check_user(n, u, kind)
+        (scale,) = chain(factor)
+        xn = encode(n, kind)
+        ur = downsample(encode(u, kind), tuple(xn.shape[1:])) if u is not None else xn
+        yn, raw_n = self._pass(xn, self.guides(xn, xn, ur), scale, keep_raw=True)
+        out = {}
+        for label, expression in expressions.items():
+            e = check_map(expression, kind, f"expression map {label}")
+            if e.shape != n.shape:
+                raise ExpDiffInputError(None, f"{kind}: expression map {label} {tuple(e.shape)} and generated "
+                                        f"neutral map {tuple(n.shape)} differ in shape")
+            xe = encode(e, kind)
+            y = yn if torch.equal(xe, xn) else self._pass(xe, self.guides(xe, xn, ur), scale, same_as=(xn, raw_n))
+            out[label] = decode(y, kind, n.shape[0]).numpy().astype(np.float32)
+        return out
+
+    @staticmethod
+    def check_user(e: torch.Tensor, u: torch.Tensor | None, kind: str) -> None:
+        """The user's neutral must not be smaller than the generated maps and must share their aspect ratio."""
+        if u is None:
+            return
+        if u.shape[1] < e.shape[1] or u.shape[2] < e.shape[2]:
+            raise ExpDiffInputError(None, f"{kind}: user neutral map {tuple(u.shape[1:])} is smaller than the "
+                                    f"generated maps {tuple(e.shape[1:])}")
+        if u.shape[1] * e.shape[2] != u.shape[2] * e.shape[1]:
+            raise ExpDiffInputError(None, f"{kind}: user neutral map {tuple(u.shape[1:])} and generated maps "
+                                    f"{tuple(e.shape[1:])} have different aspect ratios")
 
     def upscale(self, expression: np.ndarray | torch.Tensor, generated_neutral: np.ndarray | torch.Tensor,
                 user_neutral: np.ndarray | torch.Tensor | None, kind: str, factor: int = 4) -> np.ndarray:
@@ -155,12 +220,7 @@ class MapUpscaler:
             raise ExpDiffInputError(None, f"{kind}: expression map {tuple(e.shape)} and generated neutral map "
                                     f"{tuple(n.shape)} differ in shape")
         u = check_map(user_neutral, kind, "user neutral map") if user_neutral is not None else None
-        if u is not None and u.shape[1:] != e.shape[1:] and (u.shape[1] < e.shape[1] or u.shape[2] < e.shape[2]):
-            raise ExpDiffInputError(None, f"{kind}: user neutral map {tuple(u.shape[1:])} is smaller than the "
-                                    f"generated maps {tuple(e.shape[1:])}")
-        if u is not None and u.shape[1] * e.shape[2] != u.shape[2] * e.shape[1]:
-            raise ExpDiffInputError(None, f"{kind}: user neutral map {tuple(u.shape[1:])} and generated maps "
-                                    f"{tuple(e.shape[1:])} have different aspect ratios")
+        self.check_user(e, u, kind)
         channels = e.shape[0]
         h, w = e.shape[1:]
         if factor == 1:

@@ -35,11 +35,14 @@ def _ramp(length: int, ramp_in: int, ramp_out: int) -> torch.Tensor:
 
 
 def run_tiled(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, scale: int, out_channels: int, *,
-              tile: int = 192, overlap: int = 16, context: int = 24) -> torch.Tensor:
+              tile: int = 192, overlap: int = 16, context: int = 24,
+              shortcut: Callable[[torch.Tensor, tuple[slice, slice]], torch.Tensor | None] | None = None
+              ) -> torch.Tensor:
     """``fn`` applied to ``x`` (C, H, W) tile by tile -> (out_channels, scale*H, scale*W).
 
     fn: (1, C, h + 2*context, w + 2*context) -> (1, out_channels, scale*(h + 2*context), ...). ``tile`` >= H, W
-    runs the whole image at once (still with the context padding).
+    runs the whole image at once (still with the context padding). shortcut(patch, (rows, cols) of the output
+    tile): a tile's output without running ``fn`` (e.g. where it would equal a known output), or None.
     """
     c, h, w = x.shape
     ctx = min(context, h - 1, w - 1)
@@ -53,7 +56,10 @@ def run_tiled(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, scale
         for j, x0 in enumerate(xs):
             tw = min(tile, w)
             patch = xp[:, :, y0:y0 + th + 2 * ctx, x0:x0 + tw + 2 * ctx]
-            y = fn(patch)[0, :, ctx * scale:(ctx + th) * scale, ctx * scale:(ctx + tw) * scale].float()
+            region = (slice(y0 * scale, (y0 + th) * scale), slice(x0 * scale, (x0 + tw) * scale))
+            y = shortcut(patch, region) if shortcut is not None else None
+            if y is None:
+                y = fn(patch)[0, :, ctx * scale:(ctx + th) * scale, ctx * scale:(ctx + tw) * scale].float()
             if weight is None:
                 out += y
                 continue
