@@ -217,7 +217,7 @@ def upscale(decoded: Mapping[str, Any], ingested: Mapping[str, Any], work_dir: s
                 write_image(root / label / f"{kind}.{udim}.exr", image.transpose(1, 2, 0), pixel_type="float")
     return {"decoded": str(root), "labels": list(decoded["labels"]), "kinds": kinds, "udims": udims,
             "upscaler": up.info, "factor": factor, "resolution": model_res * factor,
-            "tiles_skipped": up.skipped, "seconds": time.perf_counter() - t0}
+            "maps_skipped": up.skipped, "seconds": time.perf_counter() - t0}
 
 
 # ---------------------------------------------------------------------- 6. textures

@@ -109,9 +109,9 @@ def chain(factor: int) -> list[int]:
 class MapUpscaler:
     """One loaded upscaler. method: "compact" | "x4plus" (a GuidedNet) or "lanczos".
 
-    tile / overlap / context: tiling in low-resolution texels (see ``tiling.run_tiled``). skip_tolerance: in
-    ``upscale_set``, tiles whose expression differs from the neutral by no more than this (network encoding,
-    over the tile and its context) reuse the neutral's output plus the bilinear change; 0 runs every tile.
+    tile / overlap / context / border: tiling in low-resolution texels (see ``tiling.run_tiled``). batch: maps
+    per network call in ``upscale_set``. skip_tolerance: there, an expression differing from the neutral by no
+    more than this anywhere (network encoding) reuses the neutral's output plus the bilinear change.
     """
 
     method: str
@@ -119,6 +119,8 @@ class MapUpscaler:
     tile: int = 192
     overlap: int = 16
     context: int = 24
+    border: int = 10
+    batch: int = 4
     device: str = "cpu"
     skip_tolerance: float = 0.5 / 255
     info: dict[str, Any] = field(default_factory=dict)
@@ -129,51 +131,32 @@ class MapUpscaler:
         parts = []
         for guide in self.net.guides:
             parts.append(difference_map(expression, neutral) if guide == "w" else user)
-        return torch.cat(parts, dim=0) if parts else None
+        return torch.cat(parts, dim=-3) if parts else None
 
-    @torch.no_grad()
-    def _pass(self, x: torch.Tensor, guide: torch.Tensor | None, scale: int, *,
-              same_as: tuple[torch.Tensor, torch.Tensor] | None = None, keep_raw: bool = False):
-        """One network pass on encoded (3, h, w) -> (3, scale*h, scale*w); scale 2 = x4 then area 1/2.
+    @torch.inference_mode()
+    def _pass(self, x: torch.Tensor, guide: torch.Tensor | None, scale: int, *, keep_raw: bool = False):
+        """One network pass on encoded ((B,) 3, h, w) -> ((B,) 3, scale*h, scale*w); scale 2 = x4 then area 1/2.
 
-        same_as: (encoded neutral (3, h, w), its raw network output): tiles whose window differs from the
-        neutral by at most ``skip_tolerance`` reuse the neutral's output plus the bilinear change instead of
-        running the network. keep_raw: also return the output before the area reduction.
-        """
+        keep_raw: also return the output before the area reduction."""
         net = self.net
-        inp = x if guide is None else torch.cat([x, guide], dim=0)
+        inp = x if guide is None else torch.cat([x, guide], dim=-3)
 
         def fn(patch: torch.Tensor) -> torch.Tensor:
-            patch = patch.to(self.device)
+            patch = patch.to(self.device).contiguous(memory_format=torch.channels_last)
             return net(patch[:, :3], patch[:, 3:] if guide is not None else None).cpu()
 
-        shortcut = None
-        if same_as is not None and self.skip_tolerance > 0:
-            neutral, neutral_raw = same_as
-            diff = (x - neutral).abs().amax(dim=0)
-            ctx = min(self.context, x.shape[1] - 1, x.shape[2] - 1)
-            diff = F.pad(diff[None, None], (ctx,) * 4, mode="reflect")[0, 0]
-            up = F.interpolate((x - neutral)[None], scale_factor=net.scale, mode="bilinear", align_corners=False)[0]
-
-            def shortcut(patch: torch.Tensor, region: tuple[slice, slice]) -> torch.Tensor | None:
-                y0, x0 = region[0].start // net.scale, region[1].start // net.scale
-                h, w = patch.shape[-2:]
-                if float(diff[y0:y0 + h, x0:x0 + w].max()) > self.skip_tolerance:
-                    return None
-                self.skipped += 1
-                return neutral_raw[:, region[0], region[1]] + up[:, region[0], region[1]]
-
         raw = run_tiled(fn, inp, net.scale, 3, tile=self.tile, overlap=self.overlap, context=self.context,
-                        shortcut=shortcut)
-        y = raw if scale == net.scale else downsample(raw, (x.shape[1] * scale, x.shape[2] * scale))
+                        border=self.border)
+        y = raw if scale == net.scale else downsample(raw, (x.shape[-2] * scale, x.shape[-1] * scale))
         return (y, raw) if keep_raw else y
 
     def upscale_set(self, expressions: dict[str, np.ndarray], generated_neutral: np.ndarray,
                     user_neutral: np.ndarray | None, kind: str, factor: int = 4) -> dict[str, np.ndarray]:
         """``upscale`` for many expression maps sharing one neutral: {label: (C, f*h, f*w)}.
 
-        With one network pass (factor 2 or 4) the neutral runs once and every expression's tiles that do not
-        differ from it (``skip_tolerance``, network encoding) reuse its output plus the bilinear change.
+        With one network pass (factor 2 or 4) the neutral runs once, expressions run ``batch`` at a time, and an
+        expression that nowhere differs from the neutral by more than ``skip_tolerance`` (network encoding)
+        reuses the neutral's output plus its bilinear change instead of running the network.
         """
         if self.method == "lanczos" or len(chain(factor)) != 1:
             return {k: self.upscale(v, generated_neutral, user_neutral, kind, factor) for k, v in expressions.items()}
@@ -183,17 +166,28 @@ class MapUpscaler:
         (scale,) = chain(factor)
         xn = encode(n, kind)
         ur = downsample(encode(u, kind), tuple(xn.shape[1:])) if u is not None else xn
-        yn, raw_n = self._pass(xn, self.guides(xn, xn, ur), scale, keep_raw=True)
-        out = {}
+        yn = self._pass(xn, self.guides(xn, xn, ur), scale)
+        encoded, out = {}, {}
         for label, expression in expressions.items():
             e = check_map(expression, kind, f"expression map {label}")
             if e.shape != n.shape:
                 raise ExpDiffInputError(None, f"{kind}: expression map {label} {tuple(e.shape)} and generated "
                                         f"neutral map {tuple(n.shape)} differ in shape")
             xe = encode(e, kind)
-            y = yn if torch.equal(xe, xn) else self._pass(xe, self.guides(xe, xn, ur), scale, same_as=(xn, raw_n))
-            out[label] = decode(y, kind, n.shape[0]).numpy().astype(np.float32)
-        return out
+            if float((xe - xn).abs().max()) <= self.skip_tolerance:
+                change = F.interpolate((xe - xn)[None], size=yn.shape[-2:], mode="bilinear", align_corners=False)[0]
+                out[label] = yn + change
+                self.skipped += 1
+            else:
+                encoded[label] = xe
+        labels = list(encoded)
+        for i in range(0, len(labels), self.batch):
+            chunk = labels[i:i + self.batch]
+            xe = torch.stack([encoded[k] for k in chunk])
+            guide = torch.stack([self.guides(encoded[k], xn, ur) for k in chunk]) if self.net.guides else None
+            for label, y in zip(chunk, self._pass(xe, guide, scale)):
+                out[label] = y
+        return {label: decode(out[label], kind, n.shape[0]).numpy().astype(np.float32) for label in expressions}
 
     @staticmethod
     def check_user(e: torch.Tensor, u: torch.Tensor | None, kind: str) -> None:
@@ -280,7 +274,7 @@ def load_map_upscaler(settings: Any, method: str | None = None, model: str | Non
         net = GuidedNet(load_official(path, "Compact" if method == "compact" else "ESRGAN")).eval()
         source = str(path)
     dev = device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    net = net.to(dev).eval()
+    net = net.to(dev).eval().to(memory_format=torch.channels_last)
     return MapUpscaler(method, net, tile=TILES[net.architecture], device=dev,
                        info={"method": method, "source": source, "architecture": net.architecture,
                              "guides": list(net.guides)})

@@ -1,9 +1,10 @@
 """Tiled inference with overlap and seamless blending: bounded memory for any image size.
 
-The low-resolution image is reflect-padded by ``context`` texels (as the ncnn runtime pads by 10), cut into
-tiles of ``tile`` texels overlapping by ``overlap``; each tile runs with its context, the context is cropped
-from the output, and overlapping outputs are blended with linear ramps that sum to one, so no seam shows.
-Memory: one tile's activations plus the (C, s*H, s*W) output and one weight plane.
+The low-resolution image is cut into tiles of ``tile`` texels overlapping by ``overlap``; each tile runs with
+``context`` texels of its neighbours around it (``border`` texels of reflect padding where it meets the image
+edge, as the ncnn runtime pads by 10), the context is cropped from the output, and overlapping outputs are
+blended with linear ramps that sum to one, so no seam shows. Memory: one batch of tiles' activations plus the
+(B, C, s*H, s*W) output and one weight plane.
 """
 
 from __future__ import annotations
@@ -35,45 +36,43 @@ def _ramp(length: int, ramp_in: int, ramp_out: int) -> torch.Tensor:
 
 
 def run_tiled(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, scale: int, out_channels: int, *,
-              tile: int = 192, overlap: int = 16, context: int = 24,
-              shortcut: Callable[[torch.Tensor, tuple[slice, slice]], torch.Tensor | None] | None = None
-              ) -> torch.Tensor:
-    """``fn`` applied to ``x`` (C, H, W) tile by tile -> (out_channels, scale*H, scale*W).
+              tile: int = 192, overlap: int = 16, context: int = 24, border: int | None = 10) -> torch.Tensor:
+    """``fn`` applied to ``x`` ((B,) C, H, W) tile by tile -> ((B,) out_channels, scale*H, scale*W).
 
-    fn: (1, C, h + 2*context, w + 2*context) -> (1, out_channels, scale*(h + 2*context), ...). ``tile`` >= H, W
-    runs the whole image at once (still with the context padding). shortcut(patch, (rows, cols) of the output
-    tile): a tile's output without running ``fn`` (e.g. where it would equal a known output), or None.
+    fn: (B, C, h', w') -> (B, out_channels, scale*h', scale*w') for any window size. ``tile`` >= H, W runs the
+    whole image at once. border: reflect padding at the image edges (None: ``context``).
     """
-    c, h, w = x.shape
-    ctx = min(context, h - 1, w - 1)
-    xp = F.pad(x[None], (ctx, ctx, ctx, ctx), mode="reflect") if ctx > 0 else x[None]
+    single = x.ndim == 3
+    xb = x[None] if single else x
+    b, c, h, w = xb.shape
+    ctx = max(0, min(context, h - 1, w - 1))
+    edge = ctx if border is None else max(0, min(border, ctx))
+    xp = F.pad(xb, (ctx, ctx, ctx, ctx), mode="reflect") if ctx > 0 else xb
     tile = max(tile, overlap + 1)
     ys, xs = tile_starts(h, tile, overlap), tile_starts(w, tile, overlap)
-    out = torch.zeros(out_channels, h * scale, w * scale, dtype=torch.float32)
-    weight = torch.zeros(1, h * scale, w * scale, dtype=torch.float32) if len(ys) * len(xs) > 1 else None
+    th, tw = min(tile, h), min(tile, w)
+    out = torch.zeros(b, out_channels, h * scale, w * scale, dtype=torch.float32)
+    weight = torch.zeros(1, 1, h * scale, w * scale, dtype=torch.float32) if len(ys) * len(xs) > 1 else None
     for i, y0 in enumerate(ys):
-        th = min(tile, h)
+        top = edge if y0 == 0 else ctx
+        bottom = edge if y0 + th == h else ctx
         for j, x0 in enumerate(xs):
-            tw = min(tile, w)
-            patch = xp[:, :, y0:y0 + th + 2 * ctx, x0:x0 + tw + 2 * ctx]
-            region = (slice(y0 * scale, (y0 + th) * scale), slice(x0 * scale, (x0 + tw) * scale))
-            y = shortcut(patch, region) if shortcut is not None else None
-            if y is None:
-                y = fn(patch)[0, :, ctx * scale:(ctx + th) * scale, ctx * scale:(ctx + tw) * scale].float()
+            left = edge if x0 == 0 else ctx
+            right = edge if x0 + tw == w else ctx
+            patch = xp[:, :, ctx + y0 - top:ctx + y0 + th + bottom, ctx + x0 - left:ctx + x0 + tw + right]
+            y = fn(patch)[:, :, top * scale:(top + th) * scale, left * scale:(left + tw) * scale].float()
+            rows, cols = slice(y0 * scale, (y0 + th) * scale), slice(x0 * scale, (x0 + tw) * scale)
             if weight is None:
-                out += y
+                out[:, :, rows, cols] += y
                 continue
             # ramps only where a neighbouring tile overlaps this one (their widths: the shared texels)
-            top = (ys[i - 1] + th - y0) * scale if i else 0
-            bottom = (y0 + th - ys[i + 1]) * scale if i + 1 < len(ys) else 0
-            left = (xs[j - 1] + tw - x0) * scale if j else 0
-            right = (x0 + tw - xs[j + 1]) * scale if j + 1 < len(xs) else 0
-            wy = _ramp(th * scale, max(top, 0), max(bottom, 0))
-            wx = _ramp(tw * scale, max(left, 0), max(right, 0))
-            wt = wy[:, None] * wx[None, :]
-            ys_, xs_ = slice(y0 * scale, (y0 + th) * scale), slice(x0 * scale, (x0 + tw) * scale)
-            out[:, ys_, xs_] += y * wt
-            weight[:, ys_, xs_] += wt
+            r_top = (ys[i - 1] + th - y0) * scale if i else 0
+            r_bottom = (y0 + th - ys[i + 1]) * scale if i + 1 < len(ys) else 0
+            r_left = (xs[j - 1] + tw - x0) * scale if j else 0
+            r_right = (x0 + tw - xs[j + 1]) * scale if j + 1 < len(xs) else 0
+            wt = _ramp(th * scale, r_top, r_bottom)[:, None] * _ramp(tw * scale, r_left, r_right)[None, :]
+            out[:, :, rows, cols] += y * wt
+            weight[:, :, rows, cols] += wt
     if weight is not None:
         out /= weight.clamp_min(1e-12)
-    return out
+    return out[0] if single else out
