@@ -47,7 +47,7 @@ class SRTrainConfig:
     identities: int = 6
     expressions: int = 6
     kinds: tuple[str, ...] = KINDS
-    patch: int = 32
+    patch: int = 24
     context: int = 4
     batch: int = 4
     steps: int = 300

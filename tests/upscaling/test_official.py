@@ -65,3 +65,12 @@ def test_a_checkpoint_of_another_architecture_is_a_clear_input_error(tmp_path):
     save_file(other.state_dict(), str(tmp_path / "other.safetensors"))
     with pytest.raises(ExpDiffInputError, match="other.safetensors: not a Real-ESRGAN network"):
         official.load_official(tmp_path / "other.safetensors")
+
+
+def test_cli_import_converts_and_reports_the_checked_folder(capsys):
+    from expdiff_core.cli import main
+
+    assert main(["models", "import-realesrgan", "compact", "--no-register"]) == 0
+    out = capsys.readouterr().out
+    assert "compact:" in out and "checked against the recorded SHA-256" in out
+    assert (load_settings().state_path / "upscalers" / "compact" / "model.safetensors").is_file()
