@@ -62,8 +62,18 @@ def encode(x: torch.Tensor, kind: str) -> torch.Tensor:
     return _srgb_encode(x) if kind == "albedo" else x.clamp(0, 1)
 
 
-def decode(y: torch.Tensor, kind: str, channels: int) -> torch.Tensor:
-    """Network RGB output -> the map's own encoding and channel count, clipped to [0, 1]."""
+def decode(y: torch.Tensor, kind: str, channels: int, rows: int = 256) -> torch.Tensor:
+    """Network RGB output (3, H, W) -> the map's own encoding and channel count, clipped to [0, 1].
+
+    Works ``rows`` rows at a time into one output buffer, so a 4096^2 map needs no full-size temporaries.
+    """
+    out = torch.empty((channels, *y.shape[-2:]), dtype=torch.float32)
+    for r in range(0, y.shape[-2], rows):
+        out[:, r:r + rows] = _decode_rows(y[:, r:r + rows], kind, channels)
+    return out
+
+
+def _decode_rows(y: torch.Tensor, kind: str, channels: int) -> torch.Tensor:
     y = y.clamp(0, 1)
     if kind == "albedo":
         y = _srgb_decode(y)
@@ -187,7 +197,7 @@ class MapUpscaler:
             guide = torch.stack([self.guides(encoded[k], xn, ur) for k in chunk]) if self.net.guides else None
             for label, y in zip(chunk, self._pass(xe, guide, scale)):
                 out[label] = y
-        return {label: decode(out[label], kind, n.shape[0]).numpy().astype(np.float32) for label in expressions}
+        return {label: decode(out[label], kind, n.shape[0]).numpy() for label in expressions}
 
     @staticmethod
     def check_user(e: torch.Tensor, u: torch.Tensor | None, kind: str) -> None:
@@ -233,7 +243,7 @@ class MapUpscaler:
             if i + 1 < len(passes):  # the next pass's W_n needs the neutral at the new resolution
                 xn = self._pass(xn, self.guides(xn, xn, ur), scale)
             xe = next_e
-        return decode(xe, kind, channels).numpy().astype(np.float32)
+        return decode(xe, kind, channels).numpy()
 
 
 BUNDLED = "upscaler"  # models/upscaler: the guided Compact fine-tuned by `expdiff train sr`
