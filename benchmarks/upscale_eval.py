@@ -90,7 +90,7 @@ def main() -> None:
     cases = ev.eval_cases(args.identities, cache_dir=settings.cache_path / "raster")
     guided = load_map_upscaler(settings, "compact", args.model)
     official = load_map_upscaler(settings, "compact", str(official_folder(settings, "compact")))
-    methods = {f"guided SR ({guided.info['source']})": ev.network_method(guided)}
+    methods = {f"guided SR ({args.model or 'bundled models/upscaler'})": ev.network_method(guided)}
     if args.no_w_model:
         methods["(b) same network without W_n"] = ev.network_method(load_map_upscaler(settings, "compact",
                                                                                         args.no_w_model))
