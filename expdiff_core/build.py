@@ -230,6 +230,63 @@ def recover(decoded: Mapping[str, Any], ingested: Mapping[str, Any], model_dir: 
     return {"vertices": str(path), "labels": list(decoded["labels"]), "figures": figures}
 
 
+# ---------------------------------------------------------------------- 5b. upscale
+def upscale_factor(model_resolution: int, user_resolution: int | None) -> int:
+    """The power of 2 that takes model-resolution maps to the user's texture resolution (at least 1)."""
+    if not user_resolution or user_resolution <= model_resolution:
+        return 1
+    factor = 1
+    while model_resolution * factor < user_resolution:
+        factor *= 2
+    return factor
+
+
+def upscale(decoded: Mapping[str, Any], ingested: Mapping[str, Any], work_dir: str | os.PathLike, *,
+            upscaler: str | None = None, upscaler_model: str | None = None, settings: Any = None,
+            device: str = "cpu") -> dict[str, Any]:
+    """The guided upscaling stage (Eq. 8): every expression's BRDF maps and the generated neutral, from model
+    resolution to the user's texture resolution -> ``<work>/upscaled/<label>/<kind>.<udim>.exr``.
+
+    The factor is the power of 2 reaching the user's albedo resolution (the same for every kind). Returns a
+    dict shaped like ``decode``'s (``decoded`` = the upscaled folder) so ``transfer_textures`` adds the
+    upscaled change ``G(E) - G(N)`` to the user's neutral unchanged; with upscaler ``none`` (or a factor of 1)
+    it returns ``decoded`` itself. upscaler: compact | x4plus | lanczos | none (default: the setting).
+    """
+    from .config import load_settings
+    from .upscaling.maps import load_map_upscaler
+
+    settings = settings or load_settings()
+    method = upscaler or settings.upscaler
+    kinds = [k for k in decoded["kinds"] if k in BRDF_KINDS]
+    udims = list(decoded["udims"])
+    model_res = _decoded_map(decoded, NEUTRAL, kinds[0], udims[0]).shape[-1]
+    from .io.images import image_shape
+
+    user_res = max(image_shape(next(iter(ingested["textures"]["albedo"].values())))[:2])
+    factor = upscale_factor(model_res, user_res)
+    if method == "none" or factor == 1:
+        return {**decoded, "upscaler": "none", "factor": 1, "seconds": 0.0}
+    t0 = time.perf_counter()
+    up = load_map_upscaler(settings, method, upscaler_model, device=device)
+    root = Path(work_dir) / "upscaled"
+    for kind in kinds:
+        user = ingested["textures"].get(kind)
+        user_maps = read_texture_set({int(u): p for u, p in user.items()}, kind) if user else None
+        for udim in udims:
+            # what every expression is read against: the generated neutral, or with a prior the decoded neutral
+            # latents (the same for every expression); upscaled under the neutral's label, where
+            # transfer_textures then reads it
+            neutral = _reference_map(decoded, NEUTRAL, kind, udim)
+            ref = None if user_maps is None else user_maps[int(udim)][:neutral.shape[0]]
+            expressions = {label: _decoded_map(decoded, label, kind, udim) for label in decoded["labels"]}
+            expressions[NEUTRAL] = neutral
+            for label, image in up.upscale_set(expressions, neutral, ref, kind, factor).items():
+                write_image(root / label / f"{kind}.{udim}.exr", image.transpose(1, 2, 0), pixel_type="float")
+    return {"decoded": str(root), "labels": list(decoded["labels"]), "kinds": kinds, "udims": udims,
+            "upscaler": up.info, "factor": factor, "resolution": model_res * factor,
+            "maps_skipped": up.skipped, "seconds": time.perf_counter() - t0}
+
+
 # ---------------------------------------------------------------------- 6. textures
 def transfer_textures(decoded: Mapping[str, Any], ingested: Mapping[str, Any], kind: str,
                       work_dir: str | os.PathLike) -> dict[str, Any]:

@@ -29,6 +29,8 @@ class Settings:
     clip_text_encoder_path: str
     realesrgan_path: str
     lpips_weights_path: str
+    upscaler: str
+    upscaler_model: str
 
     # ------------------------------------------------------------- derived
     @property

@@ -17,7 +17,7 @@ DEMO_CHARACTER = "demo_head"
 BRDF_KINDS = ("albedo", "specular", "roughness", "normal")
 
 
-def write_demo_asset(folder: str | os.PathLike, resolution: int = 256, seed: int = DEMO_SEED) -> dict[str, object]:
+def write_demo_asset(folder: str | os.PathLike, resolution: int = 512, seed: int = DEMO_SEED) -> dict[str, object]:
     """Write ``<folder>/demo_head.obj`` and ``<folder>/textures/<kind>.<UDIM>.exr``; returns build inputs.
 
     Returns {"mesh": path, "textures": {kind: "<folder>/textures/<kind>.<UDIM>.exr"}}. Reuses files already

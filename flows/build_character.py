@@ -1,6 +1,6 @@
 """``build-character`` flow: one neutral asset + expressions + a model reference -> a published USD version.
 
-ingest -> encode -> diffuse -> decode -> recover meshes + transfer textures (one task per map kind) -> export
+ingest -> encode -> diffuse -> decode -> recover meshes + upscale (guided Real-ESRGAN) -> transfer textures (one task per map kind) -> export
 USD -> validate USD -> contact sheet. Any failing step fails the run (tasks are called, not left as
 futures). Artifacts on the run page: ``build-<character>-summary`` (model, seed, timings, output),
 ``build-<character>-expressions`` (per-expression figures), ``build-<character>-diffusion-progress``,
@@ -41,9 +41,10 @@ def build_character(character: str, mesh: str, textures: dict[str, str], express
     plan = check_build(settings, mesh=mesh, textures=textures, character=character, expressions=expressions,
                        model=model, seed=seed, steps=steps, sampler=sampler, strength=strength)
     expressions = plan.expressions  # free prompts without their "prompt:" marker
-    (resolve, ingest, encode, diffuse, decode, recover, transfer, export, validate, sheet) = bind_result_storage(
+    (resolve, ingest, encode, diffuse, decode, recover, upscale, transfer, export, validate, sheet) = bind_result_storage(
         settings, stages.resolve_model, stages.ingest, stages.encode, stages.diffuse, stages.decode,
-        stages.recover, stages.transfer_textures, stages.export_usd, stages.validate_usd, stages.contact_sheet)
+        stages.recover, stages.upscale, stages.transfer_textures, stages.export_usd, stages.validate_usd,
+        stages.contact_sheet)
     run_id = str(flow_run.get_id())
     work = begin_build_run(settings, plan.character, run_id)
     device = device or settings.device
@@ -66,9 +67,11 @@ def build_character(character: str, mesh: str, textures: dict[str, str], express
         decoded = decode(diffused, model_ref, work, device)
     with timer.stage("recover meshes"):
         recovered = recover(decoded, ingested, model_ref, work)
+    with timer.stage("upscale"):
+        upscaled = upscale(decoded, ingested, work, device, config_file)
     with timer.stage("transfer textures"):
         kinds = [k for k in decoded["kinds"] if k != POSITION]
-        textured = [f.result() for f in transfer.map(unmapped(decoded), unmapped(ingested), kinds, unmapped(work))]
+        textured = [f.result() for f in transfer.map(unmapped(upscaled), unmapped(ingested), kinds, unmapped(work))]
     provenance = {"model_name": model_ref["name"], "model_version": str(model_ref["version"]), "seed": seed,
                   "scheduler": diffused["sampler"], "steps": diffused["steps"],
                   "mlflow_run_id": model_ref["run_id"] or "", "prefect_flow_run_id": run_id}
@@ -95,6 +98,8 @@ def build_character(character: str, mesh: str, textures: dict[str, str], express
          "MLflow run": f"[{model_ref['run_id']}]({model_url})" if model_url else (model_ref["run_id"] or "none"),
          "seed": seed, "sampler": f"{diffused['sampler']}, {diffused['steps']} steps, strength {diffused['strength']}",
          "expressions": len(diffused["labels"]) - 1, "USD warnings": len(validated["issues"]),
+         "upscaler": f"{upscaled['upscaler'] if isinstance(upscaled['upscaler'], str) else upscaled['upscaler']['method']}"
+                     f" x{upscaled['factor']}",
          **{f"{stage} (s)": seconds for stage, seconds in timer.seconds.items()}},
         key=artifacts.artifact_key("build", character, "summary"), description=f"build of {character}")
     artifacts.table(

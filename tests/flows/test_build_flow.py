@@ -54,7 +54,7 @@ def test_build_publishes_a_valid_usd_version(builds):
 def test_every_stage_ran_once(builds):
     states = task_states(flow_run_id(builds["first"]))
     assert set(states.values()) == {"Completed"}
-    assert {"resolve-model", "ingest", "encode", "diffuse", "decode", "recover-meshes", "transfer-textures",
+    assert {"resolve-model", "ingest", "encode", "diffuse", "decode", "recover-meshes", "upscale", "transfer-textures",
             "export-usd", "validate-usd", "contact-sheet"} <= set(states)
 
 
