@@ -33,7 +33,7 @@ def test_evaluate_scores_model_and_baselines_and_logs_to_mlflow(prefect_harness,
     state = evaluate(**params, return_state=True)
     assert state.is_completed(), state.message
     result = state.result()
-    assert list(result["methods"]) == ["neutral copy", "3DMM", "ExpDiff"]
+    assert list(result["methods"]) == ["neutral copy", "3DMM", "ridge", "ExpDiff"]
 
     with open(result["csv"], newline="") as fh:
         rows = list(csv.DictReader(fh))
@@ -44,7 +44,7 @@ def test_evaluate_scores_model_and_baselines_and_logs_to_mlflow(prefect_harness,
 
     found = run_artifacts(flow_run_id(state))
     table = json.loads(found["evaluation-heldout-metrics"].data)
-    assert [r["method"] for r in table] == ["neutral copy", "3DMM", "ExpDiff"]
+    assert [r["method"] for r in table] == ["neutral copy", "3DMM", "ridge", "ExpDiff"]
     # The neutral copy does not move: its FVD is the mean true displacement, which 3DMM must beat on
     # identities drawn like the training one.
     assert table[1]["fvd_mm"] < table[0]["fvd_mm"]
@@ -62,5 +62,5 @@ def test_baselines_only_without_a_model(prefect_harness, heldout):
 
     state = evaluate(dataset=str(heldout), model=None, expressions=["jawOpen"], return_state=True)
     assert state.is_completed(), state.message
-    assert list(state.result()["methods"]) == ["neutral copy", "3DMM"]
+    assert list(state.result()["methods"]) == ["neutral copy", "3DMM", "ridge"]
     assert "resolve-model" not in task_states(flow_run_id(state))
