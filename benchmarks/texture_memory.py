@@ -136,15 +136,20 @@ def measure(resolution: int, counts: list[int], model: Path, root: Path | None =
     root = Path(root or tempfile.mkdtemp(prefix="expdiff-texmem-"))
     write_head(root / "head", resolution)
     runs = []
+    # One process per count (each its own resident-memory figure), all at once: wall time is the slowest.
+    procs = []
     for n in counts:
         code = (f"import json, sys; sys.path.insert(0, {str(REPO)!r}); sys.path.insert(0, {str(REPO / 'benchmarks')!r}); "
                 "from pathlib import Path; from texture_memory import one_build; "
                 f"print('RESULT ' + json.dumps(one_build({n}, Path({str(root / 'head')!r}), Path({str(model)!r}), "
                 f"Path({str(root / f'work-{n}')!r}))))")
-        done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise RuntimeError(f"build of {n} expression(s) failed:\n{done.stderr[-3000:]}")
-        line = next(x for x in done.stdout.splitlines() if x.startswith("RESULT "))
+        procs.append((n, subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE,
+                                          stderr=subprocess.PIPE, text=True)))
+    for n, proc in procs:
+        stdout, stderr = proc.communicate()
+        if proc.returncode != 0:
+            raise RuntimeError(f"build of {n} expression(s) failed:\n{stderr[-3000:]}")
+        line = next(x for x in stdout.splitlines() if x.startswith("RESULT "))
         runs.append(json.loads(line[len("RESULT "):]))
         print(f"{n:3d} expression(s): peak {runs[-1]['peak_gb']:.2f} GB  "
               + "  ".join(f"{k} {v:.2f}" for k, v in runs[-1]["peaks_gb"].items()), flush=True)
