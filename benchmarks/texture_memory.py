@@ -1,6 +1,7 @@
 """Peak memory of a build with 4096^2 tiles for all four maps, per stage, against the number of expressions.
 
     python benchmarks/texture_memory.py [--resolution 4096] [--expressions 1,3] [--json OUT.json]
+                                        [--previous EARLIER.json]
 
 Writes a neutral head (our template) with smooth ``--resolution``^2 albedo / specular / roughness / normal
 tiles 1001-1002, then for each expression count N runs one build in a fresh process (the bundled model, the
@@ -131,32 +132,44 @@ def one_build(n: int, head: Path, model: Path, work: Path) -> dict:
             "version": exported["version_dir"]}
 
 
-def measure(resolution: int, counts: list[int], model: Path, root: Path | None = None) -> dict:
-    """Run ``one_build`` for each count in its own process; peaks, growth per expression, 56-unit figure."""
+def measure(resolution: int, counts: list[int], model: Path, root: Path | None = None,
+            previous: list[dict] | None = None) -> dict:
+    """Run ``one_build`` for each count in its own process; peaks, growth per expression, 56-unit figure.
+
+    previous: runs of an earlier measurement at the same resolution, fitted together with these. The growth
+    is the slope between the two largest counts measured (a growth that levels off shows as ~0 there)."""
     root = Path(root or tempfile.mkdtemp(prefix="expdiff-texmem-"))
     write_head(root / "head", resolution)
-    runs = []
+    runs = list(previous or [])
+    # One process per count (each its own resident-memory figure), all at once: wall time is the slowest.
+    procs = []
     for n in counts:
         code = (f"import json, sys; sys.path.insert(0, {str(REPO)!r}); sys.path.insert(0, {str(REPO / 'benchmarks')!r}); "
                 "from pathlib import Path; from texture_memory import one_build; "
                 f"print('RESULT ' + json.dumps(one_build({n}, Path({str(root / 'head')!r}), Path({str(model)!r}), "
                 f"Path({str(root / f'work-{n}')!r}))))")
-        done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise RuntimeError(f"build of {n} expression(s) failed:\n{done.stderr[-3000:]}")
-        line = next(x for x in done.stdout.splitlines() if x.startswith("RESULT "))
+        procs.append((n, subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE,
+                                          stderr=subprocess.PIPE, text=True)))
+    for n, proc in procs:
+        stdout, stderr = proc.communicate()
+        if proc.returncode != 0:
+            raise RuntimeError(f"build of {n} expression(s) failed:\n{stderr[-3000:]}")
+        line = next(x for x in stdout.splitlines() if x.startswith("RESULT "))
         runs.append(json.loads(line[len("RESULT "):]))
         print(f"{n:3d} expression(s): peak {runs[-1]['peak_gb']:.2f} GB  "
               + "  ".join(f"{k} {v:.2f}" for k, v in runs[-1]["peaks_gb"].items()), flush=True)
+    runs.sort(key=lambda r: r["expressions"])
     growth = 0.0
     if len(runs) >= 2:
-        growth = (runs[-1]["peak_gb"] - runs[0]["peak_gb"]) / (runs[-1]["expressions"] - runs[0]["expressions"])
+        a, b = runs[-2], runs[-1]
+        growth = (b["peak_gb"] - a["peak_gb"]) / (b["expressions"] - a["expressions"])
     last = runs[-1]
     at_56 = last["peak_gb"] + max(growth, 0.0) * (UNITS_56 - last["expressions"])
     return {"resolution": resolution, "runs": runs, "growth_gb_per_expression": round(growth, 4),
             "peak_gb_56_units": round(at_56, 3),
             "method": "measured" if last["expressions"] >= UNITS_56 else
-                      f"extrapolated linearly from {[r['expressions'] for r in runs]} expressions"}
+                      f"extrapolated linearly from the runs of {[r['expressions'] for r in runs]} expressions "
+                      "(slope of the two largest)"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -165,8 +178,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--expressions", default="1,3", help="comma-separated FACS unit counts")
     parser.add_argument("--model", type=Path, default=REPO / "models" / "expdiff")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--previous", type=Path, default=None, help="an earlier result JSON to fit together with")
     args = parser.parse_args(argv)
-    result = measure(args.resolution, [int(c) for c in args.expressions.split(",")], args.model.resolve())
+    previous = None
+    if args.previous:
+        earlier = json.loads(args.previous.read_text())
+        if earlier["resolution"] != args.resolution:
+            parser.error(f"{args.previous}: measured at {earlier['resolution']}^2, not {args.resolution}^2")
+        previous = earlier["runs"]
+    result = measure(args.resolution, [int(c) for c in args.expressions.split(",")], args.model.resolve(),
+                     previous=previous)
     print(f"growth per expression {result['growth_gb_per_expression']:+.3f} GB; 56-unit build at "
           f"{args.resolution}^2: {result['peak_gb_56_units']:.2f} GB peak ({result['method']})")
     if args.json:

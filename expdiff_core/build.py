@@ -8,9 +8,11 @@ Models are loaded once per process (``load_pipeline``).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -288,6 +290,33 @@ def upscale(decoded: Mapping[str, Any], ingested: Mapping[str, Any], work_dir: s
 
 
 # ---------------------------------------------------------------------- 6. textures
+class TexelBudget:
+    """At most ``texels`` texels in flight at once across the threads of a process (a tile larger than the
+    budget runs alone). ``with budget.hold(h * w): ...`` waits until the tile fits."""
+
+    def __init__(self, texels: int):
+        self.texels, self._in_flight, self._ready = int(texels), 0, threading.Condition()
+
+    @contextlib.contextmanager
+    def hold(self, texels: int):
+        with self._ready:
+            self._ready.wait_for(lambda: self._in_flight == 0 or self._in_flight + texels <= self.texels)
+            self._in_flight += texels
+        try:
+            yield
+        finally:
+            with self._ready:
+                self._in_flight -= texels
+                self._ready.notify_all()
+
+
+# The flow transfers the four map kinds at once (one mapped task each, on threads). A 4096^2 tile's transfer
+# holds ~7 float32 copies of the tile while it runs (~1.4 GB for a normal map), so the tiles being transferred
+# in one process share this budget: one 4096^2 tile (or four 2048^2 ones) at a time, whatever the number of
+# kinds, expressions or threads.
+TRANSFER_BUDGET = TexelBudget(4096 * 4096)
+
+
 def transfer_textures(decoded: Mapping[str, Any], ingested: Mapping[str, Any], kind: str,
                       work_dir: str | os.PathLike) -> dict[str, Any]:
     """One map kind for every expression at the user's texture resolution (directional transfer, see
@@ -301,12 +330,14 @@ def transfer_textures(decoded: Mapping[str, Any], ingested: Mapping[str, Any], k
     for label in decoded["labels"]:
         for udim in decoded["udims"]:
             gen = _decoded_map(decoded, label, kind, udim)
+            target = root / label / f"{kind}.{udim}.exr"
             if user_maps is None:
-                out = gen
-            else:
-                ref = user_maps[udim] if kind not in ("specular", "roughness") else user_maps[udim][:1]
-                out = transfer_map(ref, gen, _reference_map(decoded, label, kind, udim), kind)
-            write_image(root / label / f"{kind}.{udim}.exr", out.transpose(1, 2, 0), pixel_type="half")
+                write_image(target, gen.transpose(1, 2, 0), pixel_type="half")
+                continue
+            ref = user_maps[udim] if kind not in ("specular", "roughness") else user_maps[udim][:1]
+            reference = _reference_map(decoded, label, kind, udim)
+            with TRANSFER_BUDGET.hold(ref.shape[1] * ref.shape[2]):  # one tile's work at a time, then freed
+                write_image(target, transfer_map(ref, gen, reference, kind).transpose(1, 2, 0), pixel_type="half")
     return {"maps": str(root), "kind": kind, "labels": list(decoded["labels"]), "udims": list(decoded["udims"])}
 
 

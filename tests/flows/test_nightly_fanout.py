@@ -49,9 +49,10 @@ def night(tmp_path_factory, tiny_model):
 
 
 def _children(api: str, night_id: str) -> dict[str, dict]:
-    """{flow run name: flow run} of the build-character runs made by the night's mapped task runs."""
+    """{flow run name: flow run} of the build-character runs made under the night (``run_deployment`` links
+    each as a subflow through a task run it adds to the night, beside the mapped task that called it)."""
     tasks = httpx.post(f"{api}/task_runs/filter", json={"flow_runs": {"id": {"any_": [night_id]}}}, timeout=10).json()
-    task_ids = [t["id"] for t in tasks if t["name"].startswith("build-")]
+    task_ids = [t["id"] for t in tasks]
     runs = httpx.post(f"{api}/flow_runs/filter", json={"flow_runs": {"parent_task_run_id": {"any_": task_ids}}},
                       timeout=10).json()
     return {r["name"]: r for r in runs}

@@ -68,3 +68,29 @@ def test_the_model_is_loaded_once_per_process_whatever_the_spelling(tiny_model):
     here = build.load_pipeline(str(tiny_model), "cpu")
     assert build.load_pipeline(tiny_model, "auto" if not torch.cuda.is_available() else "cpu") is here
     assert build.load_pipeline(f"{tiny_model}/../{tiny_model.name}", "cpu") is here
+
+
+def test_tiles_beyond_the_texel_budget_are_transferred_one_after_another():
+    import threading
+    import time
+
+    budget = build.TexelBudget(100)
+    spans, lock = [], threading.Lock()
+
+    def tile(texels: int) -> None:
+        with budget.hold(texels):
+            start = time.monotonic()
+            time.sleep(0.05)
+            with lock:
+                spans.append((start, time.monotonic(), texels))
+
+    threads = [threading.Thread(target=tile, args=(t,)) for t in (80, 80, 30, 300)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for a in spans:  # whenever two tiles overlapped, together they fitted the budget
+        for b in spans:
+            if a is not b and a[0] < b[1] and b[0] < a[1]:
+                assert a[2] + b[2] <= 100, spans
+    assert len(spans) == 4  # the tile larger than the whole budget still ran (alone)
