@@ -78,11 +78,14 @@ class IdentityFeatures:
 
     @classmethod
     def fit(cls, vertex_features: np.ndarray, map_features: np.ndarray, n_components: int) -> "IdentityFeatures":
-        """vertex_features (N, 3V) neutral vertices; map_features (N, Fm) coarse maps (``coarse_maps``)."""
+        """vertex_features (N, 3V) neutral vertices; map_features (N, Fm) coarse maps (``coarse_maps``).
+
+        At most N - 1 components (none from a single identity: the prior is then its change).
+        """
         x = np.concatenate([vertex_features, map_features], axis=1).astype(np.float64)
         n = x.shape[0]
-        if n < 2:
-            raise ExpDiffInputError(None, f"the prior needs at least 2 training identities, got {n}")
+        if n < 1:
+            raise ExpDiffInputError(None, "the prior needs at least one training identity")
         mean = x.mean(axis=0)
         centred = x - mean
         scale = np.empty(x.shape[1])
@@ -108,6 +111,8 @@ class IdentityFeatures:
 def ridge_operator(scores: np.ndarray, ridge: float) -> np.ndarray:
     """(K, N): ``(Phi^T Phi + ridge * N * I)^-1 Phi^T`` for training scores ``Phi`` (N, K)."""
     n, k = scores.shape
+    if k == 0:  # one training identity: no identity direction, the prediction is its change (the mean)
+        return np.zeros((0, n))
     return np.linalg.solve(scores.T @ scores + float(ridge) * n * np.eye(k), scores.T)
 
 
