@@ -22,32 +22,25 @@ import numpy as np
 
 from expdiff_core.evaluation.sides import side_pairs, sides_table
 from expdiff_core.facs import NEUTRAL
-from expdiff_core.io.dataset import Dataset
-from expdiff_core.pipelines.expdiff import ExpDiffPipeline, Expression
+from expdiff_core.pipelines.expdiff import Expression
+
+from _subject import load_subject, subject_arguments  # benchmarks/_subject.py (scripts run from benchmarks/)
 
 WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
-MM_PER_CM = 10.0
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="pipeline folder")
-    parser.add_argument("--dataset", required=True, help="dataset with the identity (held out from training)")
-    parser.add_argument("--subject", default=None, help="subject id (default: the dataset's first)")
+    subject_arguments(parser)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's)")
-    parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
-    data = Dataset(args.dataset)
-    subject = args.subject or data.subjects[0]
-    pipe = ExpDiffPipeline.from_pretrained(args.model, device=args.device)
-    mesh = data.template().with_vertices(data.load_vertices(subject, NEUTRAL), name=subject)
-    maps = data.load_maps(subject, NEUTRAL, [k for k in pipe.config.kinds if k != "position"])
+    loaded = load_subject(args)
+    pipe, data, subject, mesh, maps = loaded.pipe, loaded.data, loaded.name, loaded.mesh, loaded.maps
     blends = [f"jawOpen->mouthSmile_L@{w}" for w in WEIGHTS]
     pairs = [u for pair in side_pairs() for u in pair] + ["jawOpen"]
     out = pipe(mesh, maps, [NEUTRAL, *blends, "nose right", "smile on both sides", *pairs], seed=args.seed,
                steps=args.steps, progress=False)
-    scale = MM_PER_CM if data.template().units == "cm" else 1.0
+    scale = loaded.mm
     meshes = [out.vertices[Expression.parse(spec).label].astype(np.float64) for spec in blends]
     first, last = meshes[0], meshes[-1]
     direction = (last - first).ravel()

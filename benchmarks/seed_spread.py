@@ -13,27 +13,20 @@ import argparse
 
 import numpy as np
 
-from expdiff_core.facs import NEUTRAL, UNIT_NAMES
-from expdiff_core.io.dataset import Dataset
-from expdiff_core.pipelines.expdiff import ExpDiffPipeline
+from expdiff_core.facs import UNIT_NAMES
+
+from _subject import load_subject, subject_arguments  # benchmarks/_subject.py (scripts run from benchmarks/)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="pipeline folder")
-    parser.add_argument("--dataset", required=True, help="dataset with the identity (held out from training)")
-    parser.add_argument("--subject", default=None, help="subject id (default: the dataset's first)")
+    subject_arguments(parser)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
-    parser.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's)")
-    parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
-    data = Dataset(args.dataset)
-    subject = args.subject or data.subjects[0]
-    pipe = ExpDiffPipeline.from_pretrained(args.model, device=args.device)
-    mesh = data.template().with_vertices(data.load_vertices(subject, NEUTRAL), name=subject)
-    maps = data.load_maps(subject, NEUTRAL, [k for k in pipe.config.kinds if k != "position"])
+    loaded = load_subject(args)
+    pipe, subject, mesh, maps = loaded.pipe, loaded.name, loaded.mesh, loaded.maps
     units = list(UNIT_NAMES)
-    to_mm = 10.0 if mesh.units == "cm" else 1.0
+    to_mm = loaded.mm
 
     def run(seed: int) -> np.ndarray:
         out = pipe(mesh, maps, units, seed=seed, steps=args.steps, progress=False)
