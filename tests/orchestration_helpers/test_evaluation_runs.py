@@ -21,7 +21,7 @@ def test_rows_are_json_and_publish_to_csv_and_mlflow(make_tiny_dataset, tmp_path
     rows = evaluate_model(settings, root, None, split="test", device="cpu")
     assert json.loads(json.dumps(rows)) == rows
     assert [(r["method"], r["expression"]) for r in rows] == [
-        (m, e) for m in ("neutral copy", "3DMM") for e in ("all", "jawOpen", "mouthSmile_L")]
+        (m, e) for m in ("neutral copy", "3DMM", "ridge") for e in ("all", "jawOpen", "mouthSmile_L")]
 
     published = publish_evaluation(settings, rows, tmp_path / "eval", {"split": "test"}, "tiny")
     assert [(r.method, r.expression) for r in read_csv(published["csv"])] == [(r["method"], r["expression"]) for r in rows]
