@@ -156,18 +156,13 @@ class RidgeBaseline:
     def __init__(self, dataset: Dataset, expressions: Sequence[str], split: str = "train", tune_split: str = "val",
                  n_components: int | None = None, ridge: float | None = None, progress: bool = True):
         from ..models.prior import IdentityFeatures
-        from ..training.prior import UNTUNED, IdentityCorpus, best_candidate, score_candidates
+        from ..training.prior import IdentityCorpus, choose_strength
 
         self.dataset = dataset
         self.expressions = [e for e in expressions if e != NEUTRAL]
         self.subjects = dataset.split(split)
         train = IdentityCorpus.load(dataset, self.subjects, self.expressions, progress)
-        if (n_components is None or ridge is None) and not dataset.split(tune_split):
-            n_components, ridge = n_components or UNTUNED[0], UNTUNED[1] if ridge is None else ridge
-        if n_components is None or ridge is None:
-            val = IdentityCorpus.load(dataset, dataset.split(tune_split), self.expressions, progress)
-            chosen = best_candidate(score_candidates(train, val))
-            n_components, ridge = chosen.n_components, chosen.ridge
+        n_components, ridge, _ = choose_strength(dataset, train, tune_split, n_components, ridge, progress)
         self.n_components, self.ridge = int(n_components), float(ridge)
         n = len(self.subjects)
         self.features = IdentityFeatures.fit(train.neutral_vertices.reshape(n, -1), train.map_features, self.n_components)

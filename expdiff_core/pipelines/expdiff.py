@@ -58,6 +58,7 @@ POSITION = "position"
 BRDF_KINDS = ("albedo", "specular", "roughness", "normal")
 ALBEDO_FILLED = ("specular", "roughness", "normal")
 Maps = dict[str, dict[int, np.ndarray]]  # {kind: {udim: (C, H, W) float32}}
+UNITS_PER_CM = {"cm": 1.0, "mm": 10.0, "m": 0.01}
 
 
 @dataclass
@@ -274,8 +275,7 @@ class ExpDiffPipeline:
 
     def _reference(self, mesh: FaceMesh) -> np.ndarray:
         """The template shape in ``mesh``'s units (position maps measure displacement from it)."""
-        factor = {"cm": 1.0, "mm": 10.0, "m": 0.01}
-        return self.template.vertices * np.float32(factor[mesh.units] / factor[self.template.units])
+        return self.template.vertices * np.float32(UNITS_PER_CM[mesh.units] / UNITS_PER_CM[self.template.units])
 
     # ------------------------------------------------------------------ stage 2: encode
     @torch.no_grad()
@@ -363,8 +363,7 @@ class ExpDiffPipeline:
         return self.prior.scores(mesh.vertices * self._to_prior_units(mesh.units), coarse)
 
     def _to_prior_units(self, units: str) -> np.float32:
-        factor = {"cm": 1.0, "mm": 10.0, "m": 0.01}
-        return np.float32(factor[self.prior.config.units] / factor[units])
+        return np.float32(UNITS_PER_CM[self.prior.config.units] / UNITS_PER_CM[units])
 
     def prior_changes(self, scores: np.ndarray, expressions: Sequence[Expression],
                       units: str) -> tuple[np.ndarray, torch.Tensor]:
@@ -521,7 +520,7 @@ class ExpDiffPipeline:
                               start_latents=start)
         starts = self.decode(start)
         decoded = starts if torch.equal(latents, start) else self.decode(latents)  # strength 0 keeps the prior
-        neutral_maps = self.decode(z0[None])[0]
+        neutral_maps = starts[labels.index(NEUTRAL)]  # the neutral's prior change is zero: its start is z0
         references = {label: {POSITION: s[POSITION], **{k: v for k, v in neutral_maps.items() if k != POSITION}}
                       for label, s in zip(labels, starts)}
         vertices = {}

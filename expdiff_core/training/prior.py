@@ -131,6 +131,21 @@ def best_candidate(scores: Sequence[PriorScore]) -> PriorScore:
     return min(near, key=lambda s: (round(s.map_rmse, 6), s.n_components))
 
 
+def choose_strength(dataset: Dataset, train: IdentityCorpus, tune_split: str, n_components: int | None,
+                    ridge: float | None, progress: bool = True) -> tuple[int, float, list[PriorScore]]:
+    """(n_components, ridge, validation scores): the given values, else the best on ``tune_split``'s identities
+    (searching only what is not given), else ``UNTUNED`` when that split is empty (scores then empty)."""
+    if n_components is not None and ridge is not None:
+        return n_components, ridge, []
+    if not dataset.split(tune_split):
+        return n_components or UNTUNED[0], UNTUNED[1] if ridge is None else ridge, []
+    val = IdentityCorpus.load(dataset, dataset.split(tune_split), list(train.vertex_changes), progress)
+    scores = score_candidates(train, val, components=[n_components] if n_components else COMPONENTS,
+                              ridges=[ridge] if ridge is not None else RIDGES)
+    chosen = best_candidate(scores)
+    return chosen.n_components, chosen.ridge, scores
+
+
 def fit_prior(dataset_root: str | os.PathLike, out: str | os.PathLike, *, latents_root: str | os.PathLike | None = None,
               n_components: int | None = None, ridge: float | None = None, split: str = "train",
               tune_split: str = "val", progress: bool = True) -> tuple[ExpressionPrior, list[PriorScore]]:
@@ -139,15 +154,7 @@ def fit_prior(dataset_root: str | os.PathLike, out: str | os.PathLike, *, latent
     dataset = Dataset(Path(dataset_root))
     expressions = [e for e in dataset.units if e != NEUTRAL]
     train = IdentityCorpus.load(dataset, dataset.split(split), expressions, progress)
-    scores: list[PriorScore] = []
-    if (n_components is None or ridge is None) and not dataset.split(tune_split):
-        n_components, ridge = n_components or UNTUNED[0], UNTUNED[1] if ridge is None else ridge
-    if n_components is None or ridge is None:
-        val = IdentityCorpus.load(dataset, dataset.split(tune_split), expressions, progress)
-        scores = score_candidates(train, val, components=[n_components] if n_components else COMPONENTS,
-                                  ridges=[ridge] if ridge is not None else RIDGES)
-        chosen = best_candidate(scores)
-        n_components, ridge = chosen.n_components, chosen.ridge
+    n_components, ridge, scores = choose_strength(dataset, train, tune_split, n_components, ridge, progress)
     latents, rows = None, None
     if latents_root is not None:
         rows, latents = latent_changes(latents_root, train.subjects, expressions)
