@@ -147,7 +147,6 @@ def diffuse(encoded: Mapping[str, Any], model_dir: str | os.PathLike, expression
     return {"latents": str(path), "labels": [e.label for e in exprs], "prompts": [e.prompt for e in exprs],
             "seed": seed, "steps": int(steps or cfg.steps), "sampler": sampler or cfg.sampler,
             "strength": float(cfg.strength if strength is None else strength), "prior": bool(tensors),
-            "neutral_latents": encoded["latents"],
             "seconds": time.perf_counter() - t0}
 
 
@@ -156,9 +155,10 @@ def decode(diffused: Mapping[str, Any], model_dir: str | os.PathLike, work_dir: 
            device: str = "auto", expressions_per_pass: int = 16) -> dict[str, Any]:
     """Latents -> model-resolution maps ``<work>/decoded/<label>/<kind>.<udim>.exr`` (float EXR).
 
-    With a prior, also each expression's reference ``<work>/references/<label>/...``: its decoded prior
-    latents for ``position`` and the decoded neutral latents for the BRDF kinds (see ``pipelines.expdiff``);
-    without, every expression is read against the decoded generated neutral. Decoded
+    With a prior, also what each expression is read against (see ``pipelines.expdiff``): for ``position`` its
+    decoded prior latents (``<work>/references/<label>/``; at strength 0 those are its decoded maps), for the
+    BRDF kinds the decoded neutral latents, one set for all (``<work>/references/<kind>.<udim>.exr``). Without
+    a prior, every expression is read against the decoded generated neutral. Decoded
     ``expressions_per_pass`` expressions at a time (batched decoder passes, ``ExpDiffPipeline.decode``) and
     written before the next, so memory does not grow with the number of expressions.
     """
@@ -168,31 +168,33 @@ def decode(diffused: Mapping[str, Any], model_dir: str | os.PathLike, work_dir: 
     kinds = list(pipe.config.kinds)
     root = Path(work_dir) / "decoded"
 
-    def write(folder: Path, label: str, maps: Mapping[str, Mapping[int, np.ndarray]]) -> None:
-        for kind in kinds:
+    def write(folder: Path, label: str, maps: Mapping[str, Mapping[int, np.ndarray]], which: Sequence[str]) -> None:
+        for kind in which:
             for udim, image in maps[kind].items():
                 write_image(folder / label / f"{kind}.{udim}.exr", image.transpose(1, 2, 0), pixel_type="float")
 
-    def decode_all(latents: torch.Tensor, folder: Path, extra: Mapping[str, Mapping[int, np.ndarray]]) -> None:
-        for start in range(0, len(labels), expressions_per_pass):
-            chunk = pipe.decode(latents[start:start + expressions_per_pass])
-            for label, maps in zip(labels[start:start + expressions_per_pass], chunk):
-                write(folder, label, {**maps, **extra})
-            del chunk
-
-    decode_all(tensors["latents"], root, {})
+    for start in range(0, len(labels), expressions_per_pass):
+        chunk = pipe.decode(tensors["latents"][start:start + expressions_per_pass])
+        for label, maps in zip(labels[start:start + expressions_per_pass], chunk):
+            write(root, label, maps, kinds)
+        del chunk
     out = {"decoded": str(root), "labels": labels, "kinds": kinds, "udims": list(pipe.config.udims)}
     if "start" in tensors:
         references = Path(work_dir) / "references"
-        neutral = pipe.decode(load_file(diffused["neutral_latents"])["latents"][None])[0]
-        brdf = {k: v for k, v in neutral.items() if k != POSITION}
-        if torch.equal(tensors["start"], tensors["latents"]):  # strength 0: the prior's position maps are decoded
-            for label in labels:
-                write(references, label, {**brdf, POSITION: {u: _decoded_map(out, label, POSITION, u)
-                                                              for u in out["udims"]}})
-        else:
-            decode_all(tensors["start"], references, brdf)
-        out.update(references=str(references), prior_vertices=diffused["latents"])
+        # the neutral's prior change is zero, so its start is the neutral latents z0
+        neutral = pipe.decode(tensors["start"][labels.index(NEUTRAL)][None])[0]
+        for kind in [k for k in kinds if k != POSITION]:
+            for udim, image in neutral[kind].items():
+                write_image(references / f"{kind}.{udim}.exr", image.transpose(1, 2, 0), pixel_type="float")
+        position_references = root  # strength 0: each expression's latents are its prior's
+        if not torch.equal(tensors["start"], tensors["latents"]):
+            position_references = references
+            for start in range(0, len(labels), expressions_per_pass):
+                chunk = pipe.decode(tensors["start"][start:start + expressions_per_pass])
+                for label, maps in zip(labels[start:start + expressions_per_pass], chunk):
+                    write(references, label, maps, [POSITION])
+        out.update(references=str(references), position_references=str(position_references),
+                   prior_vertices=diffused["latents"])
     return out
 
 
@@ -201,10 +203,15 @@ def _decoded_map(decoded: Mapping[str, Any], label: str, kind: str, udim: int) -
 
 
 def _reference_map(decoded: Mapping[str, Any], label: str, kind: str, udim: int) -> np.ndarray:
-    """What ``label``'s map is read against: its reference (with a prior) or the generated neutral."""
-    if "references" in decoded:
-        return read_image(Path(decoded["references"]) / label / f"{kind}.{udim}.exr").transpose(2, 0, 1)
-    return _decoded_map(decoded, NEUTRAL, kind, udim)
+    """What ``label``'s map is read against: with a prior its position reference or the shared BRDF one (see
+    ``decode``), without one the generated neutral."""
+    if "references" not in decoded:
+        return _decoded_map(decoded, NEUTRAL, kind, udim)
+    if kind == POSITION:
+        path = Path(decoded["position_references"]) / label / f"{kind}.{udim}.exr"
+    else:
+        path = Path(decoded["references"]) / f"{kind}.{udim}.exr"
+    return read_image(path).transpose(2, 0, 1)
 
 
 # ---------------------------------------------------------------------- 5. recover

@@ -94,7 +94,8 @@ def test_ingest_requires_every_face_tile(tmp_path, tiny_model, asset):
         build.ingest(asset / "head.obj", {"albedo": str(tmp_path / "tex")}, str(tiny_model))
 
 
-def test_stages_with_a_prior_match_the_pipeline_run_in_one_go(asset, tiny_prior_model, tmp_path):
+@pytest.mark.parametrize("strength", [None, 0.5])  # the model's 0 (the prior as it is), and diffused from it
+def test_stages_with_a_prior_match_the_pipeline_run_in_one_go(asset, tiny_prior_model, tmp_path, strength):
     """The staged build (files between stages) gives the vertices and maps of ``ExpDiffPipeline.__call__``."""
     from expdiff_core.io.textures import read_texture_set
     from expdiff_core.pipelines.expdiff import transfer_map
@@ -103,14 +104,15 @@ def test_stages_with_a_prior_match_the_pipeline_run_in_one_go(asset, tiny_prior_
     textures = {k: str(asset / "tex" / f"{k}.<UDIM>.exr") for k in ("albedo", "specular", "roughness", "normal")}
     ingested = build.ingest(asset / "head.obj", textures, model)
     encoded = build.encode_neutral(ingested, model, tmp_path, device="cpu")
-    diffused = build.diffuse(encoded, model, ["jawOpen", "mouthSmile_L"], tmp_path, seed=0, device="cpu")
+    diffused = build.diffuse(encoded, model, ["jawOpen", "mouthSmile_L"], tmp_path, seed=0, device="cpu",
+                             strength=strength)
     decoded = build.decode(diffused, model, tmp_path, device="cpu")
     staged = load_file(build.recover(decoded, ingested, model, tmp_path)["vertices"])
     albedo = build.transfer_textures(decoded, ingested, "albedo", tmp_path)
 
     user = {k: read_texture_set({int(u): p for u, p in tiles.items()}, k) for k, tiles in ingested["textures"].items()}
     direct = build.load_pipeline(model, "cpu")(template_mesh(), user, ["jawOpen", "mouthSmile_L"], seed=0,
-                                               progress=False)
+                                               strength=strength, progress=False)
     for label in ("neutral", "jawOpen", "mouthSmile_L"):
         # float EXR round trips of the decoded maps are exact; only float32 summation order differs
         np.testing.assert_allclose(staged[label].numpy(), direct.vertices[label], atol=1e-4)
