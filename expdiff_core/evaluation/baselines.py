@@ -156,13 +156,13 @@ class RidgeBaseline:
     def __init__(self, dataset: Dataset, expressions: Sequence[str], split: str = "train", tune_split: str = "val",
                  n_components: int | None = None, ridge: float | None = None, progress: bool = True):
         from ..models.prior import IdentityFeatures
-        from ..training.prior import IdentityCorpus, choose_strength
+        from ..training.prior import IdentityCorpus, choose_components_and_ridge
 
         self.dataset = dataset
         self.expressions = [e for e in expressions if e != NEUTRAL]
         self.subjects = dataset.split(split)
         train = IdentityCorpus.load(dataset, self.subjects, self.expressions, progress)
-        n_components, ridge, _ = choose_strength(dataset, train, tune_split, n_components, ridge, progress)
+        n_components, ridge, _ = choose_components_and_ridge(dataset, train, tune_split, n_components, ridge, progress)
         self.n_components, self.ridge = int(n_components), float(ridge)
         n = len(self.subjects)
         self.features = IdentityFeatures.fit(train.neutral_vertices.reshape(n, -1), train.map_features, self.n_components)
