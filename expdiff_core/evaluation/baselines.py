@@ -162,7 +162,8 @@ class RidgeBaseline:
         self.expressions = [e for e in expressions if e != NEUTRAL]
         self.subjects = dataset.split(split)
         train = IdentityCorpus.load(dataset, self.subjects, self.expressions, progress)
-        n_components, ridge, _ = choose_components_and_ridge(dataset, train, tune_split, n_components, ridge, progress)
+        n_components, ridge, _ = choose_components_and_ridge(dataset, train, tune_split, n_components, ridge,
+                                                             progress)
         self.n_components, self.ridge = int(n_components), float(ridge)
         n = len(self.subjects)
         self.features = IdentityFeatures.fit(train.neutral_vertices.reshape(n, -1), train.map_features, self.n_components)

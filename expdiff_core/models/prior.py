@@ -10,9 +10,10 @@ neutrals (vertices and coarse maps, each block weighted to unit total variance, 
 so ``ridge`` is relative to the per-identity scale (0: least squares; large: the mean change, i.e. the
 plain 3DMM). A unit moves few vertices (7% on average on our corpus), so the vertex part is stored sparsely:
 per unit, only the vertices some training identity moves by more than ``MOVING`` (0.1 um); the latent part
-uses only the first ``latent_components`` scores, to keep the file small. The same operator serves the evaluation baseline (:func:`ridge_weights`: the prediction as a
-weighted sum of the training identities' changes) and the pipeline's prior (:class:`ExpressionPrior`: ``B``
-stored per expression). Free prompts get the prior of the units they resemble (:meth:`ExpressionPrior.blend`).
+uses only the first ``latent_components`` scores, to keep the file small. The same operator serves the
+evaluation baseline (:func:`ridge_weights`: the prediction as a weighted sum of the training identities'
+changes) and the pipeline's prior (:class:`ExpressionPrior`: ``B`` stored per expression). Free prompts get
+the prior of the units they resemble (``ExpDiffPipeline.prior_mix``).
 
 A prior folder: ``config.json`` (:class:`ExpressionPriorConfig`) + ``expression_prior.safetensors``.
 """
@@ -126,8 +127,9 @@ def ridge_weights(train_scores: np.ndarray, query_scores: np.ndarray, ridge: flo
 class ExpressionPriorConfig:
     """expressions: units with a prior (``neutral`` excluded: its change is zero). vertex_count: V.
     latent_shape: (M, C, h, w) of the pipeline's latents, or None (no latent prior); latent_components: how
-    many identity scores the latent part uses. map_kinds, udims: the maps that enter the features. n_components, ridge: see the module docstring. units: length unit of
-    the vertex changes (the dataset's, cm). fitted_on: provenance (dataset, split, identities).
+    many identity scores the latent part uses. map_kinds, udims: the maps that enter the features.
+    n_components, ridge: see the module docstring. units: length unit of the vertex changes (the dataset's, cm).
+    fitted_on: provenance (dataset, split, identities).
     """
 
     expressions: list[str]

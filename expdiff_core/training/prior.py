@@ -131,8 +131,8 @@ def best_candidate(scores: Sequence[PriorScore]) -> PriorScore:
     return min(near, key=lambda s: (round(s.map_rmse, 6), s.n_components))
 
 
-def choose_components_and_ridge(dataset: Dataset, train: IdentityCorpus, tune_split: str, n_components: int | None,
-                    ridge: float | None, progress: bool = True) -> tuple[int, float, list[PriorScore]]:
+def choose_components_and_ridge(dataset: Dataset, train: IdentityCorpus, tune_split: str,
+                                n_components: int | None, ridge: float | None, progress: bool = True) -> tuple[int, float, list[PriorScore]]:
     """(n_components, ridge, validation scores): the given values, else the best on ``tune_split``'s identities
     (searching only what is not given), else ``UNTUNED`` when that split is empty (scores then empty)."""
     if n_components is not None and ridge is not None:
@@ -154,7 +154,8 @@ def fit_prior(dataset_root: str | os.PathLike, out: str | os.PathLike, *, latent
     dataset = Dataset(Path(dataset_root))
     expressions = [e for e in dataset.units if e != NEUTRAL]
     train = IdentityCorpus.load(dataset, dataset.split(split), expressions, progress)
-    n_components, ridge, scores = choose_components_and_ridge(dataset, train, tune_split, n_components, ridge, progress)
+    n_components, ridge, scores = choose_components_and_ridge(dataset, train, tune_split, n_components, ridge,
+                                                              progress)
     latents, rows = None, None
     if latents_root is not None:
         rows, latents = latent_changes(latents_root, train.subjects, expressions)
