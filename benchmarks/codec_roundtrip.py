@@ -3,9 +3,10 @@
     python benchmarks/codec_roundtrip.py --dataset HELDOUT --vae VAE_FOLDER [--vae OTHER ...] [--subjects N]
 
 For each codec prints, over subjects x expressions: geometry error of the decoded position map sampled back
-(absolute, mm), the error through Eq. 9 (decoded expression - decoded neutral added to the true neutral:
+(absolute, mm; not for a change codec, whose decoded change is added to the true neutral), the error through Eq. 9 (decoded expression - decoded neutral added to the true neutral:
 the best a denoiser could reach with this codec), the neutral copy's error for scale, and PSNR per BRDF kind
-of the decoded maps and of the texture transfer (true neutral + decoded difference).
+of the decoded maps and of the texture transfer (true neutral + decoded difference), and the spurious motion
+of the vertices each expression leaves still.
 """
 
 from __future__ import annotations
@@ -34,8 +35,11 @@ def main() -> None:
         started = time.perf_counter()
         r = codec_round_trip(dataset, LatentCodec.from_pretrained(folder, device=args.device), subjects)
         print(f"\n{folder}  ({r.samples} expression samples, {time.perf_counter() - started:.0f} s)")
-        print(f"  geometry, absolute (decoded map sampled back): {r.absolute_mm:.3f} mm mean vertex error")
-        print(f"  geometry, through Eq. 9 (true latents):        {r.eq9_mm:.3f} mm   (neutral copy {r.neutral_copy_mm:.3f} mm)")
+        kind_of = "change codec: decoded changes on the true neutral" if r.absolute_mm != r.absolute_mm else \
+            f"absolute codec; decoded map sampled back: {r.absolute_mm:.4f} mm mean vertex error"
+        print(f"  {kind_of}")
+        print(f"  geometry, through Eq. 9 (true latents):        {r.eq9_mm:.4f} mm   (neutral copy {r.neutral_copy_mm:.4f} mm)")
+        print(f"  spurious motion of the vertices left still:    {r.still_mm:.4f} mm")
         for kind in r.psnr:
             print(f"  {kind:<10} PSNR decoded {r.psnr[kind]:6.2f} dB   transfer (neutral + decoded difference) "
                   f"{r.transfer_psnr[kind]:6.2f} dB")

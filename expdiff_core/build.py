@@ -97,11 +97,16 @@ def _load_textures(ingested: Mapping[str, Any]) -> dict[str, dict[int, np.ndarra
 def encode_neutral(ingested: Mapping[str, Any], model_dir: str | os.PathLike, work_dir: str | os.PathLike,
                    device: str = "auto") -> dict[str, Any]:
     """Neutral maps at model resolution -> latents (M, C, h, w) in ``<work>/neutral_latents.safetensors``
-    (with the neutral's identity scores ``prior_scores`` (K,) when the model has an expression prior)."""
+    (with the neutral's identity scores ``prior_scores`` (K,) when the model has an expression prior, and, for
+    a change model, the neutral maps themselves ``maps/<kind>/<udim>``: what the decoded changes are added to)."""
     pipe = load_pipeline(str(model_dir), device)
     mesh = read_mesh(ingested["mesh"])
     textures = _load_textures(ingested)
-    tensors = {"latents": pipe.encode(pipe.neutral_maps(mesh, textures))}
+    maps = pipe.neutral_maps(mesh, textures)
+    tensors = {"latents": pipe.encode(maps)}
+    if pipe.change_codec is not None:
+        tensors.update({f"maps/{kind}/{udim}": np.asarray(image, np.float32)
+                        for kind, tiles in maps.items() for udim, image in tiles.items()})
     if pipe.prior is not None:
         tensors["prior_scores"] = torch.from_numpy(pipe.prior_scores(mesh, textures).astype(np.float32))
     path = _save_tensors(Path(work_dir) / "neutral_latents.safetensors", tensors)
@@ -138,13 +143,18 @@ def diffuse(encoded: Mapping[str, Any], model_dir: str | os.PathLike, expression
     tensors = {}
     if pipe.use_prior and "prior_scores" in neutral:
         prior_vertices, prior_latents = pipe.prior_changes(neutral["prior_scores"].numpy(), exprs, encoded["units"])
-        tensors = {"start": z0[None] + prior_latents, "prior_vertices": torch.from_numpy(prior_vertices)}
+        tensors = {"start": pipe.unchanged_latents(z0)[None] + prior_latents,
+                   "prior_vertices": torch.from_numpy(prior_vertices)}
         strength = pipe.config.prior_strength if strength is None else strength
     latents = pipe.sample(z0, exprs, seed=seed, steps=steps, sampler=sampler, strength=strength,
                           batch_size=batch_size, on_progress=on_progress, start_latents=tensors.get("start"))
+    labels = [e.label for e in exprs]
+    if pipe.change_codec is not None and not tensors:  # the generated neutral is no change, exactly
+        latents[labels.index(NEUTRAL)] = pipe.unchanged_latents(z0)
     path = _save_tensors(Path(work_dir) / "expression_latents.safetensors", {"latents": latents, **tensors})
     cfg = pipe.config
-    return {"latents": str(path), "labels": [e.label for e in exprs], "prompts": [e.prompt for e in exprs],
+    return {"latents": str(path), "neutral_latents": encoded["latents"], "labels": labels,
+            "prompts": [e.prompt for e in exprs],
             "seed": seed, "steps": int(steps or cfg.steps), "sampler": sampler or cfg.sampler,
             "strength": float(cfg.strength if strength is None else strength), "prior": bool(tensors),
             "seconds": time.perf_counter() - t0}
@@ -167,6 +177,11 @@ def decode(diffused: Mapping[str, Any], model_dir: str | os.PathLike, work_dir: 
     labels = list(diffused["labels"])
     kinds = list(pipe.config.kinds)
     root = Path(work_dir) / "decoded"
+    neutral_maps = None
+    if pipe.change_codec is not None:  # a change model's decoded changes go onto the character's neutral maps
+        saved = load_file(diffused["neutral_latents"])
+        neutral_maps = {kind: {udim: saved[f"maps/{kind}/{udim}"].numpy() for udim in pipe.config.udims}
+                        for kind in kinds}
 
     def write(folder: Path, label: str, maps: Mapping[str, Mapping[int, np.ndarray]], which: Sequence[str]) -> None:
         for kind in which:
@@ -174,7 +189,7 @@ def decode(diffused: Mapping[str, Any], model_dir: str | os.PathLike, work_dir: 
                 write_image(folder / label / f"{kind}.{udim}.exr", image.transpose(1, 2, 0), pixel_type="float")
 
     for start in range(0, len(labels), expressions_per_pass):
-        chunk = pipe.decode(tensors["latents"][start:start + expressions_per_pass])
+        chunk = pipe.decode(tensors["latents"][start:start + expressions_per_pass], neutral_maps=neutral_maps)
         for label, maps in zip(labels[start:start + expressions_per_pass], chunk):
             write(root, label, maps, kinds)
         del chunk
@@ -182,7 +197,7 @@ def decode(diffused: Mapping[str, Any], model_dir: str | os.PathLike, work_dir: 
     if "start" in tensors:
         references = Path(work_dir) / "references"
         # the neutral's prior change is zero, so its start is the neutral latents z0
-        neutral = pipe.decode(tensors["start"][labels.index(NEUTRAL)][None])[0]
+        neutral = pipe.decode(tensors["start"][labels.index(NEUTRAL)][None], neutral_maps=neutral_maps)[0]
         for kind in [k for k in kinds if k != POSITION]:
             for udim, image in neutral[kind].items():
                 write_image(references / f"{kind}.{udim}.exr", image.transpose(1, 2, 0), pixel_type="float")
@@ -190,7 +205,7 @@ def decode(diffused: Mapping[str, Any], model_dir: str | os.PathLike, work_dir: 
         if not torch.equal(tensors["start"], tensors["latents"]):
             position_references = references
             for start in range(0, len(labels), expressions_per_pass):
-                chunk = pipe.decode(tensors["start"][start:start + expressions_per_pass])
+                chunk = pipe.decode(tensors["start"][start:start + expressions_per_pass], neutral_maps=neutral_maps)
                 for label, maps in zip(labels[start:start + expressions_per_pass], chunk):
                     write(references, label, maps, [POSITION])
         out.update(references=str(references), position_references=str(position_references),

@@ -58,6 +58,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--out", required=True, metavar="LATENTS", help="latent dataset folder (created or resumed)")
     e.add_argument("--vae", required=True, metavar="PATH",
                    help="latent codec folder: ours from `expdiff train vae`, or a Stable Diffusion VAE folder")
+    e.add_argument("--change-vae", metavar="PATH",
+                   help="a change codec (`expdiff train vae --change`): every expression is encoded as its change "
+                   "from the subject's neutral with it, the neutral with --vae (the condition); for "
+                   "`expdiff train diffusion --target change`")
     e.add_argument("--position-scale-cm", type=float, default=6.0, metavar="CM",
                    help="displacement that maps to +-1 in position maps (default %(default)s cm)")
     e.add_argument("--splits", default="train,val,test", metavar="S1,S2",
@@ -138,7 +142,10 @@ def run_encode(args: argparse.Namespace) -> int:
 
     settings = load_settings(args.config, {"device": args.device})
     codec = LatentCodec.from_pretrained(args.vae, device=settings.device)
+    change_codec = (LatentCodec.from_pretrained(args.change_vae, device=settings.device)
+                    if args.change_vae else None)
     out = encode_dataset(args.dataset, codec, args.out, PositionMapConfig(scale_cm=args.position_scale_cm),
-                         cache_dir=settings.cache_path / "uv", splits=tuple(args.splits.split(",")))
+                         cache_dir=settings.cache_path / "uv", splits=tuple(args.splits.split(",")),
+                         change_codec=change_codec)
     print(f"wrote latents {out}")
     return 0

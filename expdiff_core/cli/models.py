@@ -37,6 +37,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     asm.add_argument("--sampler", default="ddim", choices=["ddim", "dpm++", "ddpm"], help="default sampler")
     asm.add_argument("--strength", type=float, default=1.0,
                      help="default SDEdit strength; 1 = start from pure noise (default %(default)s)")
+    asm.add_argument("--change-vae", default=None, metavar="PATH",
+                     help="the change codec (`expdiff train vae --change`) a --target change denoiser's latents were "
+                     "encoded with; its decoded changes are added to the character's neutral maps")
     asm.add_argument("--prior", default=None, metavar="PATH",
                      help="expression prior folder (`expdiff train prior --latents ...`) every expression starts from")
     asm.add_argument("--prior-strength", type=float, default=0.0, metavar="S",
@@ -109,7 +112,7 @@ def _assemble(args: argparse.Namespace) -> int:
 
     out = assemble_pipeline(args.dataset, args.vae, args.diffusion, args.out, name=args.name, steps=args.steps,
                             sampler=args.sampler, strength=args.strength, prior_dir=args.prior,
-                            prior_strength=args.prior_strength)
+                            prior_strength=args.prior_strength, change_vae_dir=args.change_vae)
     print(f"wrote pipeline {out}")
     if args.register:
         from ..training.samples import render_sample_sheet

@@ -105,6 +105,11 @@ def _add_vae(group: argparse._SubParsersAction) -> None:
                    help="weight of the neutral-paired difference loss: every map is also decoded with its "
                    "subject's neutral and the decoded difference must match the true one (what mesh recovery, "
                    "Eq. 9, and the texture transfer use). Doubles the maps per step (default 0 = off)")
+    v.add_argument("--change", action="store_true",
+                   help="train a change codec: on expression-relative maps (each expression minus its subject's "
+                   "neutral), each kind companded by its own scale measured on the training changes "
+                   "(change_scales.json); it decodes against the decoded zero change. A warm start from an "
+                   "absolute codec keeps its weights only")
     v.add_argument("--init-from", metavar="PATH",
                    help="start from this trained codec folder (fine-tuning; --widths is then ignored)")
     v.add_argument("--held-out-maps", type=int, default=d["held_out_maps"], metavar="N",
@@ -124,6 +129,7 @@ def run_vae(args: argparse.Namespace) -> int:
         steps=args.steps, batch_size=args.batch_size, crop_size=args.resolution,
         learning_rate=args.learning_rate, seed=args.seed, device=settings.device,
         held_out_max_maps=args.held_out_maps, pair_weight=args.pair_weight, init_from=args.init_from,
+        change=args.change,
         # GroupNorm groups must divide every width; 32 is Stable Diffusion's choice when they allow it.
         model=offline_vae_config(block_out_channels=widths, norm_num_groups=math.gcd(32, *widths)),
     )

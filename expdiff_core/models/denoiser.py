@@ -34,7 +34,7 @@ from .weights import require_safetensors
 ALL_KINDS = ("position", "albedo", "specular", "roughness", "normal")
 GEOMETRY_KINDS = ("position",)
 TEXT_CONDITIONINGS = ("encoder", "one-hot")
-TARGETS = ("absolute", "residual")
+TARGETS = ("absolute", "residual", "change")
 
 # Offline default: 16x16 latents (128^2 maps through the 8x VAE) -> 640 tokens; 2.8M params,
 # ~73 GFLOP per training step at batch 16, so thousands of steps fit in hours on a 2-core CPU.
@@ -255,8 +255,10 @@ class ExpDiffDenoiser(ModelMixin, ConfigMixin):
     ``"residual"``: the expression latents minus the neutral latents, times ``residual_scale`` (one factor
     per map, so every map's residual has unit RMS on the training set). An expression differs from its
     neutral by a few percent of the latent's range; as an absolute target that difference drowns in the
-    identity, which the network then mostly copies from its condition. :meth:`diffusion_target` and
-    :meth:`latents_from_target` convert; training and sampling go through them.
+    identity, which the network then mostly copies from its condition. ``"change"``: the latents of a change
+    codec (``models.vae.ChangeScales``: the expression's maps minus the neutral's, encoded relative to no
+    change), times ``residual_scale``; the neutral's absolute latents stay the condition.
+    :meth:`diffusion_target` and :meth:`latents_from_target` convert; training and sampling go through them.
 
     Ablations (paper Table III): ``attention=False`` attends within each map only (no joint BRDF attention, no
     geometry<->texture cross-attention); ``text_conditioning="one-hot"`` means prompts are fed as
@@ -293,9 +295,9 @@ class ExpDiffDenoiser(ModelMixin, ConfigMixin):
         if target not in TARGETS:
             raise ExpDiffInputError(None, f"denoiser target {target!r} is not one of {TARGETS}")
         n_maps = n_udims * len(kinds)
-        if target == "residual" and (residual_scale is None or len(residual_scale) != n_maps
+        if target != "absolute" and (residual_scale is None or len(residual_scale) != n_maps
                                      or not all(float(v) > 0 for v in residual_scale)):
-            raise ExpDiffInputError(None, f"a residual denoiser needs residual_scale: {n_maps} positive factors "
+            raise ExpDiffInputError(None, f"a {target} denoiser needs residual_scale: {n_maps} positive factors "
                                     f"(one per map), got {residual_scale!r}")
         size = (int(latent_size),) * 2 if isinstance(latent_size, int) else tuple(int(s) for s in latent_size)
         if len(size) != 2 or size[0] % patch_size or size[1] % patch_size:
@@ -349,12 +351,16 @@ class ExpDiffDenoiser(ModelMixin, ConfigMixin):
         result (B, M, C, h, w)."""
         if self.config.target == "absolute":
             return latents
+        if self.config.target == "change":
+            return latents * self._residual_scale(latents)
         return (latents - neutral) * self._residual_scale(latents)
 
     def latents_from_target(self, target: torch.Tensor, neutral: torch.Tensor) -> torch.Tensor:
         """Inverse of :meth:`diffusion_target`: denoised ``target`` -> expression latents (B, M, C, h, w)."""
         if self.config.target == "absolute":
             return target
+        if self.config.target == "change":
+            return target / self._residual_scale(target)
         return neutral + target / self._residual_scale(target)
 
     def _check(self, name: str, value: torch.Tensor, batch: int | None) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -142,6 +143,107 @@ class MapNormalization:
         return torch.tensor(entry.offset, dtype=like.dtype, device=like.device).view(1, 3, 1, 1), entry.scale
 
 
+@dataclass(frozen=True)
+class ChangeScales:
+    """What makes a codec a *change* codec: it encodes expression-relative maps (expression - neutral).
+
+    Stored as ``change_scales.json`` in the codec folder. Per kind, ``scale`` in the kind's own map units
+    (position: the normalised position map's; BRDF kinds: [0, 1] texture units) is the largest change the
+    codec represents; larger ones are clipped (counted by :meth:`clipped`). The VAE input is the companded
+    change ``sign(d) * |d / scale| ** power`` (3 channels, in [-1, 1]).
+
+    Why companding (power < 1): most expression motion is 1-3 mm against a largest change of ~2 cm. Linearly,
+    a codec's error of a fraction of its input range is the same number of millimetres everywhere, on the lips
+    as on vertices that should not move. Companded, an error eps in the VAE's space is ~2 eps sqrt(d s) on a
+    change d (power 0.5) and ~s eps^2 where nothing changes.
+    """
+
+    scales: Mapping[str, float]
+    power: float = 0.5
+
+    FILE = "change_scales.json"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"representation": "change", "power": self.power, "scales": dict(sorted(self.scales.items()))}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: Path | None = None) -> "ChangeScales":
+        try:
+            power = float(data.get("power", 0.5))
+            scales = {}
+            for kind, value in data["scales"].items():
+                map_kind(kind)
+                value = float(value)
+                if not (np.isfinite(value) and value > 0):
+                    raise ValueError(f"{kind}: scale must be a positive number, got {value}")
+                scales[kind] = value
+            if not 0 < power <= 1:
+                raise ValueError(f"power must be in (0, 1], got {power}")
+        except (KeyError, TypeError, ValueError, AttributeError, ExpDiffInputError) as exc:
+            raise ExpDiffInputError(source, f"invalid change scales: {exc}") from None
+        return cls(scales, power)
+
+    @classmethod
+    def load(cls, folder: Path) -> "ChangeScales | None":
+        """The change scales stored in codec ``folder``, or None for a codec of absolute maps."""
+        path = folder / cls.FILE
+        if not path.is_file():
+            return None
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ExpDiffInputError(path, f"unreadable JSON: {exc}") from None
+        return cls.from_dict(data, path)
+
+    @classmethod
+    def measure(cls, samples: Mapping[str, Sequence[torch.Tensor]], margin: float = 1.1,
+                power: float = 0.5) -> "ChangeScales":
+        """From {kind: [(C, H, W) changes in map units]}: scale = ``margin`` x the largest |change|.
+
+        The largest, not a quantile: most texels do not change, and a quantile then cuts the strongest
+        expressions (jawOpen's chin) short; companding keeps the small changes precise all the same. The
+        margin leaves room for a face beyond the sampled ones.
+        """
+        scales = {}
+        for kind, changes in samples.items():
+            largest = max((float(c.abs().max()) for c in changes), default=0.0)
+            scales[kind] = max(margin * largest, 1e-4)
+        return cls(scales, power)
+
+    def scale(self, kind: str) -> float:
+        try:
+            return self.scales[kind]
+        except KeyError:
+            raise ExpDiffInputError(None, f"this change codec has no scale for {kind!r} maps "
+                                          f"(it has {sorted(self.scales)})") from None
+
+    def clipped(self, changes: torch.Tensor, kind: str) -> int:
+        """How many values of ``changes`` exceed the kind's scale (they are clipped on encoding)."""
+        return int((changes.abs() > self.scale(kind)).sum())
+
+    def to_input(self, changes: torch.Tensor, kind: str) -> torch.Tensor:
+        """(B, C, H, W) changes in map units -> (B, 3, H, W) companded VAE input in [-1, 1]."""
+        spec = map_kind(kind)
+        if changes.ndim != 4 or changes.shape[1] not in (spec.channels, 3):
+            raise ExpDiffInputError(None, f"{kind} changes must be (B, {spec.channels}, H, W) or (B, 3, H, W), "
+                                          f"got shape {tuple(changes.shape)}")
+        if changes.shape[1] == 1:
+            changes = changes.expand(-1, 3, -1, -1)
+        x = (changes / self.scale(kind)).clamp(-1.0, 1.0)
+        return x.sign() * x.abs().pow(self.power)
+
+    def from_output(self, images: torch.Tensor, kind: str, channels: int | None = None) -> torch.Tensor:
+        """Inverse of :meth:`to_input`: (B, 3, H, W) VAE output -> (B, channels, H, W) changes in map units."""
+        spec = map_kind(kind)
+        channels = spec.channels if channels is None else channels
+        if channels not in (spec.channels, 3):
+            raise ExpDiffInputError(None, f"decoded {kind} changes have {spec.channels} or 3 channels, not {channels}")
+        y = images.clamp(-1.0, 1.0)
+        if channels == 1:
+            y = y.mean(dim=1, keepdim=True)
+        return y.sign() * y.abs().pow(1.0 / self.power) * self.scale(kind)
+
+
 def to_vae_input(maps: torch.Tensor, kind: str, normalization: MapNormalization | None = None) -> torch.Tensor:
     """(B, C, H, W) maps of ``kind`` (C = the kind's channels, or 3) -> (B, 3, H, W) VAE input.
 
@@ -231,10 +333,16 @@ def _as_batch(maps: torch.Tensor | np.ndarray, what: str) -> tuple[torch.Tensor,
 
 
 class LatentCodec:
-    """Encode UV maps of any kind to scaled latents and decode them back, in chunks, on one device."""
+    """Encode UV maps of any kind to scaled latents and decode them back, in chunks, on one device.
+
+    A codec with :class:`ChangeScales` (``change_scales``) is a *change* codec: it encodes expression-relative
+    maps (expression - neutral, in map units) to latents relative to the zero change's (``E(d) - E(0)``) and
+    decodes *against the decoded zero change* (``D(z + E(0)) - D(E(0))``): no change is zero latents and back,
+    and what the codec adds where nothing changes cancels (as Eq. 9 cancels it on the neutral).
+    """
 
     def __init__(self, vae, *, device: str | torch.device = "auto", batch_size: int = 8,
-                 normalization: MapNormalization | None = None):
+                 normalization: MapNormalization | None = None, change_scales: ChangeScales | None = None):
         from diffusers import AutoencoderKL
 
         if not isinstance(vae, AutoencoderKL):
@@ -249,12 +357,15 @@ class LatentCodec:
         self.vae = vae.to(self.device).eval().requires_grad_(False)
         self.batch_size = batch_size
         self.normalization = normalization
+        self.change_scales = change_scales
+        self._zero_change: dict[tuple[str, int, int], tuple[torch.Tensor, torch.Tensor]] = {}
 
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_config(cls, config: Mapping[str, Any] | None = None, *, seed: int = 0,
                     device: str | torch.device = "auto", batch_size: int = 8,
-                    normalization: MapNormalization | None = None) -> "LatentCodec":
+                    normalization: MapNormalization | None = None,
+                    change_scales: ChangeScales | None = None) -> "LatentCodec":
         """An untrained codec (weights initialised from ``seed``); ``config`` defaults to offline_vae_config()."""
         from diffusers import AutoencoderKL
 
@@ -262,7 +373,8 @@ class LatentCodec:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             vae = AutoencoderKL(**config)
-        return cls(vae, device=device, batch_size=batch_size, normalization=normalization)
+        return cls(vae, device=device, batch_size=batch_size, normalization=normalization,
+                   change_scales=change_scales)
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike, *, device: str | torch.device = "auto",
@@ -287,7 +399,8 @@ class LatentCodec:
                                                 torch_dtype=torch.float32)
         except (OSError, ValueError, RuntimeError) as exc:
             raise ExpDiffInputError(model_dir, f"cannot load AutoencoderKL: {exc}") from None
-        return cls(vae, device=device, batch_size=batch_size, normalization=MapNormalization.load(model_dir))
+        return cls(vae, device=device, batch_size=batch_size, normalization=MapNormalization.load(model_dir),
+                   change_scales=ChangeScales.load(model_dir))
 
     def save_pretrained(self, folder: str | os.PathLike, *, extra_files: Mapping[str, str] | None = None) -> Path:
         """Write config.json + diffusion_pytorch_model.safetensors (+ the map normalisation, + ``extra_files``:
@@ -300,6 +413,8 @@ class LatentCodec:
             self.vae.save_pretrained(tmp, safe_serialization=True)
             if self.normalization is not None:
                 (tmp / MapNormalization.FILE).write_text(json.dumps(self.normalization.to_dict(), indent=2) + "\n")
+            if self.change_scales is not None:
+                (tmp / ChangeScales.FILE).write_text(json.dumps(self.change_scales.to_dict(), indent=2) + "\n")
             for name, text in (extra_files or {}).items():
                 (tmp / name).write_text(text)
         return folder
@@ -331,49 +446,111 @@ class LatentCodec:
         f = self.downsample_factor
         return self.latent_channels, height // f, width // f
 
+    @property
+    def encodes_change(self) -> bool:
+        """True for a change codec (expression-relative maps), False for one of absolute maps."""
+        return self.change_scales is not None
+
     def to(self, device: str | torch.device) -> "LatentCodec":
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
         self.vae.to(self.device)
+        self._zero_change.clear()
         return self
 
     # ------------------------------------------------------------------ encode / decode
     def vae_input(self, maps: torch.Tensor, kind: str) -> torch.Tensor:
-        """(B, C, H, W) maps -> (B, 3, H, W) what this codec's VAE takes (:func:`to_vae_input`)."""
+        """(B, C, H, W) maps (changes, for a change codec) -> (B, 3, H, W) what this codec's VAE takes."""
+        if self.change_scales is not None:
+            return self.change_scales.to_input(maps, kind)
         return to_vae_input(maps, kind, self.normalization)
+
+    def map_output(self, images: torch.Tensor, kind: str, channels: int | None = None) -> torch.Tensor:
+        """(B, 3, H, W) VAE output -> (B, channels, H, W) maps (raw changes, for a change codec)."""
+        if self.change_scales is not None:
+            return self.change_scales.from_output(images, kind, channels)
+        return from_vae_output(images, kind, channels, self.normalization)
+
+    def value_range(self, kind: str) -> tuple[float, float]:
+        """The values ``encode`` accepts for ``kind``: the kind's range, or +-its span for a change codec."""
+        spec = map_kind(kind)
+        if self.change_scales is not None:
+            return spec.low - spec.high, spec.high - spec.low
+        return spec.low, spec.high
+
+    @torch.no_grad()
+    def _zero(self, kind: str, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """A change codec's (unscaled latents (C, h, w), decoded images (3, H, W)) of the zero change."""
+        key = (kind, height, width)
+        if key not in self._zero_change:
+            zero = torch.zeros(1, 3, height, width, device=self.device)
+            with autocast(self.device):
+                z = self.vae.encode(self.vae_input(zero, kind)).latent_dist.mode()
+                images = self.vae.decode(z).sample
+            self._zero_change[key] = (z.float()[0], images.float()[0])
+        return self._zero_change[key]
 
     @torch.no_grad()
     def encode(self, maps: torch.Tensor | np.ndarray, kind: str) -> torch.Tensor:
         """Maps (C, H, W) or (B, C, H, W) of ``kind`` -> scaled latents (4, H/8, W/8) or (B, 4, H/8, W/8).
 
-        Values must lie in the kind's range (positions [-1, 1], BRDF maps [0, 1]). Deterministic: the
+        Values must lie in the kind's range (positions [-1, 1], BRDF maps [0, 1]). A change codec takes
+        changes (within +-the range's span; those beyond its scale are clipped, with a warning) and returns
+        latents relative to the zero change's, so that no change encodes to zero. Deterministic: the
         posterior mean is used. Returns float32 on the input tensor's device (CPU for NumPy input).
         """
         batch, added = _as_batch(maps, f"{kind} maps")
-        spec = map_kind(kind)
+        low, high = self.value_range(kind)
         out_device = batch.device
         self._check_size(*batch.shape[-2:])
         batch = batch.float()
         if not torch.isfinite(batch).all():
             raise ExpDiffInputError(None, f"{kind} maps hold NaN or infinite values")
         lo, hi = float(batch.min()), float(batch.max())
-        if lo < spec.low - RANGE_TOLERANCE or hi > spec.high + RANGE_TOLERANCE:
+        if lo < low - RANGE_TOLERANCE or hi > high + RANGE_TOLERANCE:
             raise ExpDiffInputError(None, f"{kind} map values span [{lo:.4g}, {hi:.4g}], "
-                                          f"expected within [{spec.low:g}, {spec.high:g}]")
+                                          f"expected within [{low:g}, {high:g}]")
+        if self.change_scales is not None:
+            clipped = self.change_scales.clipped(batch, kind)
+            if clipped:
+                warnings.warn(f"{clipped} {kind} change value(s) beyond the codec's scale "
+                              f"{self.change_scales.scale(kind):.4g} were clipped", stacklevel=3)
+        zero = self._zero(kind, *batch.shape[-2:])[0] if self.change_scales is not None else 0.0
         chunks = []
         for start in range(0, batch.shape[0], self.batch_size):
             x = self.vae_input(batch[start:start + self.batch_size].to(self.device), kind)
             with autocast(self.device):
                 mean = self.vae.encode(x).latent_dist.mode()
-            chunks.append(((mean.float() - self.shift_factor) * self.scaling_factor).to(out_device))
+            chunks.append(((mean.float() - zero - self.shift_factor) * self.scaling_factor).to(out_device))
         latents = torch.cat(chunks)
         return latents[0] if added else latents
+
+    def decode_pass(self, latents: torch.Tensor, kind: str, channels: int | None = None) -> torch.Tensor:
+        """One decoder pass: scaled latents (B, 4, h, w) on this codec's device -> (B, channels, 8h, 8w) maps.
+
+        Channels-last (oneDNN / cuDNN's faster layout), bf16 autocast on CUDA; the caller chooses the batch and
+        the grad mode. A change codec adds the zero change's latents back and returns changes read against
+        the decoded zero change, ``D(z + z0) - D(z0)``: what the codec adds where nothing changes cancels.
+        """
+        z = latents.float() / self.scaling_factor + self.shift_factor
+        zero = None
+        if self.change_scales is not None:
+            zero = self._zero(kind, z.shape[-2] * self.downsample_factor, z.shape[-1] * self.downsample_factor)
+            z = z + zero[0]
+        vae = self.vae.to(memory_format=torch.channels_last)
+        with autocast(self.device):
+            images = vae.decode(z.contiguous(memory_format=torch.channels_last)).sample
+        maps = self.map_output(images.float(), kind, channels)
+        if zero is not None:
+            maps = maps - self.map_output(zero[1][None], kind, channels)
+        return maps.contiguous()
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, kind: str, channels: int | None = None) -> torch.Tensor:
         """Scaled latents (4, h, w) or (B, 4, h, w) -> maps of ``kind`` (channels, 8h, 8w), clamped to its range.
 
         channels: None = the kind's own count (1 for specular/roughness, averaged from the 3 decoded
-        channels), or 3 to keep the replicated channels. float32 on the input's device.
+        channels), or 3 to keep the replicated channels. float32 on the input's device. A change codec
+        returns changes (:meth:`decode_pass`).
         """
         batch, added = _as_batch(latents, "latents")
         map_kind(kind)
@@ -381,12 +558,8 @@ class LatentCodec:
             raise ExpDiffInputError(None, f"latents must have {self.latent_channels} channels, "
                                           f"got shape {tuple(batch.shape)}")
         out_device = batch.device
-        chunks = []
-        for start in range(0, batch.shape[0], self.batch_size):
-            z = batch[start:start + self.batch_size].to(self.device).float() / self.scaling_factor + self.shift_factor
-            with autocast(self.device):
-                images = self.vae.decode(z).sample
-            chunks.append(from_vae_output(images.float(), kind, channels, self.normalization).to(out_device))
+        chunks = [self.decode_pass(batch[start:start + self.batch_size].to(self.device), kind, channels).to(out_device)
+                  for start in range(0, batch.shape[0], self.batch_size)]
         maps = torch.cat(chunks)
         return maps[0] if added else maps
 

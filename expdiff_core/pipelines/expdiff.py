@@ -45,7 +45,7 @@ from ..io.mesh import FaceMesh, read_obj, write_obj
 from ..io.template import check_template
 from ..models.denoiser import ExpDiffDenoiser, encode_prompts, fit_prompt_tokens
 from ..models.prior import ExpressionPrior
-from ..models.vae import LatentCodec
+from ..models.vae import LatentCodec, map_kind
 from ..schedulers import load_noise_scheduler, sampling_scheduler
 from ..uv.position_map import PositionMapConfig, position_maps
 from ..uv.raster import UVRaster, VertexSampler, uv_raster
@@ -164,12 +164,14 @@ class ExpDiffPipeline:
 
     def __init__(self, config: PipelineConfig, codec: LatentCodec, denoiser: ExpDiffDenoiser, noise_scheduler,
                  template: FaceMesh, text_encoder: Any = None, device: str | torch.device = "auto",
-                 prior: ExpressionPrior | None = None):
+                 prior: ExpressionPrior | None = None, change_codec: LatentCodec | None = None):
         self.config = config
         self.prior = prior
         self.use_prior = prior is not None
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
         self.codec = codec.to(self.device)
+        # The denoiser's output codec: a change codec for a target="change" denoiser, else the neutral's own.
+        self.change_codec = change_codec.to(self.device) if change_codec is not None else None
         self.denoiser = denoiser.to(self.device).eval().requires_grad_(False)
         self.noise_scheduler = noise_scheduler
         self.template = template
@@ -179,6 +181,11 @@ class ExpDiffPipeline:
         if expected != list(config.kinds) or int(denoiser.config.n_udims) != len(config.udims):
             raise ExpDiffInputError(None, f"denoiser expects kinds {expected} on {denoiser.config.n_udims} tile(s); "
                                     f"pipeline config says {config.kinds} on {config.udims}")
+        if (denoiser.config.target == "change") != (change_codec is not None):
+            raise ExpDiffInputError(None, "a denoiser of target 'change' needs a change codec (change_vae/) and only "
+                                    f"it uses one; this one's target is {denoiser.config.target!r}")
+        if change_codec is not None and not change_codec.encodes_change:
+            raise ExpDiffInputError(None, "change_vae/ is a codec of absolute maps (no change_scales.json)")
 
     # ------------------------------------------------------------------ persistence
     @classmethod
@@ -204,17 +211,22 @@ class ExpDiffPipeline:
             text_encoder = TextEncoder.from_pretrained(text_encoder_path if config.text_encoder != "minilm" else None,
                                                        device="cpu")
         prior = ExpressionPrior.from_pretrained(folder / "prior") if (folder / "prior").is_dir() else None
+        change_codec = (LatentCodec.from_pretrained(folder / "change_vae", device=device)
+                        if (folder / "change_vae").is_dir() else None)
         if prior is not None and prior.config.vertex_count != template.n_vertices:
             raise ExpDiffInputError(folder / "prior", f"is for {prior.config.vertex_count} vertices, the template has "
                                     f"{template.n_vertices}")
-        return cls(config, codec, denoiser, scheduler, template, text_encoder, device, prior)
+        return cls(config, codec, denoiser, scheduler, template, text_encoder, device, prior, change_codec)
 
     @staticmethod
     def assemble(folder: str | os.PathLike, config: PipelineConfig, vae_folder: str | os.PathLike,
                  denoiser_folder: str | os.PathLike, template: FaceMesh, model_card: str,
                  scheduler_folder: str | os.PathLike | None = None,
-                 prior_folder: str | os.PathLike | None = None) -> Path:
+                 prior_folder: str | os.PathLike | None = None,
+                 change_vae_folder: str | os.PathLike | None = None) -> Path:
         """Write a new pipeline folder from trained parts (copies; ``folder`` must not exist).
+
+        change_vae_folder: the change codec a target="change" denoiser's latents decode with.
 
         scheduler_folder: where the training noise schedule's ``scheduler_config.json`` is, when it is not
         in ``denoiser_folder`` already.
@@ -231,6 +243,8 @@ class ExpDiffPipeline:
                 shutil.copy2(Path(scheduler_folder) / "scheduler_config.json", tmp / "denoiser")
             if prior_folder is not None:
                 shutil.copytree(prior_folder, tmp / "prior")
+            if change_vae_folder is not None:
+                shutil.copytree(change_vae_folder, tmp / "change_vae")
             (tmp / "README.md").write_text(model_card)
         return folder
 
@@ -421,7 +435,8 @@ class ExpDiffPipeline:
             noise = noise.to(self.device)
             if strength < 1.0:
                 # the neutral (a zero residual), or the given start (the prior's expression)
-                begin = cond if start_latents is None else start_latents[start:start + n].float().to(self.device)
+                begin = (self.unchanged_latents(cond) if start_latents is None
+                         else start_latents[start:start + n].float().to(self.device))
                 start_target = self.denoiser.diffusion_target(begin, cond)
                 x = self.noise_scheduler.add_noise(start_target, noise, timesteps[:1].repeat(n).to(self.device))
             else:
@@ -449,35 +464,46 @@ class ExpDiffPipeline:
         bar.close()
         return torch.cat(results)
 
+    def unchanged_latents(self, neutral_latents: torch.Tensor) -> torch.Tensor:
+        """The latents of an expression that changes nothing, shaped like ``neutral_latents``: the neutral's own,
+        or zero for a change denoiser (a change codec encodes no change to zero)."""
+        return torch.zeros_like(neutral_latents) if self.change_codec is not None else neutral_latents
+
     # ------------------------------------------------------------------ stage 4: decode
     @torch.inference_mode()
-    def decode(self, latents: torch.Tensor, texels_per_pass: int = 32 * 128 * 128) -> list[Maps]:
+    def decode(self, latents: torch.Tensor, texels_per_pass: int = 32 * 128 * 128, *,
+               neutral_maps: Maps | None = None) -> list[Maps]:
         """(N, M, C, h, w) latents -> per expression {kind: {udim: (C, R, R) float32}} (1 channel for spec/rough).
 
+        With a change codec the latents are changes, and each expression's maps are ``neutral_maps`` (the
+        character's own, at model resolution; required then) plus its decoded change, clipped to the kind's
+        range: read against ``neutral_maps``, every stage after this one sees the decoded change exactly.
         Batched: the N x M latents are decoded kind by kind in chunks of ``texels_per_pass`` output texels
-        (default: 32 maps at 128^2, 2 at 512^2), one decoder pass per chunk whatever the expression or tile,
-        in inference mode, channels-last (oneDNN / cuDNN's faster convolution layout), bf16 autocast on CUDA.
+        (default: 32 maps at 128^2, 2 at 512^2), one decoder pass per chunk whatever the expression or tile
+        (``LatentCodec.decode_pass``), in inference mode.
         """
-        from ..models.vae import from_vae_output
-
-        cfg, codec = self.config, self.codec
+        cfg = self.config
+        codec = self.change_codec or self.codec
+        if self.change_codec is not None and neutral_maps is None:
+            raise ExpDiffInputError(None, "a change model decodes onto the character's neutral maps; none given")
         n, m_count = latents.shape[:2]
         k = len(cfg.kinds)
         out: list[Maps] = [{kind: {} for kind in cfg.kinds} for _ in range(n)]
         size = latents.shape[-1] * codec.downsample_factor
         per_pass = max(1, int(texels_per_pass) // (size * size))
-        vae = codec.vae.to(memory_format=torch.channels_last)
         for kind_index, kind in enumerate(cfg.kinds):
             maps = [m for m in range(m_count) if m % k == kind_index]
             rows = [(i, m) for m in maps for i in range(n)]
             z_all = latents[:, maps].transpose(0, 1).reshape(len(rows), *latents.shape[2:])  # map-major rows
+            spec = map_kind(kind)
             for start in range(0, len(rows), per_pass):
-                z = z_all[start:start + per_pass].to(self.device).float() / codec.scaling_factor + codec.shift_factor
-                with autocast(self.device):
-                    images = vae.decode(z.contiguous(memory_format=torch.channels_last)).sample
-                decoded = from_vae_output(images.float(), kind, None, codec.normalization).contiguous().cpu().numpy()
+                decoded = codec.decode_pass(z_all[start:start + per_pass].to(self.device), kind).cpu().numpy()
                 for (i, m), image in zip(rows[start:start + per_pass], decoded):
-                    out[i][kind][cfg.udims[m // k]] = image
+                    udim = cfg.udims[m // k]
+                    if neutral_maps is not None and self.change_codec is not None:
+                        base = _channels(np.asarray(neutral_maps[kind][udim], np.float32), image.shape[0])
+                        image = np.clip(base + image, spec.low, spec.high)
+                    out[i][kind][udim] = image
         return out
 
     # ------------------------------------------------------------------ stage 5: recover
@@ -501,25 +527,29 @@ class ExpDiffPipeline:
         if NEUTRAL not in [e.label for e in exprs]:
             exprs = [Expression(NEUTRAL, self.config.neutral_prompt)] + exprs
         self.check_mesh(mesh)
-        z0 = self.encode(self.neutral_maps(mesh, textures))
+        maps_in = self.neutral_maps(mesh, textures)
+        z0 = self.encode(maps_in)
         labels = [e.label for e in exprs]
         sampler_ = self.vertex_sampler(mesh)
         if not self.use_prior:
             latents = self.sample(z0, exprs, seed=seed, steps=steps, sampler=sampler, strength=strength,
                                   progress=progress)
-            decoded = self.decode(latents)
+            if self.change_codec is not None:  # the neutral is no change, exactly
+                latents[labels.index(NEUTRAL)] = self.unchanged_latents(z0)
+            decoded = self.decode(latents, neutral_maps=maps_in)
             neutral_maps = decoded[labels.index(NEUTRAL)]
             vertices = {label: self.recover(mesh, maps[POSITION], neutral_maps[POSITION], sampler_).vertices
                         for label, maps in zip(labels, decoded)}
             return ExpDiffOutput(labels, vertices, dict(zip(labels, decoded)), latents,
                                  {label: neutral_maps for label in labels})
         prior_vertices, prior_latents = self.prior_changes(self.prior_scores(mesh, textures), exprs, mesh.units)
-        start = z0[None] + prior_latents
+        start = self.unchanged_latents(z0)[None] + prior_latents
         latents = self.sample(z0, exprs, seed=seed, steps=steps, sampler=sampler, progress=progress,
                               strength=self.config.prior_strength if strength is None else strength,
                               start_latents=start)
-        starts = self.decode(start)
-        decoded = starts if torch.equal(latents, start) else self.decode(latents)  # strength 0 keeps the prior
+        starts = self.decode(start, neutral_maps=maps_in)
+        decoded = (starts if torch.equal(latents, start)  # strength 0 keeps the prior
+                   else self.decode(latents, neutral_maps=maps_in))
         neutral_maps = starts[labels.index(NEUTRAL)]  # the neutral's prior change is zero: its start is z0
         references = {label: {POSITION: s[POSITION], **{k: v for k, v in neutral_maps.items() if k != POSITION}}
                       for label, s in zip(labels, starts)}

@@ -55,12 +55,13 @@ def model_card(name: str, config: PipelineConfig, vae_dir: Path, denoiser_dir: P
 def assemble_pipeline(dataset_root: str | os.PathLike, vae_dir: str | os.PathLike, diffusion_run: str | os.PathLike,
                       out: str | os.PathLike, *, name: str = "expdiff-offline", steps: int = 30,
                       sampler: str = "ddim", strength: float = 1.0, prior_dir: str | os.PathLike | None = None,
-                      prior_strength: float = 0.0) -> Path:
+                      prior_strength: float = 0.0, change_vae_dir: str | os.PathLike | None = None) -> Path:
     """A new pipeline folder ``out`` from a trained VAE and a finished diffusion run on ``dataset_root``'s template.
 
     diffusion_run: the trainer's output folder (``model/`` EMA weights, ``scheduler/``, ``latents_manifest.json``).
     prior_dir: an expression prior (``expdiff train prior``) fitted on the same dataset and codec, with its
-    latents; prior_strength: the SDEdit strength from it.
+    latents; prior_strength: the SDEdit strength from it. change_vae_dir: the change codec of a
+    target="change" denoiser (required for one, refused otherwise).
     """
     dataset = Dataset(dataset_root)
     run = Path(diffusion_run)
@@ -73,6 +74,18 @@ def assemble_pipeline(dataset_root: str | os.PathLike, vae_dir: str | os.PathLik
                                 f"has {dataset.udims}")
     ExpDiffDenoiser.from_pretrained(denoiser_dir)  # loads: safetensors present, config valid
     encoding = _encoding_of(run)
+    if (denoiser_config.get("target") == "change") != (change_vae_dir is not None):
+        raise ExpDiffInputError(denoiser_dir, "a denoiser of target 'change' is assembled with its change codec "
+                                "(--change-vae), and only it is")
+    if change_vae_dir is not None:
+        from ..models.vae import ChangeScales
+
+        scales = ChangeScales.load(Path(change_vae_dir))
+        if scales is None:
+            raise ExpDiffInputError(Path(change_vae_dir), "is not a change codec (no change_scales.json)")
+        if encoding.get("change_scales") != scales.to_dict():
+            raise ExpDiffInputError(Path(change_vae_dir), "is not the change codec the denoiser's latents were "
+                                    "encoded with (its change scales differ)")
     config = PipelineConfig(
         kinds=list(denoiser_config["kinds"]), udims=list(dataset.udims), resolution=dataset.resolution,
         skin_groups=list(dataset.manifest["template"].get("skin_groups") or []),
@@ -96,7 +109,8 @@ def assemble_pipeline(dataset_root: str | os.PathLike, vae_dir: str | os.PathLik
                  f"{json.dumps(prior.config.fitted_on)}. Each expression starts from it; SDEdit strength "
                  f"{prior_strength}.\n")
     return ExpDiffPipeline.assemble(out, config, vae_dir, denoiser_dir, dataset.template(), card,
-                                    scheduler_folder=run / "scheduler", prior_folder=prior_dir)
+                                    scheduler_folder=run / "scheduler", prior_folder=prior_dir,
+                                    change_vae_folder=change_vae_dir)
 
 
 def _encoding_of(run: Path) -> dict:

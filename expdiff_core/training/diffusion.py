@@ -316,7 +316,10 @@ def train_diffusion(
     model_dir, scheduler_dir, log_path = out_dir / "model", out_dir / "scheduler", out_dir / LOG_NAME
     dataset = LatentDataset(latents_root, cfg.split, include_neutral=cfg.include_neutral,
                             repeat_albedo=cfg.repeat_albedo)
-    if model_kwargs.get("target") == "residual" and not model_kwargs.get("residual_scale"):
+    if (model_kwargs.get("target") == "change") != manifest.encodes_change:
+        raise ExpDiffInputError(latents_root / "manifest.json", "a denoiser of target 'change' trains on a change "
+                                "encoding (`expdiff data encode --change-vae`), and only it does")
+    if model_kwargs.get("target") in ("residual", "change") and not model_kwargs.get("residual_scale"):
         model_kwargs = {**model_kwargs, "residual_scale": residual_scale(dataset)}
     finished = _finished_run(out_dir, cfg, model_kwargs)
     if finished is not None:

@@ -126,8 +126,10 @@ def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
     parser.add_argument("--no-attention", action="store_true", help="ablation: no attention between maps")
     parser.add_argument("--text-conditioning", choices=["encoder", "one-hot"], default=None,
                         help="ablation 'one-hot': fixed random prompt embeddings instead of the text encoder")
-    parser.add_argument("--target", choices=["absolute", "residual"], default=None,
-                        help="what is diffused: 'residual' = expression minus neutral latents, scaled per map "
+    parser.add_argument("--target", choices=["absolute", "residual", "change"], default=None,
+                        help="what is diffused: 'change' = a change codec's latents of the expression's maps minus "
+                        "the neutral's, scaled per map (needs a change encoding: `expdiff data encode "
+                        "--change-vae`); 'residual' = expression minus neutral latents, scaled per map "
                         "(expressions move where the absolute target mostly copies the neutral; figures in "
                         "models/expdiff/README.md); 'absolute' = the expression latents (paper Eq. 6). "
                         "Default: the preset's / --model-config's")

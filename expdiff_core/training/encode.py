@@ -21,7 +21,7 @@ from ..io.dataset import Dataset, require_valid_dataset
 from ..models.vae import LatentCodec
 from ..uv.position_map import PositionMapConfig, position_maps
 from ..uv.raster import UVRaster, uv_raster
-from .latents import LatentManifest, expression_prompt, latent_key, read_manifest, write_latent_shard, write_manifest
+from .latents import NEUTRAL, LatentManifest, expression_prompt, latent_key, read_manifest, write_latent_shard, write_manifest
 
 POSITION = "position"
 
@@ -43,25 +43,40 @@ def subject_maps(dataset: Dataset, subject: str, expression: str, rasters: Mappi
 
 
 def encode_subject(codec: LatentCodec, maps_by_expression: Mapping[str, Mapping[str, Mapping[int, np.ndarray]]],
-                   kinds: list[str], udims: list[int]) -> dict[str, torch.Tensor]:
-    """Latents ``"<expression>/<kind>/<udim>" -> (C, h, w) float32`` of one subject, one codec call per kind."""
+                   kinds: list[str], udims: list[int], change_codec: LatentCodec | None = None
+                   ) -> dict[str, torch.Tensor]:
+    """Latents ``"<expression>/<kind>/<udim>" -> (C, h, w) float32`` of one subject, one codec call per kind.
+
+    With ``change_codec``: the neutral's maps with ``codec``, every other expression's change from the neutral
+    (its maps minus the neutral's) with ``change_codec`` (a change encoding, see ``training.latents``).
+    """
     out: dict[str, torch.Tensor] = {}
     expressions = list(maps_by_expression)
     for kind in kinds:
-        keys = [(e, u) for e in expressions for u in udims]
-        batch = np.stack([maps_by_expression[e][kind][u] for e, u in keys])
-        latents = codec.encode(torch.from_numpy(batch), kind).float().cpu()
-        for (e, u), z in zip(keys, latents):
-            out[latent_key(e, kind, u)] = z.clone()
+        groups = [(codec, expressions, False)]
+        if change_codec is not None:
+            groups = [(codec, [NEUTRAL], False), (change_codec, [e for e in expressions if e != NEUTRAL], True)]
+        for group_codec, chosen, change in groups:
+            keys = [(e, u) for e in chosen for u in udims]
+            if not keys:
+                continue
+            batch = np.stack([maps_by_expression[e][kind][u] for e, u in keys])
+            if change:
+                batch = batch - np.stack([maps_by_expression[NEUTRAL][kind][u] for _, u in keys])
+            latents = group_codec.encode(torch.from_numpy(batch), kind).float().cpu()
+            for (e, u), z in zip(keys, latents):
+                out[latent_key(e, kind, u)] = z.clone()
     return out
 
 
 def encode_dataset(dataset_root: str | os.PathLike, codec: LatentCodec, out: str | os.PathLike,
                    position: PositionMapConfig = PositionMapConfig(), *, cache_dir: str | os.PathLike | None = None,
-                   splits: tuple[str, ...] = ("train", "val", "test"), progress: bool = True) -> Path:
+                   splits: tuple[str, ...] = ("train", "val", "test"), progress: bool = True,
+                   change_codec: LatentCodec | None = None) -> Path:
     """Encode every sample of ``splits`` of the dataset at ``dataset_root`` into ``out``; resumes a partial ``out``.
 
     splits: which identities to encode (training needs only ``train``; evaluation reads the raw dataset).
+    change_codec: a change encoding (the neutral with ``codec``, the expressions' changes with this one).
 
     The manifest is written first (so a resumed run can check it matches) and shards are atomic, so an
     interrupted run leaves only whole shards. Returns ``out``.
@@ -72,13 +87,22 @@ def encode_dataset(dataset_root: str | os.PathLike, codec: LatentCodec, out: str
     out.mkdir(parents=True, exist_ok=True)
     kinds = [POSITION, *dataset.map_kinds]
     h, w = dataset.resolution // codec.downsample_factor, dataset.resolution // codec.downsample_factor
+    if change_codec is not None:
+        if not change_codec.encodes_change:
+            raise ExpDiffInputError(None, "the change codec given is a codec of absolute maps (no change_scales.json)")
+        if change_codec.latent_shape(dataset.resolution, dataset.resolution) != (codec.latent_channels, h, w):
+            raise ExpDiffInputError(None, "the change codec's latents are not shaped like the neutral codec's")
+    codec_info: dict = {"config": {k: v for k, v in dict(codec.config).items() if not k.startswith("_")},
+                        "position_map": position.to_dict(), "dataset": str(Path(dataset_root).resolve()),
+                        "resolution": dataset.resolution}
+    if change_codec is not None:
+        codec_info.update(representation="change", change_scales=change_codec.change_scales.to_dict(),
+                          change_config={k: v for k, v in dict(change_codec.config).items() if not k.startswith("_")})
     manifest = LatentManifest(
         kinds=kinds, udims=list(dataset.udims), latent_shape=[codec.latent_channels, h, w],
-        scaling_factor=float(codec.scaling_factor), expressions=list(dataset.expressions),
+        scaling_factor=float((change_codec or codec).scaling_factor), expressions=list(dataset.expressions),
         subjects={s: dataset.split(s) for s in splits if dataset.split(s)},
-        codec={"config": {k: v for k, v in dict(codec.config).items() if not k.startswith("_")},
-               "position_map": position.to_dict(), "dataset": str(Path(dataset_root).resolve()),
-               "resolution": dataset.resolution},
+        codec=codec_info,
         prompts={e: expression_prompt(e) for e in dataset.expressions},
     )
     if (out / "manifest.json").is_file():
@@ -97,6 +121,7 @@ def encode_dataset(dataset_root: str | os.PathLike, codec: LatentCodec, out: str
                                desc="encode", unit="subject", disable=not progress) as bar:
         for subject in todo:
             maps = {e: subject_maps(dataset, subject, e, rasters, position) for e in dataset.expressions}
-            write_latent_shard(out / f"{subject}.safetensors", encode_subject(codec, maps, kinds, dataset.udims))
+            write_latent_shard(out / f"{subject}.safetensors",
+                               encode_subject(codec, maps, kinds, dataset.udims, change_codec))
             bar.update(1)
     return out

@@ -10,6 +10,10 @@ Layout (format ``expdiff-latents/1``, written by the latent encoder, read by the
 A sample is one (subject, expression): ``target`` (M, C, h, w) = the expression's latents stacked tile-major
 (``m = udim_index * len(kinds) + kind_index``), ``neutral`` (M, C, h, w) = the same subject's neutral latents
 (the condition), and the index of the expression's prompt in ``dataset.prompts``.
+
+A *change* encoding (``codec["representation"] == "change"``) stores each expression's latents from a change
+codec (its maps minus the neutral's, relative to no change) while the neutral's stay absolute (the condition);
+the neutral's own target is then zero (no change).
 """
 
 from __future__ import annotations
@@ -75,6 +79,11 @@ class LatentManifest:
     @property
     def n_maps(self) -> int:
         return len(self.kinds) * len(self.udims)
+
+    @property
+    def encodes_change(self) -> bool:
+        """True when the expressions' latents are a change codec's (see the module docstring)."""
+        return self.codec.get("representation") == "change"
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -259,16 +268,21 @@ class LatentDataset(torch.utils.data.Dataset):
     def target(self, subject: str, expression: str) -> torch.Tensor:
         """(M, C, h, w) float32 latents of ``subject`` making ``expression``."""
         if expression == NEUTRAL:
-            return self.neutral(subject)
+            return self.unchanged(subject)
         return self._stack(subject, [(expression, k, u) for u in self.manifest.udims for k in self.manifest.kinds])
+
+    def unchanged(self, subject: str) -> torch.Tensor:
+        """(M, C, h, w) float32 latents of ``subject`` changing nothing: its neutral's, or zero in a change encoding."""
+        neutral = self.neutral(subject)
+        return torch.zeros_like(neutral) if self.manifest.encodes_change else neutral
 
     def residual_rms(self) -> torch.Tensor:
         """(M,) float64 RMS over every (subject, non-neutral expression) of each map's latent residual
-        ``target - neutral`` (what a ``target="residual"`` denoiser diffuses, before scaling)."""
+        ``target - unchanged`` (what a ``target="residual"`` or ``"change"`` denoiser diffuses, before scaling)."""
         total = torch.zeros(self.manifest.n_maps, dtype=torch.float64)
         count = 0
         for subject in self.subjects:
-            neutral = self.neutral(subject).double()
+            neutral = self.unchanged(subject).double()
             for expression in self.expressions:
                 if expression == NEUTRAL:
                     continue

@@ -68,7 +68,8 @@ class IdentityCorpus:
 def latent_changes(latents_root: str | os.PathLike, subjects: Sequence[str],
                    expressions: Sequence[str]) -> tuple[list[int], dict[str, np.ndarray]]:
     """(rows, {expression: (n, M, C, h, w)}): latent minus neutral latent of the ``subjects`` that have a shard
-    (``rows``: their positions in ``subjects``), maps tile-major as the pipeline orders them.
+    (``rows``: their positions in ``subjects``), maps tile-major as the pipeline orders them. In a change
+    encoding the expressions' latents are changes already (relative to no change) and are taken as they are.
 
     Encoding is the slowest step of the recipe (~30 s per identity on 2 CPU cores), so the latent part may be
     fitted on the identities encoded so far; at least 2 are needed.
@@ -85,6 +86,8 @@ def latent_changes(latents_root: str | os.PathLike, subjects: Sequence[str],
     for i in rows:
         shard = read_latent_shard(Path(latents_root) / f"{subjects[i]}.safetensors")
         z0 = torch.stack([shard[latent_key(NEUTRAL, k, u)].float() for k, u in order])
+        if manifest.encodes_change:
+            z0 = torch.zeros_like(z0)
         for e in expressions:
             out[e].append((torch.stack([shard[latent_key(e, k, u)].float() for k, u in order]) - z0).numpy())
     return rows, {e: np.stack(v) for e, v in out.items()}

@@ -25,8 +25,8 @@ import torch
 from ..device import autocast, resolve_device
 from ..errors import ExpDiffInputError
 from ..facs import NEUTRAL
-from ..models.vae import (MAP_KINDS, RANGE_TOLERANCE, LatentCodec, MapNormalization, map_kind, offline_vae_config,
-                          to_vae_input)
+from ..models.vae import (MAP_KINDS, RANGE_TOLERANCE, ChangeScales, LatentCodec, MapNormalization, map_kind,
+                          offline_vae_config, to_vae_input)
 
 if TYPE_CHECKING:
     from ..io.dataset import Dataset
@@ -69,6 +69,11 @@ class VAETrainConfig:
     # training maps (an even share per kind); False keeps the plain [-1, 1] range mapping. A warm start
     # keeps its codec's own.
     normalize_kinds: bool = True
+    # A change codec (models.vae.ChangeScales): trained on expression-relative maps (expression - neutral),
+    # each kind companded by its own scale, measured on scaling_samples training changes. Needs maps that are
+    # changes (DatasetMaps(change=True)); a warm start from an absolute codec keeps its weights only.
+    change: bool = False
+    change_power: float = 0.5
     held_out_fraction: float = 0.1  # used only when no held-out set is given
     scaling_samples: int = 256  # training maps encoded to measure the latent std -> scaling_factor
     held_out_max_maps: int | None = 512  # a seeded random subset keeps evaluation to minutes on a CPU
@@ -87,6 +92,8 @@ class VAETrainConfig:
             "held_out_fraction": 0 < self.held_out_fraction < 1,
             "scaling_samples": self.scaling_samples >= 1,
             "held_out_max_maps": self.held_out_max_maps is None or self.held_out_max_maps >= 1,
+            "change_power": 0 < self.change_power <= 1,
+            "pair_weight with change": not (self.change and self.pair_weight > 0),
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -100,6 +107,7 @@ def psnr_db(reference: torch.Tensor, estimate: torch.Tensor, value_range: float)
 
 
 def _checked_sample(maps: Sequence[MapSample], index: int) -> MapSample:
+    """maps[index] as a float32 tensor, its shape and values checked (changes: within +-the kind's span)."""
     kind, image = maps[index]
     spec = map_kind(kind)
     image = torch.as_tensor(image, dtype=torch.float32)
@@ -107,11 +115,16 @@ def _checked_sample(maps: Sequence[MapSample], index: int) -> MapSample:
         channels = "3" if spec.channels == 3 else f"{spec.channels} or 3"
         raise ExpDiffInputError(None, f"map {index} ({kind}) must be ({channels}, H, W), "
                                       f"got shape {tuple(image.shape)}")
+    low, high = (spec.low - spec.high, spec.high - spec.low) if _are_changes(maps) else (spec.low, spec.high)
     lo, hi = float(image.min()), float(image.max())
-    if not (spec.low - RANGE_TOLERANCE <= lo and hi <= spec.high + RANGE_TOLERANCE):
+    if not (low - RANGE_TOLERANCE <= lo and hi <= high + RANGE_TOLERANCE):
         raise ExpDiffInputError(None, f"map {index} ({kind}) values span [{lo:.4g}, {hi:.4g}], "
-                                      f"expected within [{spec.low:g}, {spec.high:g}]")
+                                      f"expected within [{low:g}, {high:g}]")
     return kind, image
+
+
+def _are_changes(maps: Sequence[MapSample]) -> bool:
+    return bool(getattr(maps, "change", False))
 
 
 def _split(count: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -142,10 +155,13 @@ class DatasetMaps(Sequence):
     Items nest subject > expression > kind > UDIM tile; kinds are ``position`` plus the dataset's BRDF kinds.
     Position maps are made from the stored vertices as the latent encoder makes them: displacement from the
     dataset template's shape per tile (``training.encode.dataset_rasters``), normalised by ``position``.
+    ``change=True``: every non-neutral expression's map minus the same subject's neutral map (what a change
+    codec encodes); the neutral itself is left out.
     """
 
     def __init__(self, dataset: "Dataset", subjects: Sequence[str], position: "PositionMapConfig | None" = None,
-                 *, expressions: Sequence[str] | None = None, cache_dir: str | os.PathLike | None = None):
+                 *, expressions: Sequence[str] | None = None, cache_dir: str | os.PathLike | None = None,
+                 change: bool = False):
         from ..uv.position_map import PositionMapConfig
 
         unknown = sorted(set(subjects) - set(dataset.subjects))
@@ -154,11 +170,12 @@ class DatasetMaps(Sequence):
         self.dataset = dataset
         self.position = position or PositionMapConfig()
         self.kinds = ["position", *dataset.map_kinds]
-        self.items = [(s, e, k, u) for s in subjects for e in (expressions or dataset.expressions)
-                      for k in self.kinds for u in dataset.udims]
+        self.change = change
+        chosen = [e for e in (expressions or dataset.expressions) if not (change and e == NEUTRAL)]
+        self.items = [(s, e, k, u) for s in subjects for e in chosen for k in self.kinds for u in dataset.udims]
         self._cache_dir = cache_dir
         self._rasters = None
-        self._last: tuple[tuple[str, str], dict[int, Any]] | None = None
+        self._positions: dict[tuple[str, str], dict[int, Any]] = {}
         self._index: dict[tuple[str, str, str, int], int] | None = None
 
     def __len__(self) -> int:
@@ -181,30 +198,38 @@ class DatasetMaps(Sequence):
 
     def __getitem__(self, index: int) -> MapSample:
         subject, expression, kind, udim = self.items[index]
+        image = self._map(subject, expression, kind, udim)
+        if self.change:
+            image = image - self._map(subject, NEUTRAL, kind, udim)
+        return kind, torch.from_numpy(image)
+
+    def _map(self, subject: str, expression: str, kind: str, udim: int) -> Any:
         if kind != "position":
-            return kind, torch.from_numpy(self.dataset.load_map(subject, expression, kind, udim))
-        return kind, torch.from_numpy(self._position_maps(subject, expression)[udim])
+            return self.dataset.load_map(subject, expression, kind, udim)
+        return self._position_maps(subject, expression)[udim]
 
     def _position_maps(self, subject: str, expression: str) -> dict[int, Any]:
         from ..uv.position_map import position_maps
         from .encode import dataset_rasters
 
-        if self._last is None or self._last[0] != (subject, expression):
+        key = (subject, expression)
+        if key not in self._positions:
             if self._rasters is None:
                 self._rasters = dataset_rasters(self.dataset, self._cache_dir)
             template = self.dataset.template()
-            maps = position_maps(self.dataset.load_vertices(subject, expression), template.vertices,
-                                 self._rasters, self.position.scale_in(template.units))
-            self._last = ((subject, expression), maps)
-        return self._last[1]
+            if len(self._positions) >= 8:  # a few recent ones: a change needs its expression's and its neutral's
+                self._positions.pop(next(iter(self._positions)))
+            self._positions[key] = position_maps(self.dataset.load_vertices(subject, expression), template.vertices,
+                                                 self._rasters, self.position.scale_in(template.units))
+        return self._positions[key]
 
 
 class _Batches:
     """Seeded epochs of shuffled indices -> (B, 3, S, S) VAE-space batches with random crops."""
 
     def __init__(self, maps: Sequence[MapSample], indices: list[int], config: VAETrainConfig, factor: int,
-                 normalization: MapNormalization | None = None):
-        self.maps, self.indices, self.config, self.normalization = maps, indices, config, normalization
+                 vae_input: Callable[[torch.Tensor, str], torch.Tensor]):
+        self.maps, self.indices, self.config, self.vae_input = maps, indices, config, vae_input
         self.generator = torch.Generator().manual_seed(config.seed + 1)
         self.queue: list[int] = []
         if config.crop_size is not None and (config.crop_size % factor or config.crop_size < factor):
@@ -223,10 +248,10 @@ class _Batches:
             index = self.queue.pop()
             kind, image = _checked_sample(self.maps, index)
             window = self._window(image, index)
-            images.append(to_vae_input(_cut(image, window)[None], kind, self.normalization)[0])
+            images.append(self.vae_input(_cut(image, window)[None], kind)[0])
             if pairs:
                 _, neutral = _checked_sample(self.maps, self.maps.neutral_index(index))
-                neutrals.append(to_vae_input(_cut(neutral, window)[None], kind, self.normalization)[0])
+                neutrals.append(self.vae_input(_cut(neutral, window)[None], kind)[0])
         images += neutrals
         sizes = {tuple(im.shape) for im in images}
         if len(sizes) > 1:
@@ -257,7 +282,8 @@ def evaluate_codec(codec: LatentCodec, maps: Sequence[MapSample], indices: Seque
                    ) -> dict[str, dict[str, float]]:
     """Per map kind: mean / min PSNR (dB, over the kind's value range), mean absolute error, max error, count.
 
-    Each map is encoded (posterior mean) and decoded whole, in its own channel count.
+    Each map is encoded (posterior mean) and decoded whole, in its own channel count. For a change codec the
+    peak is the span of changes it represents (twice the kind's change scale).
     """
     per_kind: dict[str, list[tuple[float, float, float]]] = {}
     pending: dict[tuple, list[torch.Tensor]] = {}
@@ -265,12 +291,12 @@ def evaluate_codec(codec: LatentCodec, maps: Sequence[MapSample], indices: Seque
     def flush(key: tuple) -> None:
         kind = key[0]
         spec = MAP_KINDS[kind]
+        peak = 2 * codec.change_scales.scale(kind) if codec.encodes_change else spec.high - spec.low
         images = torch.stack(pending.pop(key))
         decoded = codec.reconstruct(images, kind)
         for image, estimate in zip(images, decoded):
             error = (estimate - image).abs()
-            per_kind.setdefault(kind, []).append(
-                (psnr_db(image, estimate, spec.high - spec.low), error.mean().item(), error.max().item()))
+            per_kind.setdefault(kind, []).append((psnr_db(image, estimate, peak), error.mean().item(), error.max().item()))
 
     # Same-kind, same-shape maps are reconstructed together, codec.batch_size at a time.
     for index in (range(len(maps)) if indices is None else indices):
@@ -310,6 +336,21 @@ def measure_normalization(maps: Sequence[MapSample], indices: Sequence[int], lim
             kind, image = _checked_sample(maps, index)
             images.setdefault(kind, []).append(to_vae_input(image[None].float(), kind)[0])
     return MapNormalization.measure(images)
+
+
+def measure_change_scales(maps: Sequence[MapSample], indices: Sequence[int], limit: int | None = None,
+                          seed: int = 0, power: float = 0.5) -> ChangeScales:
+    """Per-kind change scales (``ChangeScales.measure``) of the changes ``maps[indices]``, an even share per kind."""
+    by_kind: dict[str, list[int]] = {}
+    for index in indices:
+        by_kind.setdefault(_kind_of(maps, index), []).append(index)
+    share = None if limit is None else max(1, limit // max(1, len(by_kind)))
+    changes: dict[str, list[torch.Tensor]] = {}
+    for kind_indices in by_kind.values():
+        for index in _subset(kind_indices, share, seed):
+            kind, image = _checked_sample(maps, index)
+            changes.setdefault(kind, []).append(image)
+    return ChangeScales.measure(changes, power=power)
 
 
 @torch.no_grad()
@@ -359,6 +400,13 @@ def _model_card(codec: LatentCodec, metrics: dict[str, Any]) -> str:
 
 
 def _normalization_lines(codec: LatentCodec) -> list[str]:
+    if codec.change_scales is not None:
+        scales = codec.change_scales
+        lines = ["A **change codec**: it encodes expression-relative maps (expression - neutral, in map units) and "
+                 "decodes against the decoded zero change (`change_scales.json`): VAE input "
+                 f"`sign(d) * |d / scale| ** {scales.power:g}`, scale 1.1x the kind's largest change on training maps "
+                 "(larger changes are clipped, with a warning).", "", "| kind | scale |", "|---|---|"]
+        return lines + [f"| {k} | {v:.5f} |" for k, v in sorted(scales.scales.items())] + [""]
     if codec.normalization is None:
         return ["Inputs: the plain [-1, 1] range mapping of each kind.", ""]
     lines = ["Inputs are standardised per kind after the [-1, 1] range mapping (`map_normalization.json`): "
@@ -398,16 +446,25 @@ def train_vae(maps: Sequence[MapSample], config: VAETrainConfig, out_dir: str | 
     held_idx = _subset(held_idx, config.held_out_max_maps, config.seed + 3)
 
     device = resolve_device(config.device)
+    if config.change != _are_changes(maps):
+        raise ExpDiffInputError(None, "a change codec trains on changes (DatasetMaps(change=True)) and only it does")
     if config.init_from is not None:
         codec = LatentCodec.from_pretrained(config.init_from, device=device)
         # metrics.json records the architecture actually trained, not the unused default.
         config = dataclasses.replace(config, model={k: v for k, v in dict(codec.config).items() if not k.startswith("_")})
+        if config.change and not codec.encodes_change:  # an absolute codec's weights, a change codec's inputs
+            codec.normalization = None
+            codec.change_scales = measure_change_scales(maps, train_idx, config.scaling_samples, config.seed + 5,
+                                                        config.change_power)
     else:
         codec = LatentCodec.from_config(config.model, seed=config.seed, device=device)
-        if config.normalize_kinds:
+        if config.change:
+            codec.change_scales = measure_change_scales(maps, train_idx, config.scaling_samples, config.seed + 5,
+                                                        config.change_power)
+        elif config.normalize_kinds:
             codec.normalization = measure_normalization(maps, train_idx, config.scaling_samples, config.seed + 5)
     vae = codec.vae.train().requires_grad_(True)
-    batches = _Batches(maps, train_idx, config, codec.downsample_factor, codec.normalization)
+    batches = _Batches(maps, train_idx, config, codec.downsample_factor, codec.vae_input)
     noise_generator = torch.Generator().manual_seed(config.seed + 2)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     schedule = get_cosine_schedule_with_warmup(optimizer, min(config.warmup_steps, config.steps - 1), config.steps)
@@ -512,8 +569,9 @@ def train_vae_on_dataset(dataset_root: str | os.PathLike, out: str | os.PathLike
     config = dataclasses.replace(config, crop_size=None if crop == dataset.resolution else crop,
                                  model={**config.model, "sample_size": dataset.resolution})
     position = position or PositionMapConfig()
-    maps = DatasetMaps(dataset, train_subjects, position, cache_dir=cache_dir)
-    held_out = DatasetMaps(dataset, val_subjects, position, cache_dir=cache_dir) if val_subjects else None
+    maps = DatasetMaps(dataset, train_subjects, position, cache_dir=cache_dir, change=config.change)
+    held_out = (DatasetMaps(dataset, val_subjects, position, cache_dir=cache_dir, change=config.change)
+                if val_subjects else None)
     data_info = {
         "dataset": str(dataset.root.resolve()), "resolution": dataset.resolution, "udims": dataset.udims,
         "train_subjects": train_subjects, "held_out": f"val split: {val_subjects}" if val_subjects

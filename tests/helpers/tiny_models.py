@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from expdiff_core.models.denoiser import ExpDiffDenoiser, denoiser_config
-from expdiff_core.models.vae import LatentCodec, offline_vae_config
+from expdiff_core.models.vae import ChangeScales, LatentCodec, offline_vae_config
 from expdiff_core.pipelines.expdiff import ExpDiffPipeline, PipelineConfig
 from expdiff_core.schedulers import training_noise_scheduler
 from expdiff_core.synth.template import template_mesh
@@ -46,6 +46,7 @@ def tiny_pipeline_folder(root, text_conditioning: str = "encoder", target: str =
     """Write a pipeline folder under ``root / "model"`` (random weights, 4 sampling steps); returns it.
 
     target="residual": the denoiser diffuses (expression - neutral) latents, every map scaled by 4.
+    target="change": it diffuses a change codec's latents (a second tiny codec, ``change_vae/``), scaled by 4.
     prior: also an expression prior (``tiny_prior_folder``), sampled from at strength 0.
     """
     template = template_mesh()
@@ -56,13 +57,22 @@ def tiny_pipeline_folder(root, text_conditioning: str = "encoder", target: str =
     vae_dir = codec.save_pretrained(root / "parts" / "vae")
     denoiser = ExpDiffDenoiser(**denoiser_config(KINDS, 2, 4, RESOLUTION // 8, width=32, depth=1, heads=2,
                                                  text_conditioning=text_conditioning, target=target,
-                                                 residual_scale=[4.0] * 2 * len(KINDS) if target == "residual" else None))
+                                                 residual_scale=None if target == "absolute" else [4.0] * 2 * len(KINDS)))
     den_dir = root / "parts" / "denoiser"
     denoiser.save_pretrained(den_dir)
     training_noise_scheduler().save_pretrained(den_dir)
     prior_dir = tiny_prior_folder(root / "parts", template) if prior else None
+    change_dir = None
+    if target == "change":
+        change = LatentCodec.from_config(offline_vae_config(block_out_channels=[8, 8, 16, 16], norm_num_groups=8),
+                                         seed=1, device="cpu", change_scales=ChangeScales(TINY_CHANGE_SCALES))
+        change_dir = change.save_pretrained(root / "parts" / "change_vae")
     return ExpDiffPipeline.assemble(root / "model", config, vae_dir, den_dir, template, "# tiny test model\n",
-                                    prior_folder=prior_dir)
+                                    prior_folder=prior_dir, change_vae_folder=change_dir)
+
+
+# map units: position 0.3 of the 6 cm scale (1.8 cm), textures a tenth of their range
+TINY_CHANGE_SCALES = {"position": 0.3, "albedo": 0.1, "specular": 0.1, "roughness": 0.1, "normal": 0.1}
 
 
 def neutral_textures(resolution: int = 48) -> dict[str, dict[int, np.ndarray]]:

@@ -26,6 +26,16 @@ def tiny_residual_pipeline(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_change_model(tmp_path_factory):
+    return tiny_pipeline_folder(tmp_path_factory.mktemp("tiny-expdiff-change"), target="change")
+
+
+@pytest.fixture(scope="session")
+def tiny_change_pipeline(tiny_change_model):
+    return ExpDiffPipeline.from_pretrained(tiny_change_model, device="cpu")
+
+
+@pytest.fixture(scope="session")
 def tiny_prior_model(tmp_path_factory):
     return tiny_pipeline_folder(tmp_path_factory.mktemp("tiny-expdiff-prior"), target="residual", prior=True)
 

@@ -94,13 +94,17 @@ def test_ingest_requires_every_face_tile(tmp_path, tiny_model, asset):
         build.ingest(asset / "head.obj", {"albedo": str(tmp_path / "tex")}, str(tiny_model))
 
 
-@pytest.mark.parametrize("strength", [None, 0.5])  # the model's 0 (the prior as it is), and diffused from it
-def test_stages_with_a_prior_match_the_pipeline_run_in_one_go(asset, tiny_prior_model, tmp_path, strength):
+@pytest.mark.parametrize("model_fixture, strength", [
+    ("tiny_prior_model", None),  # the model's 0: the prior as it is
+    ("tiny_prior_model", 0.5),  # diffused from the prior
+    ("tiny_change_model", None),  # a change model: decoded changes on the character's neutral maps
+])
+def test_stages_match_the_pipeline_run_in_one_go(asset, request, tmp_path, model_fixture, strength):
     """The staged build (files between stages) gives the vertices and maps of ``ExpDiffPipeline.__call__``."""
     from expdiff_core.io.textures import read_texture_set
     from expdiff_core.pipelines.expdiff import transfer_map
 
-    model = str(tiny_prior_model)
+    model = str(request.getfixturevalue(model_fixture))
     textures = {k: str(asset / "tex" / f"{k}.<UDIM>.exr") for k in ("albedo", "specular", "roughness", "normal")}
     ingested = build.ingest(asset / "head.obj", textures, model)
     encoded = build.encode_neutral(ingested, model, tmp_path, device="cpu")

@@ -55,3 +55,28 @@ def test_resuming_with_other_settings_is_refused(tmp_path, dataset, codec):
     out = encode_dataset(dataset, codec, tmp_path / "lat", progress=False)
     with pytest.raises(ExpDiffInputError, match="different settings"):
         encode_dataset(dataset, codec, out, PositionMapConfig(scale_cm=3.0), progress=False)
+
+
+def test_a_change_encoding_holds_the_neutral_absolute_and_the_expressions_as_changes(tmp_path, dataset, codec):
+    from expdiff_core.models.vae import ChangeScales
+    from expdiff_core.training.encode import dataset_rasters, subject_maps
+    from expdiff_core.io.dataset import Dataset
+    from expdiff_core.uv.position_map import PositionMapConfig
+
+    change = LatentCodec.from_config(offline_vae_config(block_out_channels=[8, 8, 16, 16], norm_num_groups=8), seed=1,
+                                     device="cpu", change_scales=ChangeScales({k: 1.0 for k in
+                                                                               ("position", "albedo", "specular",
+                                                                                "roughness", "normal")}))
+    out = encode_dataset(dataset, codec, tmp_path / "lat", splits=("train",), progress=False, change_codec=change)
+    manifest = read_manifest(out)
+    assert manifest.encodes_change and manifest.scaling_factor == change.scaling_factor
+    shard = read_latent_shard(out / "s0.safetensors")
+    data = Dataset(dataset)
+    maps = {e: subject_maps(data, "s0", e, dataset_rasters(data), PositionMapConfig()) for e in ("neutral", "jawOpen")}
+    neutral = torch.from_numpy(maps["neutral"]["albedo"][1001])
+    assert torch.equal(shard["neutral/albedo/1001"], codec.encode(neutral[None], "albedo")[0])
+    moved = torch.from_numpy(maps["jawOpen"]["albedo"][1001]) - neutral
+    assert torch.allclose(shard["jawOpen/albedo/1001"], change.encode(moved[None], "albedo")[0], atol=1e-6)
+    samples = LatentDataset(out, "train")
+    assert not samples.target("s0", "neutral").any()  # the neutral's change is zero; its latents are the condition
+    assert samples.neutral("s0").abs().sum() > 0

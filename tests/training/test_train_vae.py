@@ -221,3 +221,33 @@ def test_fine_tuning_keeps_the_starting_codecs_standardisation(trained, tmp_path
                     held_out=dataset(2, seed=1), show_progress=False)
     assert (LatentCodec.from_pretrained(out, device="cpu").normalization
             == LatentCodec.from_pretrained(folder, device="cpu").normalization)
+
+
+def test_change_maps_are_each_expression_minus_its_subjects_neutral(make_tiny_dataset, tmp_path):
+    from expdiff_core.io.dataset import Dataset
+
+    data = Dataset(make_tiny_dataset(tmp_path / "data"))
+    plain, change = DatasetMaps(data, ["s0"]), DatasetMaps(data, ["s0"], change=True)
+    assert len(change) == 2 * 5  # the two units x kinds: the neutral itself is no change
+    for index, (subject, expression, kind, udim) in enumerate(change.items):
+        expected = plain[plain.items.index((subject, expression, kind, udim))][1] - \
+            plain[plain.items.index((subject, "neutral", kind, udim))][1]
+        assert torch.equal(change[index][1], expected)
+
+
+def test_a_change_codec_trains_on_changes_and_records_its_scales(make_tiny_dataset, tmp_path):
+    from expdiff_core.io.dataset import Dataset
+
+    data = Dataset(make_tiny_dataset(tmp_path / "data"))
+    maps, held = DatasetMaps(data, ["s0", "s1"], change=True), DatasetMaps(data, ["s2"], change=True)
+    out = train_vae(maps, tiny_config(steps=3, change=True), tmp_path / "model", held_out=held, show_progress=False)
+    codec = LatentCodec.from_pretrained(out, device="cpu")
+    assert codec.encodes_change and codec.normalization is None
+    largest = max(float(maps[i][1].abs().max()) for i in range(len(maps)) if maps.kind_of(i) == "position")
+    assert codec.change_scales.scale("position") >= largest  # no training change is clipped
+    assert "change codec" in (out / "README.md").read_text()
+
+
+def test_a_change_codec_refuses_absolute_maps(tmp_path):
+    with pytest.raises(ExpDiffInputError, match="trains on changes"):
+        train_vae(dataset(8), tiny_config(steps=1, change=True), tmp_path / "model", show_progress=False)

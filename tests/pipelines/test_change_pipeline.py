@@ -1,0 +1,43 @@
+"""A change model: the denoiser's latents are changes, decoded onto the character's own neutral maps."""
+
+import numpy as np
+import pytest
+import torch
+
+from expdiff_core.errors import ExpDiffInputError
+from expdiff_core.synth.template import template_mesh
+
+from .conftest import neutral_textures
+
+
+def _neutral_maps(pipeline):
+    return pipeline.neutral_maps(template_mesh(), neutral_textures())
+
+
+def test_zero_change_latents_decode_to_the_characters_neutral_maps(tiny_change_pipeline):
+    maps = _neutral_maps(tiny_change_pipeline)
+    shape = tiny_change_pipeline.encode(maps).shape
+    decoded = tiny_change_pipeline.decode(torch.zeros(2, *shape), neutral_maps=maps)
+    for kind, tiles in maps.items():
+        for udim, image in tiles.items():
+            # D(z0) - D(z0) is zero up to the decoder's batch-composition rounding (float32)
+            np.testing.assert_allclose(decoded[1][kind][udim], image, atol=1e-5)
+
+
+def test_a_change_model_needs_the_neutral_maps_to_decode_onto(tiny_change_pipeline):
+    shape = tiny_change_pipeline.encode(_neutral_maps(tiny_change_pipeline)).shape
+    with pytest.raises(ExpDiffInputError, match="decodes onto the character's neutral maps"):
+        tiny_change_pipeline.decode(torch.zeros(1, *shape))
+
+
+def test_the_generated_neutral_is_the_users_mesh_and_maps_are_read_against_the_users_maps(tiny_change_pipeline):
+    out = tiny_change_pipeline(template_mesh(), neutral_textures(), ["jawOpen"], seed=0, progress=False)
+    assert np.array_equal(out.vertices["neutral"], template_mesh().vertices)
+    maps = _neutral_maps(tiny_change_pipeline)
+    np.testing.assert_allclose(out.references["jawOpen"]["albedo"][1001], maps["albedo"][1001], atol=1e-5)
+    assert np.isfinite(out.vertices["jawOpen"]).all()
+
+
+def test_sampling_from_the_neutral_starts_from_no_change(tiny_change_pipeline):
+    z0 = tiny_change_pipeline.encode(_neutral_maps(tiny_change_pipeline))
+    assert torch.equal(tiny_change_pipeline.unchanged_latents(z0), torch.zeros_like(z0))
