@@ -66,6 +66,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="displacement that maps to +-1 in position maps (default %(default)s cm)")
     e.add_argument("--splits", default="train,val,test", metavar="S1,S2",
                    help="identities to encode (default %(default)s; diffusion training reads only train)")
+    e.add_argument("--identities", type=int, default=None, metavar="N",
+                   help="encode only the first N identities of each split (default: all)")
     e.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N")
     e.set_defaults(func=run_encode)
 
@@ -146,6 +148,6 @@ def run_encode(args: argparse.Namespace) -> int:
                     if args.change_vae else None)
     out = encode_dataset(args.dataset, codec, args.out, PositionMapConfig(scale_cm=args.position_scale_cm),
                          cache_dir=settings.cache_path / "uv", splits=tuple(args.splits.split(",")),
-                         change_codec=change_codec)
+                         change_codec=change_codec, identities=args.identities)
     print(f"wrote latents {out}")
     return 0

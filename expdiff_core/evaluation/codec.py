@@ -53,8 +53,11 @@ class CodecRoundTrip:
 @torch.no_grad()
 def codec_round_trip(dataset: Dataset, codec: LatentCodec, subjects: Sequence[str] | None = None, *,
                      position: PositionMapConfig = PositionMapConfig(), cache_dir=None,
-                     progress: bool = True) -> CodecRoundTrip:
-    """Measure ``codec`` on ``subjects`` (default: all) x every non-neutral expression of ``dataset``."""
+                     progress: bool = True, textures: bool = True) -> CodecRoundTrip:
+    """Measure ``codec`` on ``subjects`` (default: all) x every non-neutral expression of ``dataset``.
+
+    textures=False: geometry only (the BRDF maps are most of a CPU's time: decoding runs at ~6 maps/s at 128^2).
+    """
     from ..pipelines.expdiff import transfer_map
 
     subjects = list(subjects or dataset.subjects)
@@ -62,7 +65,7 @@ def codec_round_trip(dataset: Dataset, codec: LatentCodec, subjects: Sequence[st
     rasters = dataset_rasters(dataset, cache_dir)
     scale = position.scale_in(template.units)
     zero = {u: np.zeros((3, dataset.resolution, dataset.resolution), np.float32) for u in rasters}
-    kinds = list(dataset.map_kinds)
+    kinds = list(dataset.map_kinds) if textures else []
     expressions = [e for e in dataset.expressions if e != NEUTRAL]
     absolute, eq9, copy, still = [], [], [], []
     change = codec.encodes_change

@@ -100,6 +100,10 @@ def assemble_pipeline(dataset_root: str | os.PathLike, vae_dir: str | os.PathLik
         if prior.config.vertex_count != dataset.vertex_count:
             raise ExpDiffInputError(Path(prior_dir), f"is for {prior.config.vertex_count} vertices, the dataset has "
                                     f"{dataset.vertex_count}")
+        representation = prior.config.fitted_on.get("latent_representation", "absolute")
+        if (representation == "change") != (change_vae_dir is not None):
+            raise ExpDiffInputError(Path(prior_dir), f"its latent part was fitted on {representation} latents; this "
+                                    f"denoiser's are {'change' if change_vae_dir else 'absolute'} latents")
         if not 0.0 <= prior_strength <= 1.0:
             raise ExpDiffInputError(None, f"prior strength must be in [0, 1], got {prior_strength}")
     card = model_card(name, config, vae_dir, run, dataset, denoiser_config)

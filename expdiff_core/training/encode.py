@@ -72,11 +72,12 @@ def encode_subject(codec: LatentCodec, maps_by_expression: Mapping[str, Mapping[
 def encode_dataset(dataset_root: str | os.PathLike, codec: LatentCodec, out: str | os.PathLike,
                    position: PositionMapConfig = PositionMapConfig(), *, cache_dir: str | os.PathLike | None = None,
                    splits: tuple[str, ...] = ("train", "val", "test"), progress: bool = True,
-                   change_codec: LatentCodec | None = None) -> Path:
+                   change_codec: LatentCodec | None = None, identities: int | None = None) -> Path:
     """Encode every sample of ``splits`` of the dataset at ``dataset_root`` into ``out``; resumes a partial ``out``.
 
     splits: which identities to encode (training needs only ``train``; evaluation reads the raw dataset).
     change_codec: a change encoding (the neutral with ``codec``, the expressions' changes with this one).
+    identities: encode only the first N identities of each split (encoding is the slow step on a CPU).
 
     The manifest is written first (so a resumed run can check it matches) and shards are atomic, so an
     interrupted run leaves only whole shards. Returns ``out``.
@@ -101,7 +102,7 @@ def encode_dataset(dataset_root: str | os.PathLike, codec: LatentCodec, out: str
     manifest = LatentManifest(
         kinds=kinds, udims=list(dataset.udims), latent_shape=[codec.latent_channels, h, w],
         scaling_factor=float((change_codec or codec).scaling_factor), expressions=list(dataset.expressions),
-        subjects={s: dataset.split(s) for s in splits if dataset.split(s)},
+        subjects={s: dataset.split(s)[:identities] for s in splits if dataset.split(s)},
         codec=codec_info,
         prompts={e: expression_prompt(e) for e in dataset.expressions},
     )
@@ -113,7 +114,9 @@ def encode_dataset(dataset_root: str | os.PathLike, codec: LatentCodec, out: str
     else:
         write_manifest(out, manifest)
     rasters = dataset_rasters(dataset, cache_dir)
-    chosen = [s for split in splits for s in dataset.split(split)]
+    if identities is not None and identities < 1:
+        raise ExpDiffInputError(None, f"identities must be at least 1, got {identities}")
+    chosen = [s for split in splits for s in dataset.split(split)[:identities]]
     if not chosen:
         raise ExpDiffInputError(Path(dataset_root) / "manifest.json", f"splits {list(splits)} have no subjects")
     todo = [s for s in chosen if not (out / f"{s}.safetensors").is_file()]

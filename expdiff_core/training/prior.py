@@ -167,6 +167,8 @@ def fit_prior(dataset_root: str | os.PathLike, out: str | os.PathLike, *, latent
         map_kinds=list(dataset.map_kinds), udims=list(dataset.udims), latent_changes=latents, latent_rows=rows,
         fitted_on={"dataset": dataset.root.name, "split": split, "identities": len(train.subjects),
                    "latent_identities": None if rows is None else len(rows),
+                   "latent_representation": None if latents_root is None else
+                   ("change" if read_manifest(latents_root).encodes_change else "absolute"),
                    "tuned_on": tune_split if scores else None})
     prior.save_pretrained(out)
     return prior, scores

@@ -340,14 +340,21 @@ def measure_normalization(maps: Sequence[MapSample], indices: Sequence[int], lim
 
 def measure_change_scales(maps: Sequence[MapSample], indices: Sequence[int], limit: int | None = None,
                           seed: int = 0, power: float = 0.5) -> ChangeScales:
-    """Per-kind change scales (``ChangeScales.measure``) of the changes ``maps[indices]``, an even share per kind."""
-    by_kind: dict[str, list[int]] = {}
+    """Per-kind change scales (``ChangeScales.measure``) of the changes ``maps[indices]``.
+
+    A scale is a largest change, so every expression must be looked at (a random draw of a few hundred maps
+    misses jawOpen, whose chin moves twice as far as most units): ``limit`` is shared evenly among the
+    (kind, expression) groups of DatasetMaps, at least 2 maps each.
+    """
+    by_group: dict[tuple[str, str], list[int]] = {}
+    items = getattr(maps, "items", None)
     for index in indices:
-        by_kind.setdefault(_kind_of(maps, index), []).append(index)
-    share = None if limit is None else max(1, limit // max(1, len(by_kind)))
+        expression = items[index][1] if items is not None else ""
+        by_group.setdefault((_kind_of(maps, index), expression), []).append(index)
+    share = None if limit is None else max(2, limit // max(1, len(by_group)))
     changes: dict[str, list[torch.Tensor]] = {}
-    for kind_indices in by_kind.values():
-        for index in _subset(kind_indices, share, seed):
+    for group_indices in by_group.values():
+        for index in _subset(group_indices, share, seed):
             kind, image = _checked_sample(maps, index)
             changes.setdefault(kind, []).append(image)
     return ChangeScales.measure(changes, power=power)

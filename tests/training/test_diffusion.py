@@ -304,3 +304,19 @@ def test_two_process_data_parallel_training_matches_one_process(latents, tmp_pat
     one = [e["loss"] for e in _log(tmp_path / "single")]
     assert len(ddp) == 6
     torch.testing.assert_close(torch.tensor(ddp), torch.tensor(one), rtol=1e-4, atol=1e-6)
+
+
+def test_a_change_denoiser_trains_only_on_a_change_encoding(latents, tmp_path):
+    with pytest.raises(ExpDiffInputError, match="target 'change' trains on a change encoding"):
+        train_diffusion(latents, tmp_path / "run", {**TINY_MODEL, "target": "change"}, config(), progress=False)
+
+
+def test_in_a_change_encoding_the_neutral_target_is_no_change(latents):
+    manifest = read_manifest(latents)
+    manifest.codec = {**manifest.codec, "representation": "change"}
+    write_manifest(latents, manifest, overwrite=True)
+    data = LatentDataset(latents)
+    assert not data.target("s0", "neutral").any()
+    # the scale a change denoiser gets: each map's RMS of the stored changes themselves, not minus the neutral
+    squares = [data.target(s, e).double().pow(2).flatten(1).mean(1) for s in data.subjects for e in EXPRESSIONS]
+    assert torch.allclose(data.residual_rms(), torch.stack(squares).mean(0).sqrt())

@@ -251,3 +251,13 @@ def test_a_change_codec_trains_on_changes_and_records_its_scales(make_tiny_datas
 def test_a_change_codec_refuses_absolute_maps(tmp_path):
     with pytest.raises(ExpDiffInputError, match="trains on changes"):
         train_vae(dataset(8), tiny_config(steps=1, change=True), tmp_path / "model", show_progress=False)
+
+
+def test_change_scales_look_at_every_expression_however_few_maps_are_measured(make_tiny_dataset, tmp_path):
+    from expdiff_core.io.dataset import Dataset
+    from expdiff_core.training.vae import measure_change_scales
+
+    maps = DatasetMaps(Dataset(make_tiny_dataset(tmp_path / "data")), ["s0", "s1"], change=True)
+    scales = measure_change_scales(maps, range(len(maps)), limit=1)
+    largest = max(float(maps[i][1].abs().max()) for i in range(len(maps)) if maps.kind_of(i) == "position")
+    assert scales.scale("position") == pytest.approx(1.1 * largest, rel=1e-6)
