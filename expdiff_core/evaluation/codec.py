@@ -68,7 +68,7 @@ def codec_round_trip(dataset: Dataset, codec: LatentCodec, subjects: Sequence[st
     kinds = list(dataset.map_kinds) if textures else []
     expressions = [e for e in dataset.expressions if e != NEUTRAL]
     absolute, eq9, copy, still = [], [], [], []
-    change = codec.encodes_change
+    change = getattr(codec, "encodes_change", False)
     psnr: dict[str, list[float]] = {k: [] for k in kinds}
     transfer: dict[str, list[float]] = {k: [] for k in kinds}
     for subject in tqdm(subjects, desc="codec round trip", unit="subject", disable=not progress):
@@ -109,4 +109,4 @@ def codec_round_trip(dataset: Dataset, codec: LatentCodec, subjects: Sequence[st
     return CodecRoundTrip(float(np.mean(absolute)) if absolute else float("nan"), float(np.mean(eq9)),
                           float(np.mean(copy)), float(np.mean(still)) if still else float("nan"),
                           {k: float(np.mean(v)) for k, v in psnr.items()},
-                          {k: float(np.mean(v)) for k, v in transfer.items()}, len(absolute))
+                          {k: float(np.mean(v)) for k, v in transfer.items()}, len(eq9))

@@ -51,3 +51,17 @@ def test_a_real_codec_is_measured_on_every_kind(procedural_dataset):
     assert set(result.psnr) == set(result.transfer_psnr) == set(data.map_kinds)
     # An untrained codec decodes noise: its geometry is far off and its difference is not the expression's.
     assert result.absolute_mm > result.neutral_copy_mm and result.eq9_mm > 0
+
+
+class LosslessChangeCodec(LosslessCodec):
+    encodes_change = True
+
+
+def test_a_change_codec_is_read_as_decoded_changes_on_the_true_neutral(procedural_dataset):
+    data = Dataset(procedural_dataset)
+    plain = codec_round_trip(data, LosslessCodec(), data.subjects[:1], progress=False, textures=False)
+    change = codec_round_trip(data, LosslessChangeCodec(), data.subjects[:1], progress=False, textures=False)
+    assert change.samples == len(UNITS) and np.isnan(change.absolute_mm)
+    # the same raster round trip as the absolute reading of a lossless codec, and still vertices stay still
+    assert change.eq9_mm == pytest.approx(plain.eq9_mm, rel=1e-3)
+    assert change.still_mm < 1e-4 and change.psnr == {}
