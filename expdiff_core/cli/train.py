@@ -62,8 +62,9 @@ def _widths(text: str) -> list[int]:
         widths = [int(w) for w in text.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if len(widths) != 4 or min(widths) < 1:
-        raise argparse.ArgumentTypeError("four positive block widths are needed (8x downsampling)")
+    if len(widths) not in (3, 4) or min(widths) < 1:
+        raise argparse.ArgumentTypeError("four positive block widths (8x downsampling, like Stable Diffusion's VAE) "
+                                         "or three (4x: a less compressive latent)")
     return widths
 
 
@@ -98,7 +99,7 @@ def _add_vae(group: argparse._SubParsersAction) -> None:
     v.add_argument("--learning-rate", type=float, default=d["learning_rate"], metavar="LR",
                    help="AdamW peak learning rate, cosine decay after warm-up (default %(default)g)")
     v.add_argument("--widths", type=_widths, default=d["widths"], metavar="W1,W2,W3,W4",
-                   help="channel widths of the four encoder/decoder blocks (default "
+                   help="channel widths of the encoder/decoder blocks; four blocks downsample 8x, three 4x (default "
                    f"{','.join(map(str, d['widths']))}; Stable Diffusion's VAE has 128,256,512,512)")
     v.add_argument("--seed", type=int, default=d["seed"], metavar="S", help="seed (default %(default)s)")
     v.add_argument("--pair-weight", type=float, default=0.0, metavar="W",
@@ -110,6 +111,9 @@ def _add_vae(group: argparse._SubParsersAction) -> None:
                    "neutral), each kind companded by its own scale measured on the training changes "
                    "(change_scales.json); it decodes against the decoded zero change. A warm start from an "
                    "absolute codec keeps its weights only")
+    v.add_argument("--kl-weight", type=float, default=1e-4, metavar="W",
+                   help="weight of the KL term per latent element (default %(default)g). Lower it for a precise "
+                   "codec: the posterior's std, which it keeps up, is noise on the latents the decoder trains on")
     v.add_argument("--init-from", metavar="PATH",
                    help="start from this trained codec folder (fine-tuning; --widths is then ignored)")
     v.add_argument("--held-out-maps", type=int, default=d["held_out_maps"], metavar="N",
@@ -129,7 +133,7 @@ def run_vae(args: argparse.Namespace) -> int:
         steps=args.steps, batch_size=args.batch_size, crop_size=args.resolution,
         learning_rate=args.learning_rate, seed=args.seed, device=settings.device,
         held_out_max_maps=args.held_out_maps, pair_weight=args.pair_weight, init_from=args.init_from,
-        change=args.change,
+        change=args.change, kl_weight=args.kl_weight,
         # GroupNorm groups must divide every width; 32 is Stable Diffusion's choice when they allow it.
         model=offline_vae_config(block_out_channels=widths, norm_num_groups=math.gcd(32, *widths)),
     )

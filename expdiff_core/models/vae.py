@@ -308,6 +308,11 @@ def offline_vae_config(**overrides: Any) -> dict[str, Any]:
     if unknown:
         raise ExpDiffInputError(None, f"unknown AutoencoderKL setting(s) {sorted(unknown)}")
     config.update(overrides)
+    blocks = len(config["block_out_channels"])  # one down/up block per width: 2^(blocks - 1) downsampling
+    if "down_block_types" not in overrides:
+        config["down_block_types"] = ["DownEncoderBlock2D"] * blocks
+    if "up_block_types" not in overrides:
+        config["up_block_types"] = ["UpDecoderBlock2D"] * blocks
     return config
 
 
@@ -536,9 +541,12 @@ class LatentCodec:
         if self.change_scales is not None:
             zero = self._zero(kind, z.shape[-2] * self.downsample_factor, z.shape[-1] * self.downsample_factor)
             z = z + zero[0]
-        vae = self.vae.to(memory_format=torch.channels_last)
+        # only the decoder side goes channels-last: the encoder keeps its layout (and its float rounding)
+        for part in (self.vae.decoder, getattr(self.vae, "post_quant_conv", None)):
+            if part is not None:
+                part.to(memory_format=torch.channels_last)
         with autocast(self.device):
-            images = vae.decode(z.contiguous(memory_format=torch.channels_last)).sample
+            images = self.vae.decode(z.contiguous(memory_format=torch.channels_last)).sample
         maps = self.map_output(images.float(), kind, channels)
         if zero is not None:
             maps = maps - self.map_output(zero[1][None], kind, channels)

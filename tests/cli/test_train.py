@@ -56,5 +56,5 @@ def test_train_vae_flag_defaults_are_the_trainer_defaults():
 
 def test_train_vae_rejects_malformed_widths(capsys):
     with pytest.raises(SystemExit):
-        build_parser().parse_args(["train", "vae", "--dataset", "d", "--out", "o", "--widths", "8,8,16"])
+        build_parser().parse_args(["train", "vae", "--dataset", "d", "--out", "o", "--widths", "8,8"])
     assert "four positive block widths" in capsys.readouterr().err

@@ -163,11 +163,13 @@ def test_paired_batches_hold_each_maps_neutral_in_the_same_window(make_tiny_data
     from expdiff_core.training.vae import _Batches
 
     maps = DatasetMaps(Dataset(make_tiny_dataset(tmp_path / "data")), ["s0", "s1"])
-    batches = _Batches(maps, list(range(len(maps))), tiny_config(batch_size=3, crop_size=32, pair_weight=1.0), 8)
+    batches = _Batches(maps, list(range(len(maps))), tiny_config(batch_size=3, crop_size=32, pair_weight=1.0), 8,
+                       to_vae_input)
     batch = batches.next()
     assert batch.shape == (6, 3, 32, 32)
     # Replay the draws: the second half is each map's own subject's neutral, cut at the same window.
-    replay = _Batches(maps, list(range(len(maps))), tiny_config(batch_size=3, crop_size=32, pair_weight=1.0), 8)
+    replay = _Batches(maps, list(range(len(maps))), tiny_config(batch_size=3, crop_size=32, pair_weight=1.0), 8,
+                      to_vae_input)
     for row in range(3):
         if not replay.queue:
             perm = torch.randperm(len(replay.indices), generator=replay.generator).tolist()
