@@ -34,6 +34,24 @@ from ..uv.recover import recover_mesh
 from .metrics import MM_PER_UNIT, fvd, psnr_batch
 
 
+class PooledChanges:
+    """A reference "codec" of changes with no learning: area-pool by ``factor``, upsample bilinearly.
+
+    What a linear latent of the same downsampling keeps; a learned change codec should do better.
+    """
+
+    encodes_change = True
+
+    def __init__(self, factor: int):
+        self.factor = int(factor)
+
+    def encode(self, maps: torch.Tensor, kind: str) -> torch.Tensor:
+        return torch.nn.functional.avg_pool2d(torch.as_tensor(maps).float(), self.factor)
+
+    def decode(self, latents: torch.Tensor, kind: str, channels: int | None = None) -> torch.Tensor:
+        return torch.nn.functional.interpolate(latents, scale_factor=self.factor, mode="bilinear", align_corners=False)
+
+
 @dataclass
 class CodecRoundTrip:
     """Means over subjects x expressions. mm: mean vertex error; psnr: {kind: dB}; samples: count.

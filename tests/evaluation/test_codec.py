@@ -65,3 +65,12 @@ def test_a_change_codec_is_read_as_decoded_changes_on_the_true_neutral(procedura
     # the same raster round trip as the absolute reading of a lossless codec, and still vertices stay still
     assert change.eq9_mm == pytest.approx(plain.eq9_mm, rel=1e-3)
     assert change.still_mm < 1e-4 and change.psnr == {}
+
+
+def test_pooling_changes_loses_geometry_as_the_factor_grows(procedural_dataset):
+    from expdiff_core.evaluation.codec import PooledChanges
+
+    data = Dataset(procedural_dataset)
+    errors = [codec_round_trip(data, PooledChanges(f), data.subjects[:1], progress=False, textures=False).eq9_mm
+              for f in (2, 8)]
+    assert errors[0] < errors[1]
