@@ -57,6 +57,16 @@ def map_kind(kind: str) -> MapKind:
         raise ExpDiffInputError(None, f"unknown map kind {kind!r}; known: {list(MAP_KINDS)}") from None
 
 
+def _codec_json(path: Path) -> Any:
+    """The JSON of an optional codec file, None when there is none; one clear error when it is unreadable."""
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ExpDiffInputError(path, f"unreadable JSON: {exc}") from None
+
+
 @dataclass(frozen=True)
 class KindNormalization:
     """``(x - offset) / scale`` on a kind's [-1, 1] VAE input; offset per channel (3,), scale > 0."""
@@ -103,14 +113,8 @@ class MapNormalization:
     @classmethod
     def load(cls, folder: Path) -> "MapNormalization | None":
         """The normalisation stored in codec ``folder``, or None when it has none."""
-        path = folder / cls.FILE
-        if not path.is_file():
-            return None
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ExpDiffInputError(path, f"unreadable JSON: {exc}") from None
-        return cls.from_dict(data, path)
+        data = _codec_json(folder / cls.FILE)
+        return None if data is None else cls.from_dict(data, folder / cls.FILE)
 
     @classmethod
     def measure(cls, samples: Mapping[str, Sequence[torch.Tensor]], spread: float = 3.0) -> "MapNormalization":
@@ -186,14 +190,8 @@ class ChangeScales:
     @classmethod
     def load(cls, folder: Path) -> "ChangeScales | None":
         """The change scales stored in codec ``folder``, or None for a codec of absolute maps."""
-        path = folder / cls.FILE
-        if not path.is_file():
-            return None
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ExpDiffInputError(path, f"unreadable JSON: {exc}") from None
-        return cls.from_dict(data, path)
+        data = _codec_json(folder / cls.FILE)
+        return None if data is None else cls.from_dict(data, folder / cls.FILE)
 
     @classmethod
     def measure(cls, samples: Mapping[str, Sequence[torch.Tensor]], margin: float = 1.1,
@@ -223,13 +221,7 @@ class ChangeScales:
 
     def to_input(self, changes: torch.Tensor, kind: str) -> torch.Tensor:
         """(B, C, H, W) changes in map units -> (B, 3, H, W) companded VAE input in [-1, 1]."""
-        spec = map_kind(kind)
-        if changes.ndim != 4 or changes.shape[1] not in (spec.channels, 3):
-            raise ExpDiffInputError(None, f"{kind} changes must be (B, {spec.channels}, H, W) or (B, 3, H, W), "
-                                          f"got shape {tuple(changes.shape)}")
-        if changes.shape[1] == 1:
-            changes = changes.expand(-1, 3, -1, -1)
-        x = (changes / self.scale(kind)).clamp(-1.0, 1.0)
+        x = (_three_channels(changes, kind, "changes") / self.scale(kind)).clamp(-1.0, 1.0)
         return x.sign() * x.abs().pow(self.power)
 
     def from_output(self, images: torch.Tensor, kind: str, channels: int | None = None) -> torch.Tensor:
@@ -244,18 +236,22 @@ class ChangeScales:
         return y.sign() * y.abs().pow(1.0 / self.power) * self.scale(kind)
 
 
+def _three_channels(maps: torch.Tensor, kind: str, what: str) -> torch.Tensor:
+    """(B, C, H, W) with C the kind's channel count or 3 -> (B, 3, H, W), one-channel kinds replicated."""
+    spec = map_kind(kind)
+    if maps.ndim != 4 or maps.shape[1] not in (spec.channels, 3):
+        raise ExpDiffInputError(None, f"{kind} {what} must be (B, {spec.channels}, H, W) or (B, 3, H, W), "
+                                      f"got shape {tuple(maps.shape)}")
+    return maps.expand(-1, 3, -1, -1) if maps.shape[1] == 1 else maps
+
+
 def to_vae_input(maps: torch.Tensor, kind: str, normalization: MapNormalization | None = None) -> torch.Tensor:
     """(B, C, H, W) maps of ``kind`` (C = the kind's channels, or 3) -> (B, 3, H, W) VAE input.
 
     In [-1, 1] without ``normalization``; with it, the kind's ``(x - offset) / scale`` of that.
     """
     spec = map_kind(kind)
-    if maps.ndim != 4 or maps.shape[1] not in (spec.channels, 3):
-        raise ExpDiffInputError(None, f"{kind} maps must be (B, {spec.channels}, H, W) or (B, 3, H, W), "
-                                      f"got shape {tuple(maps.shape)}")
-    if maps.shape[1] == 1:
-        maps = maps.expand(-1, 3, -1, -1)
-    images = (maps - spec.low) * (2.0 / (spec.high - spec.low)) - 1.0
+    images = (_three_channels(maps, kind, "maps") - spec.low) * (2.0 / (spec.high - spec.low)) - 1.0
     affine = normalization._affine(kind, images) if normalization is not None else None
     if affine is not None:
         images = (images - affine[0]) / affine[1]

@@ -226,10 +226,9 @@ class ExpDiffPipeline:
                  change_vae_folder: str | os.PathLike | None = None) -> Path:
         """Write a new pipeline folder from trained parts (copies; ``folder`` must not exist).
 
-        change_vae_folder: the change codec a target="change" denoiser's latents decode with.
-
         scheduler_folder: where the training noise schedule's ``scheduler_config.json`` is, when it is not
-        in ``denoiser_folder`` already.
+        in ``denoiser_folder`` already. change_vae_folder: the change codec a target="change" denoiser's
+        latents decode with.
         """
         import shutil
 
@@ -500,7 +499,7 @@ class ExpDiffPipeline:
                 decoded = codec.decode_pass(z_all[start:start + per_pass].to(self.device), kind).cpu().numpy()
                 for (i, m), image in zip(rows[start:start + per_pass], decoded):
                     udim = cfg.udims[m // k]
-                    if neutral_maps is not None and self.change_codec is not None:
+                    if self.change_codec is not None:
                         base = _channels(np.asarray(neutral_maps[kind][udim], np.float32), image.shape[0])
                         image = np.clip(base + image, spec.low, spec.high)
                     out[i][kind][udim] = image
