@@ -98,13 +98,14 @@ def encode_neutral(ingested: Mapping[str, Any], model_dir: str | os.PathLike, wo
                    device: str = "auto") -> dict[str, Any]:
     """Neutral maps at model resolution -> latents (M, C, h, w) in ``<work>/neutral_latents.safetensors``
     (with the neutral's identity scores ``prior_scores`` (K,) when the model has an expression prior, and, for
-    a change model, the neutral maps themselves ``maps/<kind>/<udim>``: what the decoded changes are added to)."""
+    a change model or a prior with a map part, the neutral maps themselves ``maps/<kind>/<udim>``: what the
+    decoded changes and the prior's map changes are added to)."""
     pipe = load_pipeline(str(model_dir), device)
     mesh = read_mesh(ingested["mesh"])
     textures = _load_textures(ingested)
     maps = pipe.neutral_maps(mesh, textures)
     tensors = {"latents": pipe.encode(maps)}
-    if pipe.change_codec is not None:
+    if pipe.change_codec is not None or (pipe.prior is not None and pipe.prior.map_part is not None):
         tensors.update({f"maps/{kind}/{udim}": np.asarray(image, np.float32)
                         for kind, tiles in maps.items() for udim, image in tiles.items()})
     if pipe.prior is not None:
@@ -133,7 +134,8 @@ def diffuse(encoded: Mapping[str, Any], model_dir: str | os.PathLike, expression
     """Sample every expression's latents in one (chunked) batch -> ``<work>/expression_latents.safetensors``.
 
     With an expression prior, each expression starts from the prior's latents (``start``, saved too, with the
-    prior's vertex change ``prior_vertices`` (N, V, 3) in the mesh's units) at the model's prior strength.
+    prior's vertex change ``prior_vertices`` (N, V, 3) in the mesh's units and its units' weights
+    ``prior_mix`` (N, E)) at the model's prior strength.
     """
     pipe = load_pipeline(str(model_dir), device)
     exprs = expression_list(expressions)
@@ -142,9 +144,10 @@ def diffuse(encoded: Mapping[str, Any], model_dir: str | os.PathLike, expression
     t0 = time.perf_counter()
     tensors = {}
     if pipe.use_prior and "prior_scores" in neutral:
-        prior_vertices, prior_latents = pipe.prior_changes(neutral["prior_scores"].numpy(), exprs, encoded["units"])
+        mix = pipe.prior_mix(exprs)
+        prior_vertices, prior_latents = pipe.prior_changes(neutral["prior_scores"].numpy(), mix, encoded["units"])
         tensors = {"start": pipe.unchanged_latents(z0)[None] + prior_latents,
-                   "prior_vertices": torch.from_numpy(prior_vertices)}
+                   "prior_vertices": torch.from_numpy(prior_vertices), "prior_mix": torch.from_numpy(mix)}
         strength = pipe.config.prior_strength if strength is None else strength
     latents = pipe.sample(z0, exprs, seed=seed, steps=steps, sampler=sampler, strength=strength,
                           batch_size=batch_size, on_progress=on_progress, start_latents=tensors.get("start"))
@@ -167,8 +170,9 @@ def decode(diffused: Mapping[str, Any], model_dir: str | os.PathLike, work_dir: 
 
     With a prior, also what each expression is read against (see ``pipelines.expdiff``): for ``position`` its
     decoded prior latents (``<work>/references/<label>/``; at strength 0 those are its decoded maps), for the
-    BRDF kinds the decoded neutral latents, one set for all (``<work>/references/<kind>.<udim>.exr``). Without
-    a prior, every expression is read against the decoded generated neutral. Decoded
+    BRDF kinds the decoded neutral latents, one set for all (``<work>/references/<kind>.<udim>.exr``; with the
+    prior's map part, the character's neutral maps, which its BRDF maps are built on). Without a prior, every
+    expression is read against the decoded generated neutral. Decoded
     ``expressions_per_pass`` expressions at a time (batched decoder passes, ``ExpDiffPipeline.decode``) and
     written before the next, so memory does not grow with the number of expressions.
     """
@@ -178,10 +182,13 @@ def decode(diffused: Mapping[str, Any], model_dir: str | os.PathLike, work_dir: 
     kinds = list(pipe.config.kinds)
     root = Path(work_dir) / "decoded"
     neutral_maps = None
-    if pipe.change_codec is not None:  # a change model's decoded changes go onto the character's neutral maps
+    map_prior = "prior_mix" in tensors and pipe.prior is not None and pipe.prior.map_part is not None
+    if pipe.change_codec is not None or map_prior:  # what decoded changes and the map prior's go onto
         saved = load_file(diffused["neutral_latents"])
-        neutral_maps = {kind: {udim: saved[f"maps/{kind}/{udim}"].numpy() for udim in pipe.config.udims}
-                        for kind in kinds}
+        character = {kind: {udim: saved[f"maps/{kind}/{udim}"].numpy() for udim in pipe.config.udims}
+                     for kind in kinds}
+        neutral_maps = character if pipe.change_codec is not None else None
+    kept = "start" not in tensors or torch.equal(tensors["start"], tensors["latents"])
 
     def write(folder: Path, label: str, maps: Mapping[str, Mapping[int, np.ndarray]], which: Sequence[str]) -> None:
         for kind in which:
@@ -189,20 +196,26 @@ def decode(diffused: Mapping[str, Any], model_dir: str | os.PathLike, work_dir: 
                 write_image(folder / label / f"{kind}.{udim}.exr", image.transpose(1, 2, 0), pixel_type="float")
 
     for start in range(0, len(labels), expressions_per_pass):
-        chunk = pipe.decode(tensors["latents"][start:start + expressions_per_pass], neutral_maps=neutral_maps)
-        for label, maps in zip(labels[start:start + expressions_per_pass], chunk):
+        part = slice(start, start + expressions_per_pass)
+        chunk = pipe.decode(tensors["latents"][part], neutral_maps=neutral_maps)
+        if map_prior:
+            starts = None if kept else pipe.decode(tensors["start"][part], neutral_maps=neutral_maps)
+            chunk = pipe.apply_map_prior(chunk, starts, character, saved["prior_scores"].numpy(),
+                                         tensors["prior_mix"][part].numpy())
+        for label, maps in zip(labels[part], chunk):
             write(root, label, maps, kinds)
         del chunk
     out = {"decoded": str(root), "labels": labels, "kinds": kinds, "udims": list(pipe.config.udims)}
     if "start" in tensors:
         references = Path(work_dir) / "references"
         # the neutral's prior change is zero, so its start is the neutral latents z0
-        neutral = pipe.decode(tensors["start"][labels.index(NEUTRAL)][None], neutral_maps=neutral_maps)[0]
+        neutral = (character if map_prior else
+                   pipe.decode(tensors["start"][labels.index(NEUTRAL)][None], neutral_maps=neutral_maps)[0])
         for kind in [k for k in kinds if k != POSITION]:
             for udim, image in neutral[kind].items():
                 write_image(references / f"{kind}.{udim}.exr", image.transpose(1, 2, 0), pixel_type="float")
         position_references = root  # strength 0: each expression's latents are its prior's
-        if not torch.equal(tensors["start"], tensors["latents"]):
+        if not kept:
             position_references = references
             for start in range(0, len(labels), expressions_per_pass):
                 chunk = pipe.decode(tensors["start"][start:start + expressions_per_pass], neutral_maps=neutral_maps)

@@ -21,13 +21,14 @@ expdiff data encode "$WORK/dataset" --vae "$WORK/vae" --out "$WORK/latents" --sp
 expdiff train diffusion --latents "$WORK/latents" --out "$WORK/diffusion" --steps "$DIFFUSION_STEPS" \
     --model-config "$(dirname "$0")/offline_denoiser.json" --target residual --batch-size 16 \
     --learning-rate 5e-4 --warmup-steps 50 --checkpoint-every 200 --device "$DEVICE"
-# The identity-aware prior: ridge from the neutral to every unit's change, tuned on the val split. Its latent
+# The identity-aware prior: ridge from the neutral to every unit's change (vertices, latents and, --maps, the BRDF
+# maps in map space), tuned on the val split. Its latent
 # part needs the big corpus encoded (~30 s per identity here; resumable; the prior uses the identities encoded).
 [ -d "$WORK/dataset$PRIOR_IDENTITIES" ] || expdiff data synth --identities "$PRIOR_IDENTITIES" --resolution "$RESOLUTION" \
     --seed 2026 --out "$WORK/dataset$PRIOR_IDENTITIES"
 expdiff data encode "$WORK/dataset$PRIOR_IDENTITIES" --vae "$WORK/vae" --out "$WORK/latents$PRIOR_IDENTITIES" \
     --splits train --device "$DEVICE"
 [ -d "$WORK/prior" ] || expdiff train prior --dataset "$WORK/dataset$PRIOR_IDENTITIES" \
-    --latents "$WORK/latents$PRIOR_IDENTITIES" --out "$WORK/prior"
+    --latents "$WORK/latents$PRIOR_IDENTITIES" --maps --out "$WORK/prior"
 [ -d "$OUT" ] || expdiff models assemble --dataset "$WORK/dataset" --vae "$WORK/vae" --diffusion "$WORK/diffusion" \
     --prior "$WORK/prior" --prior-strength "$PRIOR_STRENGTH" --out "$OUT"

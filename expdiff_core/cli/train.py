@@ -28,9 +28,11 @@ def _add_prior(group: argparse._SubParsersAction) -> None:
         "prior", help="fit the identity-aware expression prior (ridge regression, a personalised 3DMM)",
         description="Fit, per expression unit, a ridge regression from the neutral's identity coefficients (PCA "
         "of the training neutrals' vertices and coarse maps) to the change of every vertex and, with --latents, "
-        "of every map latent. Components and ridge strength are chosen on the dataset's val split (lowest mean "
-        "vertex error; the test split is never read) unless both are given. Writes a new folder: config.json + "
-        "expression_prior.safetensors, and prints the validation scores.")
+        "of every map latent and, with --maps, of every BRDF texel (the map part, which the pipeline adds to the "
+        "character's neutral maps without passing the codec). Components and ridge strength are chosen on the "
+        "dataset's val split (lowest mean vertex error; the map part per kind, by its change PSNR; the test split "
+        "is never read) unless both are given. Writes a new folder: config.json + expression_prior.safetensors, "
+        "and prints the validation scores.")
     p.add_argument("--dataset", required=True, metavar="PATH", help="dataset folder made by `expdiff data`")
     p.add_argument("--out", required=True, metavar="PATH", help="new prior folder (must not exist)")
     p.add_argument("--latents", default=None, metavar="PATH",
@@ -38,6 +40,9 @@ def _add_prior(group: argparse._SubParsersAction) -> None:
                    "pipeline starts sampling from")
     p.add_argument("--components", type=int, default=None, metavar="K", help="identity components (default: tuned)")
     p.add_argument("--ridge", type=float, default=None, metavar="L", help="ridge strength (default: tuned)")
+    p.add_argument("--maps", action="store_true",
+                   help="also fit the map part: each BRDF kind's change at the dataset's resolution (reads the "
+                   "train and val maps at full resolution: ~30 MB per identity at 128^2)")
     p.set_defaults(func=_run_prior)
 
 
@@ -46,12 +51,15 @@ def _run_prior(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     prior, scores = fit_prior(args.dataset, args.out, latents_root=args.latents, n_components=args.components,
-                              ridge=args.ridge)
+                              ridge=args.ridge, maps=args.maps)
     if scores:
         print("validation (mean vertex error mm, coarse map change RMSE):")
         for s in sorted(scores, key=lambda s: (s.n_components, s.ridge)):
             print(f"  K={s.n_components:3d} ridge={s.ridge:<7g} FVD {s.fvd_mm:.4f} mm  maps {s.map_rmse:.5f}")
     c = prior.config
+    validation = c.fitted_on.get("map_validation", {})
+    for kind, (k, ridge) in sorted(c.map_tuning.items()):
+        print(f"map part {kind}: K={k} ridge={ridge:g} (val change PSNR {validation[kind][f'K={k} ridge={ridge:g}']:.2f} dB)")
     print(f"wrote {args.out}: {len(c.expressions)} units, {c.n_components} components, ridge {c.ridge}, "
           f"latents {'yes' if prior.latent_mean is not None else 'no'} ({time.perf_counter() - start:.0f} s)")
     return 0

@@ -10,7 +10,11 @@ neutrals (vertices and coarse maps, each block weighted to unit total variance, 
 so ``ridge`` is relative to the per-identity scale (0: least squares; large: the mean change, i.e. the
 plain 3DMM). A unit moves few vertices (7% on average on our corpus), so the vertex part is stored sparsely:
 per unit, only the vertices some training identity moves by more than ``MOVING`` (0.1 um); the latent part
-uses only the first ``latent_components`` scores, to keep the file small. The same operator serves the
+uses only the first ``latent_components`` scores, to keep the file small. The optional *map part* predicts the
+BRDF maps' change in map space, at the model resolution, without passing the codec (whose error on a small
+change is larger than the change's identity-specific part): per unit, sparse over the texels some training
+identity changes by more than ``MAP_CHANGING``, with its own components and, per kind, its own ridge (both
+chosen on the validation identities by ``training.prior``). The same operator serves the
 evaluation baseline (:func:`ridge_weights`: the prediction as a weighted sum of the training identities'
 changes) and the pipeline's prior (:class:`ExpressionPrior`: ``B`` stored per expression). Free prompts get
 the prior of the units they resemble (``ExpDiffPipeline.prior_mix``).
@@ -38,6 +42,7 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "expression_prior.safetensors"
 FEATURE_RESOLUTION = 16  # texels per tile side of the maps that enter the identity features (skin tone, not pores)
 MOVING = 1e-5  # cm: vertices a unit moves less than this in every training identity are stored as not moving
+MAP_CHANGING = 2e-4  # map units: 1/20 of an 8-bit level; texels a unit changes less than this are stored as still
 
 Maps = Mapping[str, Mapping[int, np.ndarray]]  # {kind: {udim: (C, R, R)}}
 
@@ -129,7 +134,9 @@ class ExpressionPriorConfig:
     latent_shape: (M, C, h, w) of the pipeline's latents, or None (no latent prior); latent_components: how
     many identity scores the latent part uses. map_kinds, udims: the maps that enter the features.
     n_components, ridge: see the module docstring. units: length unit of the vertex changes (the dataset's, cm).
-    fitted_on: provenance (dataset, split, identities).
+    fitted_on: provenance (dataset, split, identities). Map part (empty without one): map_layout [[kind, udim,
+    channels], ...] the order of the flattened maps (:func:`flatten_maps`), map_resolution texels per tile side,
+    map_tuning {kind: [components, ridge]}, map_components the most components a kind uses.
     """
 
     expressions: list[str]
@@ -143,6 +150,10 @@ class ExpressionPriorConfig:
     units: str = "cm"
     fitted_on: dict = field(default_factory=dict)
     format: str = "expdiff-expression-prior/1"
+    map_layout: list = field(default_factory=list)
+    map_resolution: int = 0
+    map_components: int = 0
+    map_tuning: dict = field(default_factory=dict)
 
 
 class ExpressionPrior:
@@ -150,12 +161,15 @@ class ExpressionPrior:
 
     Vertex part, sparse over the E units: ``vertex_offsets`` (E + 1,) into ``vertex_index`` (S,) vertex ids,
     ``vertex_mean`` (S, 3) and ``vertex_coef`` (K, S, 3). Latent part: ``latent_mean`` (E, M, C, h, w) and
-    ``latent_coef`` (E, k, M, C, h, w) with k = ``config.latent_components``.
+    ``latent_coef`` (E, k, M, C, h, w) with k = ``config.latent_components``. Map part (or None), sparse like
+    the vertex part over the flattened maps: ``map_offsets`` (E + 1,), ``map_index`` (S,), ``map_mean`` (S,),
+    ``map_coef`` (k, S) with k = ``config.map_components``.
     """
 
     def __init__(self, config: ExpressionPriorConfig, features: IdentityFeatures, vertex_offsets: np.ndarray,
                  vertex_index: np.ndarray, vertex_mean: np.ndarray, vertex_coef: np.ndarray,
-                 latent_mean: np.ndarray | None = None, latent_coef: np.ndarray | None = None):
+                 latent_mean: np.ndarray | None = None, latent_coef: np.ndarray | None = None,
+                 map_part: "SparseChange | None" = None):
         self.config = config
         self.features = features
         self.vertex_offsets = np.asarray(vertex_offsets, np.int64)
@@ -164,6 +178,7 @@ class ExpressionPrior:
         self.vertex_coef = np.asarray(vertex_coef, np.float32)
         self.latent_mean = None if latent_mean is None else np.asarray(latent_mean, np.float32)
         self.latent_coef = None if latent_coef is None else np.asarray(latent_coef, np.float32)
+        self.map_part = map_part
         self.index = {e: i for i, e in enumerate(config.expressions)}
 
     @property
@@ -207,6 +222,26 @@ class ExpressionPrior:
         per_unit = flat_mean + np.einsum("k,ekd->ed", scores[:k].astype(np.float32), flat_coef)
         return (mix @ per_unit).reshape(len(mix), *self.latent_mean.shape[1:]).astype(np.float32)
 
+    def map_change(self, scores: np.ndarray, mix: np.ndarray) -> list[Maps] | None:
+        """Per row of ``mix`` (N_expr, E): the prior's change of the BRDF maps {kind: {udim: (C, R, R)}}, or
+        None when the prior has no map part."""
+        if self.map_part is None:
+            return None
+        k = self.config.map_components
+        flat = self.map_part.change(scores[:k].astype(np.float32), mix, map_size(self.config.map_layout,
+                                                                                 self.config.map_resolution))
+        return [unflatten_maps(row, self.config.map_layout, self.config.map_resolution) for row in flat]
+
+    def with_map_part(self, map_part: "SparseChange", layout: Sequence[Sequence], resolution: int,
+                      tuning: Mapping[str, tuple[int, float]]) -> "ExpressionPrior":
+        """This prior with ``map_part`` (fitted on its own identity scores: :func:`fit_map_change`)."""
+        config = ExpressionPriorConfig(**{**asdict(self.config), "map_layout": [list(x) for x in layout],
+                                          "map_resolution": int(resolution),
+                                          "map_components": int(map_part.coef.shape[0]),
+                                          "map_tuning": {k: [int(c), float(r)] for k, (c, r) in tuning.items()}})
+        return ExpressionPrior(config, self.features, self.vertex_offsets, self.vertex_index, self.vertex_mean,
+                               self.vertex_coef, self.latent_mean, self.latent_coef, map_part)
+
     # -------------------------------------------------------------------------------------- persistence
     def save_pretrained(self, folder: str | os.PathLike) -> Path:
         """Write ``config.json`` + ``expression_prior.safetensors`` (coefficients in float16) into a new folder."""
@@ -218,6 +253,8 @@ class ExpressionPrior:
         }
         if self.latent_mean is not None:
             tensors.update({"latent.mean": self.latent_mean, "latent.coef": self.latent_coef.astype(np.float16)})
+        if self.map_part is not None:
+            tensors.update(self.map_part.tensors("map"))
         folder = Path(folder)
         with atomic_dir(folder) as tmp:
             (tmp / CONFIG_NAME).write_text(json.dumps(asdict(self.config), indent=2) + "\n")
@@ -244,9 +281,14 @@ class ExpressionPrior:
         if t["vertex.offsets"].shape != (e + 1,) or t["vertex.coef"].shape != (k, s, 3) or t["vertex.mean"].shape != (s, 3):
             raise ExpDiffInputError(folder / WEIGHTS_NAME, "vertex coefficients do not match the config's "
                                     f"{e} units and {k} components")
+        map_part = None
+        if config.map_layout:
+            map_part = SparseChange.from_tensors(t, "map", e, config.map_components,
+                                                 map_size(config.map_layout, config.map_resolution),
+                                                 folder / WEIGHTS_NAME)
         return cls(config, features, t["vertex.offsets"], t["vertex.index"], t["vertex.mean"],
                    t["vertex.coef"].astype(np.float32), t.get("latent.mean"),
-                   None if "latent.coef" not in t else t["latent.coef"].astype(np.float32))
+                   None if "latent.coef" not in t else t["latent.coef"].astype(np.float32), map_part)
 
 
 def fit_expression_prior(neutral_vertices: np.ndarray, neutral_map_features: np.ndarray,
@@ -295,3 +337,102 @@ def fit_expression_prior(neutral_vertices: np.ndarray, neutral_map_features: np.
     return ExpressionPrior(config, features, np.asarray(offsets), np.concatenate(index), np.concatenate(means),
                            np.concatenate(coefs, axis=1), None if lm is None else np.stack(lm),
                            None if lc is None else np.stack(lc))
+
+
+# ------------------------------------------------------------------------------------------ the map part
+def map_size(layout: Sequence[Sequence], resolution: int) -> int:
+    """Length of the flattened maps of ``layout`` [[kind, udim, channels], ...] at ``resolution``^2 texels."""
+    return sum(int(c) for _, _, c in layout) * resolution * resolution
+
+
+def flatten_maps(maps: Maps, layout: Sequence[Sequence]) -> np.ndarray:
+    """{kind: {udim: (C, R, R)}} -> (sum C * R * R,) float32 in ``layout`` order."""
+    return np.concatenate([np.asarray(maps[kind][int(udim)], np.float32).reshape(-1) for kind, udim, _ in layout])
+
+
+def unflatten_maps(flat: np.ndarray, layout: Sequence[Sequence], resolution: int) -> Maps:
+    """Inverse of :func:`flatten_maps`: (D,) -> {kind: {udim: (C, R, R) float32}} (views of ``flat``)."""
+    out: dict[str, dict[int, np.ndarray]] = {}
+    start = 0
+    for kind, udim, channels in layout:
+        size = int(channels) * resolution * resolution
+        out.setdefault(kind, {})[int(udim)] = flat[start:start + size].reshape(int(channels), resolution, resolution)
+        start += size
+    return out
+
+
+@dataclass
+class SparseChange:
+    """Per-unit ridge coefficients over the entries each unit changes: ``offsets`` (E + 1,) into ``index`` (S,)
+    entry ids, ``mean`` (S,) and ``coef`` (k, S): the change of entry ``index[s]`` is ``mean[s] + phi[:k] @ coef[:, s]``.
+    """
+
+    offsets: np.ndarray
+    index: np.ndarray
+    mean: np.ndarray
+    coef: np.ndarray
+
+    def change(self, scores: np.ndarray, mix: np.ndarray, size: int) -> np.ndarray:
+        """(N_expr, size) float32: the change for each row of mixing weights ``mix`` (N_expr, E)."""
+        out = np.zeros((len(mix), size), np.float32)
+        for e in np.flatnonzero(np.abs(mix).sum(axis=0)):
+            part = slice(int(self.offsets[e]), int(self.offsets[e + 1]))
+            unit = self.mean[part] + scores @ self.coef[:, part].astype(np.float32)
+            out[:, self.index[part]] += mix[:, e, None] * unit
+        return out
+
+    def tensors(self, prefix: str) -> dict[str, np.ndarray]:
+        return {f"{prefix}.offsets": self.offsets.astype(np.int64), f"{prefix}.index": self.index.astype(np.int32),
+                f"{prefix}.mean": self.mean.astype(np.float32), f"{prefix}.coef": self.coef.astype(np.float16)}
+
+    @classmethod
+    def from_tensors(cls, t: Mapping[str, np.ndarray], prefix: str, units: int, components: int, size: int,
+                     source: Path) -> "SparseChange":
+        try:
+            part = cls(t[f"{prefix}.offsets"].astype(np.int64), t[f"{prefix}.index"].astype(np.int64),
+                       t[f"{prefix}.mean"].astype(np.float32), t[f"{prefix}.coef"])
+        except KeyError as exc:
+            raise ExpDiffInputError(source, f"the config has a {prefix} part but the weights lack {exc}") from None
+        s = part.index.shape[0]
+        if (part.offsets.shape != (units + 1,) or part.mean.shape != (s,) or part.coef.shape != (components, s)
+                or (s and (part.index.min() < 0 or part.index.max() >= size))):
+            raise ExpDiffInputError(source, f"{prefix} coefficients do not match the config's {units} units, "
+                                    f"{components} components and {size} entries")
+        return part
+
+
+def fit_map_change(scores: np.ndarray, changes: Mapping[str, np.ndarray], expressions: Sequence[str],
+                   layout: Sequence[Sequence], resolution: int, tuning: Mapping[str, tuple[int, float]],
+                   changing: float = MAP_CHANGING) -> SparseChange:
+    """The map part from training ``scores`` (N, K) and flattened map ``changes`` {expression: (N, D)}.
+
+    Per unit, the entries some identity changes by more than ``changing``; each kind's entries regressed on
+    its own first ``tuning[kind][0]`` scores with ridge ``tuning[kind][1]`` (the other rows of its
+    coefficients are zero). Coefficients are rounded to float16 on saving (relative 5e-4 of a change).
+    """
+    kind_of = np.concatenate([np.full(int(c) * resolution * resolution, i) for i, (_, _, c) in enumerate(layout)])
+    kinds = [kind for kind, _, _ in layout]
+    width = max(int(tuning[kind][0]) for kind in kinds)
+    operators = {}
+    for kind in set(kinds):
+        k, ridge = int(tuning[kind][0]), float(tuning[kind][1])
+        operators[kind] = np.zeros((width, scores.shape[0]))
+        operators[kind][:k] = ridge_operator(scores[:, :k], ridge)
+    offsets, index, means, coefs = [0], [], [], []
+    for e in expressions:
+        y = np.asarray(changes[e], np.float32)
+        entries = np.flatnonzero(np.abs(y).max(axis=0) > changing)
+        y = y[:, entries]
+        mean = y.mean(axis=0)
+        coef = np.zeros((width, entries.size), np.float32)
+        owner = kind_of[entries]
+        for i, kind in enumerate(kinds):
+            cols = np.flatnonzero(owner == i)
+            if cols.size:
+                coef[:, cols] = operators[kind] @ (y[:, cols] - mean[cols])
+        offsets.append(offsets[-1] + entries.size)
+        index.append(entries)
+        means.append(mean)
+        coefs.append(coef)
+    return SparseChange(np.asarray(offsets), np.concatenate(index), np.concatenate(means),
+                        np.concatenate(coefs, axis=1))

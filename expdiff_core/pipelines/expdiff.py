@@ -16,7 +16,9 @@ regression from the neutral to each unit's change), each expression starts from 
 neutral: its latents ``z_p = z_0 + prior latent change`` are noised to ``prior_strength`` and denoised under
 the prompt (SDEdit; 0 keeps the prior). The result is read directionally: vertices are the user's neutral +
 the prior's vertex change + ``f(P(z_n) - P(z_p))`` (Eq. 9 against the decoded prior, so the codec's error on
-the prior cancels), maps the user's neutral + ``D(z_n) - D(z_0)``. Without a prior (or ``use_prior=False``)
+the prior cancels), maps the user's neutral + ``D(z_n) - D(z_0)``; a prior with a map part gives the BRDF maps
+in map space instead: the character's neutral + the prior's map change + ``D(z_n) - D(z_p)``, never passing the
+codec where sampling changed nothing (:meth:`ExpDiffPipeline.apply_map_prior`). Without a prior (or ``use_prior=False``)
 every expression is read against the generated neutral, as in the paper.
 
 A pretrained pipeline is a folder: ``pipeline_config.json``, ``template.obj`` (topology + the reference
@@ -216,6 +218,13 @@ class ExpDiffPipeline:
         if prior is not None and prior.config.vertex_count != template.n_vertices:
             raise ExpDiffInputError(folder / "prior", f"is for {prior.config.vertex_count} vertices, the template has "
                                     f"{template.n_vertices}")
+        if prior is not None and prior.map_part is not None:
+            c = prior.config
+            foreign = sorted({f"{k} {u}" for k, u, _ in c.map_layout if k not in config.kinds or u not in config.udims})
+            if c.map_resolution != config.resolution or foreign:
+                raise ExpDiffInputError(folder / "prior", f"its map part is for {c.map_resolution}^2 maps"
+                                        f"{' with ' + ', '.join(foreign) if foreign else ''}; the model makes "
+                                        f"{config.resolution}^2 maps of {config.kinds} on {config.udims}")
         return cls(config, codec, denoiser, scheduler, template, text_encoder, device, prior, change_codec)
 
     @staticmethod
@@ -378,12 +387,35 @@ class ExpDiffPipeline:
     def _to_prior_units(self, units: str) -> np.float32:
         return np.float32(UNITS_PER_CM[self.prior.config.units] / UNITS_PER_CM[units])
 
-    def prior_changes(self, scores: np.ndarray, expressions: Sequence[Expression],
-                      units: str) -> tuple[np.ndarray, torch.Tensor]:
-        """The prior's change for each expression: vertices (N, V, 3) in ``units``, latents (N, M, C, h, w)."""
-        mix = self.prior_mix(expressions)
+    def prior_changes(self, scores: np.ndarray, mix: np.ndarray, units: str) -> tuple[np.ndarray, torch.Tensor]:
+        """The prior's change for each row of ``mix`` (:meth:`prior_mix`): vertices (N, V, 3) in ``units``,
+        latents (N, M, C, h, w)."""
         vertices = self.prior.vertex_change(scores, mix) / self._to_prior_units(units)
         return vertices, torch.from_numpy(self.prior.latent_change(scores, mix))
+
+    def apply_map_prior(self, decoded: Sequence[Maps], starts: Sequence[Maps] | None, neutral_maps: Maps,
+                        scores: np.ndarray, mix: np.ndarray) -> list[Maps]:
+        """With the prior's map part: each expression's BRDF maps become the character's ``neutral_maps`` (model
+        resolution) + the prior's map change + what sampling changed from its start (``decoded - starts``;
+        ``starts`` None at strength 0, when nothing did), clipped to the kind's range. Position maps stay as
+        decoded. Without a map part, ``decoded`` as it is.
+        """
+        changes = self.prior.map_change(scores, mix)
+        if changes is None:
+            return list(decoded)
+        out = []
+        for i, maps in enumerate(decoded):
+            row = dict(maps)
+            for kind, tiles in changes[i].items():
+                spec = map_kind(kind)
+                row[kind] = {}
+                for udim, change in tiles.items():
+                    image = _channels(np.asarray(neutral_maps[kind][udim], np.float32), change.shape[0]) + change
+                    if starts is not None:
+                        image = image + (maps[kind][udim] - starts[i][kind][udim])
+                    row[kind][udim] = np.clip(image, spec.low, spec.high)
+            out.append(row)
+        return out
 
     @torch.no_grad()
     def sample(self, neutral_latents: torch.Tensor, expressions: Sequence[Expression], *, seed: int = 0,
@@ -541,15 +573,19 @@ class ExpDiffPipeline:
                         for label, maps in zip(labels, decoded)}
             return ExpDiffOutput(labels, vertices, dict(zip(labels, decoded)), latents,
                                  {label: neutral_maps for label in labels})
-        prior_vertices, prior_latents = self.prior_changes(self.prior_scores(mesh, textures), exprs, mesh.units)
+        scores, mix = self.prior_scores(mesh, textures), self.prior_mix(exprs)
+        prior_vertices, prior_latents = self.prior_changes(scores, mix, mesh.units)
         start = self.unchanged_latents(z0)[None] + prior_latents
         latents = self.sample(z0, exprs, seed=seed, steps=steps, sampler=sampler, progress=progress,
                               strength=self.config.prior_strength if strength is None else strength,
                               start_latents=start)
         starts = self.decode(start, neutral_maps=maps_in)
-        decoded = (starts if torch.equal(latents, start)  # strength 0 keeps the prior
-                   else self.decode(latents, neutral_maps=maps_in))
+        kept = torch.equal(latents, start)  # strength 0 keeps the prior
+        decoded = starts if kept else self.decode(latents, neutral_maps=maps_in)
         neutral_maps = starts[labels.index(NEUTRAL)]  # the neutral's prior change is zero: its start is z0
+        if self.prior.map_part is not None:  # BRDF maps in map space, read against the character's own neutral
+            decoded = self.apply_map_prior(decoded, None if kept else starts, maps_in, scores, mix)
+            neutral_maps = maps_in
         references = {label: {POSITION: s[POSITION], **{k: v for k, v in neutral_maps.items() if k != POSITION}}
                       for label, s in zip(labels, starts)}
         vertices = {}

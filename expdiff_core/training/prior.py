@@ -3,13 +3,15 @@
 The training identities' neutrals and changes are read once (:class:`IdentityCorpus`); every candidate
 (n_components, ridge) is scored on the validation identities by the mean vertex error of the predicted
 expressions (FVD, mm) and the RMS error of the coarse map changes, and the best one is refitted and saved.
+With ``maps=True`` the prior also gets a map part (the BRDF maps' change at full resolution), whose components
+and ridge are chosen per kind on the same validation identities by the change PSNR of that kind.
 The test split is never read.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -18,11 +20,13 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import ExpDiffInputError
-from ..io.dataset import NEUTRAL, Dataset
-from ..models.prior import ExpressionPrior, IdentityFeatures, coarse_maps, fit_expression_prior, ridge_weights
+from ..io.dataset import MAP_SPECS, NEUTRAL, Dataset
+from ..models.prior import (ExpressionPrior, IdentityFeatures, coarse_maps, fit_expression_prior, fit_map_change,
+                            flatten_maps, ridge_weights)
 from .latents import latent_key, read_latent_shard, read_manifest
 
 COMPONENTS = (4, 8, 12, 16, 24, 32)
+MAP_COMPONENTS = (4, 8, 16, 24)
 RIDGES = (1e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0)
 UNTUNED = (16, 1e-2)  # (components, ridge) when there is no validation identity: the corpus's usual best
 
@@ -32,7 +36,9 @@ class IdentityCorpus:
     """Neutrals and changes of some identities.
 
     neutral_vertices (N, V, 3) float32; map_features (N, Fm) coarse neutral maps; vertex_changes
-    {expression: (N, V, 3)}; map_changes {expression: (N, Fm)} coarse map changes.
+    {expression: (N, V, 3)}; map_changes {expression: (N, Fm)} coarse map changes. With ``full_kinds``:
+    full_changes {expression: (N, D) float16} the changes of those kinds at the dataset's resolution, flattened
+    in ``full_layout`` order ([[kind, udim, channels], ...], :func:`~expdiff_core.models.prior.flatten_maps`).
     """
 
     subjects: list[str]
@@ -40,10 +46,12 @@ class IdentityCorpus:
     map_features: np.ndarray
     vertex_changes: dict[str, np.ndarray]
     map_changes: dict[str, np.ndarray]
+    full_changes: dict[str, np.ndarray] = field(default_factory=dict)
+    full_layout: list = field(default_factory=list)
 
     @classmethod
     def load(cls, dataset: Dataset, subjects: Sequence[str], expressions: Sequence[str],
-             progress: bool = True) -> "IdentityCorpus":
+             progress: bool = True, full_kinds: Sequence[str] = ()) -> "IdentityCorpus":
         if not subjects:
             raise ExpDiffInputError(dataset.root / "manifest.json", "no identities to fit the prior on")
         kinds, udims = list(dataset.map_kinds), list(dataset.udims)
@@ -51,18 +59,27 @@ class IdentityCorpus:
         verts = np.zeros((n, dataset.vertex_count, 3), np.float32)
         vchange = {e: np.zeros((n, dataset.vertex_count, 3), np.float32) for e in expressions}
         feats, mchange = [], {e: [] for e in expressions}
+        layout = [[k, u, MAP_SPECS[k]["channels"]] for k in full_kinds for u in udims]
+        size = sum(c for _, _, c in layout) * dataset.resolution ** 2
+        full = {e: np.zeros((n, size), np.float16) for e in expressions} if layout else {}
         bar = tqdm(total=n * (len(expressions) + 1), desc="read identities", unit="expr", disable=not progress)
         for i, s in enumerate(subjects):
             verts[i] = dataset.load_vertices(s, NEUTRAL)
-            neutral_maps = coarse_maps(dataset.load_maps(s, NEUTRAL), kinds, udims)
+            neutral = dataset.load_maps(s, NEUTRAL)
+            neutral_maps = coarse_maps(neutral, kinds, udims)
+            neutral_full = flatten_maps(neutral, layout) if layout else None
             feats.append(neutral_maps)
             bar.update(1)
             for e in expressions:
                 vchange[e][i] = dataset.load_vertices(s, e) - verts[i]
-                mchange[e].append(coarse_maps(dataset.load_maps(s, e), kinds, udims) - neutral_maps)
+                maps = dataset.load_maps(s, e)
+                mchange[e].append(coarse_maps(maps, kinds, udims) - neutral_maps)
+                if layout:
+                    full[e][i] = flatten_maps(maps, layout) - neutral_full
                 bar.update(1)
         bar.close()
-        return cls(list(subjects), verts, np.stack(feats), vchange, {e: np.stack(m) for e, m in mchange.items()})
+        return cls(list(subjects), verts, np.stack(feats), vchange, {e: np.stack(m) for e, m in mchange.items()},
+                   full, layout)
 
 
 def latent_changes(latents_root: str | os.PathLike, subjects: Sequence[str],
@@ -135,30 +152,92 @@ def best_candidate(scores: Sequence[PriorScore]) -> PriorScore:
 
 
 def choose_components_and_ridge(dataset: Dataset, train: IdentityCorpus, tune_split: str,
-                                n_components: int | None, ridge: float | None, progress: bool = True) -> tuple[int, float, list[PriorScore]]:
+                                n_components: int | None, ridge: float | None, progress: bool = True,
+                                val: IdentityCorpus | None = None) -> tuple[int, float, list[PriorScore]]:
     """(n_components, ridge, validation scores): the given values, else the best on ``tune_split``'s identities
-    (searching only what is not given), else ``UNTUNED`` when that split is empty (scores then empty)."""
+    (``val`` when already read; searching only what is not given), else ``UNTUNED`` when that split is empty
+    (scores then empty)."""
     if n_components is not None and ridge is not None:
         return n_components, ridge, []
     if not dataset.split(tune_split):
         return n_components or UNTUNED[0], UNTUNED[1] if ridge is None else ridge, []
-    val = IdentityCorpus.load(dataset, dataset.split(tune_split), list(train.vertex_changes), progress)
+    if val is None:
+        val = IdentityCorpus.load(dataset, dataset.split(tune_split), list(train.vertex_changes), progress)
     scores = score_candidates(train, val, components=[n_components] if n_components else COMPONENTS,
                               ridges=[ridge] if ridge is not None else RIDGES)
     chosen = best_candidate(scores)
     return chosen.n_components, chosen.ridge, scores
 
 
+@dataclass
+class MapScore:
+    """One map-part candidate on the validation identities: ``change_psnr`` = mean over the units that change
+    the kind of -10 log10(MSE of the predicted change), dB (the peak is 1, the maps' range)."""
+
+    kind: str
+    n_components: int
+    ridge: float
+    change_psnr: float
+
+
+def score_map_candidates(train_scores: np.ndarray, val_scores: np.ndarray, train: IdentityCorpus,
+                         val: IdentityCorpus, components: Sequence[int] = MAP_COMPONENTS,
+                         ridges: Sequence[float] = RIDGES, progress: bool = True) -> list[MapScore]:
+    """Every (kind, components, ridge) of the map part scored on ``val`` (both corpora read with full maps).
+
+    A prediction is ``mean + phi_val[:k] (Phi_k^T Phi_k + ridge N I)^-1 Phi_k^T (Y - mean)``; the product
+    ``Phi^T (Y - mean)`` is formed once per unit, so every candidate costs one small solve.
+    """
+    layout = train.full_layout
+    n = len(train.subjects)
+    sizes = [int(c) for _, _, c in layout]
+    texels = next(iter(train.full_changes.values())).shape[1] // sum(sizes)
+    bounds = np.cumsum([0] + [c * texels for c in sizes])
+    kinds = sorted({kind for kind, _, _ in layout})
+    slices = {kind: [slice(bounds[i], bounds[i + 1]) for i, (k, _, _) in enumerate(layout) if k == kind]
+              for kind in kinds}
+    candidates = [(k, r) for k in sorted({min(c, train_scores.shape[1]) for c in components}) for r in ridges]
+    logs = {(kind, k, r): [] for kind in kinds for k, r in candidates}
+    for e in tqdm(list(train.full_changes), desc="tune map part", unit="unit", disable=not progress):
+        y = train.full_changes[e].astype(np.float32)
+        mean = y.mean(axis=0)
+        gram = train_scores.T.astype(np.float32) @ (y - mean)  # (K, D)
+        del y
+        truth = val.full_changes[e].astype(np.float32) - mean
+        for k, r in candidates:
+            phi = train_scores[:, :k]
+            w = val_scores[:, :k] @ np.linalg.solve(phi.T @ phi + r * n * np.eye(k), np.eye(k))  # (Nv, k)
+            err = w.astype(np.float32) @ gram[:k] - truth
+            for kind in kinds:
+                parts = [err[:, sl] for sl in slices[kind]]
+                changed = max(float(np.abs(truth[:, sl] + mean[sl]).max()) for sl in slices[kind])
+                if changed > 2e-4:  # the units that change this kind (models.prior.MAP_CHANGING)
+                    mse = sum(float((x ** 2).sum()) for x in parts) / sum(x.size for x in parts)
+                    logs[(kind, k, r)].append(-10.0 * np.log10(max(mse, 1e-20)))
+    return [MapScore(kind, k, r, float(np.mean(v)) if v else float("nan")) for (kind, k, r), v in logs.items()]
+
+
 def fit_prior(dataset_root: str | os.PathLike, out: str | os.PathLike, *, latents_root: str | os.PathLike | None = None,
               n_components: int | None = None, ridge: float | None = None, split: str = "train",
-              tune_split: str = "val", progress: bool = True) -> tuple[ExpressionPrior, list[PriorScore]]:
+              tune_split: str = "val", maps: bool = False, progress: bool = True) -> tuple[ExpressionPrior, list[PriorScore]]:
     """Fit the prior on ``split`` (components and ridge chosen on ``tune_split`` unless both are given),
-    save it to ``out`` (must not exist) and return it with the candidates' validation scores."""
+    save it to ``out`` (must not exist) and return it with the candidates' validation scores.
+
+    maps: also fit the map part (BRDF kinds at the dataset's resolution), each kind's components and ridge
+    chosen on ``tune_split`` (which then must have identities); its candidates' scores are kept in the
+    config's ``fitted_on["map_validation"]`` (dB).
+    """
     dataset = Dataset(Path(dataset_root))
     expressions = [e for e in dataset.units if e != NEUTRAL]
-    train = IdentityCorpus.load(dataset, dataset.split(split), expressions, progress)
+    full_kinds = [k for k in dataset.map_kinds if k != "position"] if maps else []
+    if maps and not dataset.split(tune_split):
+        raise ExpDiffInputError(dataset.root / "manifest.json", f"the map part is tuned on the {tune_split!r} "
+                                "split, which has no identity")
+    train = IdentityCorpus.load(dataset, dataset.split(split), expressions, progress, full_kinds)
+    val = (IdentityCorpus.load(dataset, dataset.split(tune_split), expressions, progress, full_kinds)
+           if maps else None)
     n_components, ridge, scores = choose_components_and_ridge(dataset, train, tune_split, n_components, ridge,
-                                                              progress)
+                                                              progress, val)
     latents, rows = None, None
     if latents_root is not None:
         rows, latents = latent_changes(latents_root, train.subjects, expressions)
@@ -170,10 +249,25 @@ def fit_prior(dataset_root: str | os.PathLike, out: str | os.PathLike, *, latent
                    "latent_representation": None if latents_root is None else
                    ("change" if read_manifest(latents_root).encodes_change else "absolute"),
                    "tuned_on": tune_split if scores else None})
+    if maps:
+        n = len(train.subjects)
+        train_scores = prior.features.scores(train.neutral_vertices.reshape(n, -1), train.map_features)
+        val_scores = prior.features.scores(val.neutral_vertices.reshape(len(val.subjects), -1), val.map_features)
+        map_scores = score_map_candidates(train_scores, val_scores, train, val, progress=progress)
+        tuning = {}
+        for kind in sorted({m.kind for m in map_scores}):
+            best = max((m for m in map_scores if m.kind == kind), key=lambda m: (np.nan_to_num(m.change_psnr, nan=-1e9),
+                                                                                -m.n_components))
+            tuning[kind] = (best.n_components, best.ridge)
+        part = fit_map_change(train_scores, train.full_changes, expressions, train.full_layout, dataset.resolution,
+                              tuning)
+        prior = prior.with_map_part(part, train.full_layout, dataset.resolution, tuning)
+        validation = {}
+        for m in map_scores:
+            validation.setdefault(m.kind, {})[f"K={m.n_components} ridge={m.ridge:g}"] = round(m.change_psnr, 3)
+        prior.config.fitted_on["map_validation"] = validation
     prior.save_pretrained(out)
     return prior, scores
-
-
 
 
 def score_prior_strengths(model_dir: str | os.PathLike, dataset_root: str | os.PathLike, strengths: Sequence[float],

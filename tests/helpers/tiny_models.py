@@ -17,13 +17,14 @@ RESOLUTION = 32  # 4x4 latents: the smallest size the 8x VAE and a patch-2 denoi
 PRIOR_UNITS = ["jawOpen", "mouthSmile_L", "mouthSmile_R"]
 
 
-def tiny_prior_folder(root, template, n_identities: int = 6):
+def tiny_prior_folder(root, template, n_identities: int = 6, maps: bool = False):
     """Write an expression prior fitted on made-up identities of ``template`` (one latent component); returns it.
 
     Identity k is the template scaled by 1 + 0.02 k; jawOpen moves the lower half down by 1 cm (more for
     bigger faces), mouthSmile_L/_R lift the +X/-X half by 0.5 cm; latent changes are small fixed patterns.
+    maps: also a map part (``TINY_MAP_CHANGE``: each unit changes one block of texels of every BRDF kind).
     """
-    from expdiff_core.models.prior import fit_expression_prior
+    from expdiff_core.models.prior import fit_expression_prior, fit_map_change
 
     rng = np.random.default_rng(0)
     v = template.vertices.astype(np.float64)
@@ -39,15 +40,36 @@ def tiny_prior_folder(root, template, n_identities: int = 6):
     prior = fit_expression_prior(neutrals.astype(np.float32), np.zeros((n_identities, 0)),
                                  {u: c.astype(np.float32) for u, c in changes.items()}, n_components=2, ridge=1e-6,
                                  map_kinds=[], udims=[], latent_changes=latents, latent_components=1)
+    if maps:
+        layout = [[k, u, 3 if k in ("albedo", "normal") else 1] for k in KINDS if k != "position" for u in (1001, 1002)]
+        scores = prior.features.scores(neutrals.reshape(n_identities, -1), np.zeros((n_identities, 0)))
+        flat = {u: np.stack([tiny_map_change(u, layout, k) for k in range(n_identities)]) for u in PRIOR_UNITS}
+        part = fit_map_change(scores, flat, PRIOR_UNITS, layout, RESOLUTION, {k: (2, 1e-6) for k in KINDS[1:]})
+        prior = prior.with_map_part(part, layout, RESOLUTION, {k: (2, 1e-6) for k in KINDS[1:]})
     return prior.save_pretrained(root / "prior")
 
 
-def tiny_pipeline_folder(root, text_conditioning: str = "encoder", target: str = "absolute", prior: bool = False):
+def tiny_map_change(unit: str, layout, identity: int = 0) -> np.ndarray:
+    """The flattened map change of ``unit`` for made-up identity k: 0.05 (1 + 0.02 k) on the unit's own block
+    of texels (rows 4j..4j+3 for the j-th prior unit) of every tile and BRDF kind, zero elsewhere."""
+    from expdiff_core.models.prior import flatten_maps
+
+    j = PRIOR_UNITS.index(unit)
+    maps = {}
+    for kind, udim, channels in layout:
+        tile = np.zeros((channels, RESOLUTION, RESOLUTION), np.float32)
+        tile[:, 4 * j:4 * j + 4, 8:16] = 0.05 * (1.0 + 0.02 * identity)
+        maps.setdefault(kind, {})[udim] = tile
+    return flatten_maps(maps, layout)
+
+
+def tiny_pipeline_folder(root, text_conditioning: str = "encoder", target: str = "absolute", prior: bool = False,
+                         map_prior: bool = False):
     """Write a pipeline folder under ``root / "model"`` (random weights, 4 sampling steps); returns it.
 
     target="residual": the denoiser diffuses (expression - neutral) latents, every map scaled by 4.
     target="change": it diffuses a change codec's latents (a second tiny codec, ``change_vae/``), scaled by 4.
-    prior: also an expression prior (``tiny_prior_folder``), sampled from at strength 0.
+    prior: also an expression prior (``tiny_prior_folder``), sampled from at strength 0; map_prior: with a map part.
     """
     template = template_mesh()
     config = PipelineConfig(kinds=KINDS, udims=[1001, 1002], resolution=RESOLUTION,
@@ -61,7 +83,7 @@ def tiny_pipeline_folder(root, text_conditioning: str = "encoder", target: str =
     den_dir = root / "parts" / "denoiser"
     denoiser.save_pretrained(den_dir)
     training_noise_scheduler().save_pretrained(den_dir)
-    prior_dir = tiny_prior_folder(root / "parts", template) if prior else None
+    prior_dir = tiny_prior_folder(root / "parts", template, maps=map_prior) if prior or map_prior else None
     change_dir = None
     if target == "change":
         change = LatentCodec.from_config(offline_vae_config(block_out_channels=[8, 8, 16, 16], norm_num_groups=8),

@@ -85,3 +85,41 @@ def test_coarse_maps_average_blocks_and_mark_missing_kinds():
     out = coarse_maps({"roughness": {1001: tile}}, ["roughness", "albedo"], [1001], size=16)
     assert out[:256].reshape(16, 16)[0, 0] == pytest.approx(tile[0, :2, :2].mean())
     assert np.isnan(out[256:]).all() and out.size == 256 + 3 * 256
+
+
+def _map_part(ridge: float):
+    """The map part on the linear corpus: 2 map entries per unit change as 0.1 * (identity's first neutral
+    coordinate - its mean) + 0.05, the third entry never changes."""
+    from expdiff_core.models.prior import fit_map_change
+
+    prior, (neutrals, maps, _) = _fit(ridge=1e-8)
+    layout = [["roughness", 1001, 1]]
+    scores = prior.features.scores(neutrals.reshape(len(neutrals), -1), maps)
+    x = neutrals[:, 0, 0] - neutrals[:, 0, 0].mean()
+
+    def changes(x):
+        return np.stack([0.05 + 0.1 * x, 0.05 - 0.1 * x, np.zeros_like(x), np.zeros_like(x)], axis=1)
+
+    flat = {u: changes(x) for u in UNITS}
+    part = fit_map_change(scores, flat, UNITS, layout, 2, {"roughness": (4, ridge)})
+    return prior.with_map_part(part, layout, 2, {"roughness": (4, ridge)}), changes, neutrals.mean(axis=0)
+
+
+def test_the_map_part_recovers_a_linear_map_change_for_a_new_identity():
+    prior, changes, mean_neutral = _map_part(ridge=1e-8)
+    fresh_n, fresh_m, _ = _corpus(n=1, seed=99)
+    scores = prior.features.scores(fresh_n[-1].reshape(1, -1), fresh_m[-1:])[0]
+    got = prior.map_change(scores, prior.weights_for([{"jawOpen": 1.0}]))[0]["roughness"][1001].ravel()
+    want = changes(np.array([fresh_n[-1, 0, 0] - mean_neutral[0, 0]]))[0]
+    assert np.abs(got - want).max() < 1e-4  # float32 least squares on exactly linear data
+
+
+def test_the_map_part_stores_only_the_entries_a_unit_changes_and_survives_saving(tmp_path):
+    prior, _, _ = _map_part(ridge=1e-2)
+    assert prior.map_part.index.size == len(UNITS) * 2
+    loaded = ExpressionPrior.from_pretrained(prior.save_pretrained(tmp_path / "prior"))
+    scores = np.linspace(-1, 1, prior.features.n_components)
+    mix = prior.weights_for([{"jawOpen": 0.5, "mouthSmile_L": 0.5}])
+    got = loaded.map_change(scores, mix)[0]["roughness"][1001]
+    np.testing.assert_allclose(got, prior.map_change(scores, mix)[0]["roughness"][1001], atol=1e-4)  # float16
+    assert loaded.config.map_tuning == {"roughness": [4, 1e-2]}

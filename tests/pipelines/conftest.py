@@ -43,3 +43,13 @@ def tiny_prior_model(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_prior_pipeline(tiny_prior_model):
     return ExpDiffPipeline.from_pretrained(tiny_prior_model, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_map_prior_model(tmp_path_factory):
+    return tiny_pipeline_folder(tmp_path_factory.mktemp("tiny-expdiff-map-prior"), target="residual", map_prior=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_map_prior_pipeline(tiny_map_prior_model):
+    return ExpDiffPipeline.from_pretrained(tiny_map_prior_model, device="cpu")

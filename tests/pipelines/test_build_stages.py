@@ -98,6 +98,8 @@ def test_ingest_requires_every_face_tile(tmp_path, tiny_model, asset):
     ("tiny_prior_model", None),  # the model's 0: the prior as it is
     ("tiny_prior_model", 0.5),  # diffused from the prior
     ("tiny_change_model", None),  # a change model: decoded changes on the character's neutral maps
+    ("tiny_map_prior_model", None),  # BRDF maps from the prior's map part, in map space
+    ("tiny_map_prior_model", 0.5),  # ... plus what sampling changed from the prior
 ])
 def test_stages_match_the_pipeline_run_in_one_go(asset, request, tmp_path, model_fixture, strength):
     """The staged build (files between stages) gives the vertices and maps of ``ExpDiffPipeline.__call__``."""

@@ -61,3 +61,24 @@ def test_the_prior_can_be_switched_off(tiny_prior_pipeline):
         tiny_prior_pipeline.use_prior = True
     # read against the generated neutral, as without a prior
     assert out.references["jawOpen"] is out.maps["neutral"]
+
+
+def test_a_map_prior_puts_its_change_on_the_characters_own_neutral_maps(tiny_map_prior_pipeline):
+    from ..helpers.tiny_models import PRIOR_UNITS, tiny_map_change
+    from expdiff_core.models.prior import unflatten_maps
+
+    pipe = tiny_map_prior_pipeline
+    out = _run(pipe, ["jawOpen", "mouthSmile_L"])
+    neutral = pipe.neutral_maps(template_mesh(), neutral_textures())
+    c = pipe.prior.config
+    scores = pipe.prior_scores(template_mesh(), neutral_textures())
+    for unit in ("jawOpen", "mouthSmile_L"):
+        # the template is identity 0 of the made-up family up to its scale: its change is ~0.05 on its block
+        want = unflatten_maps(tiny_map_change(unit, c.map_layout, 0), c.map_layout, c.map_resolution)
+        for kind in ("albedo", "roughness"):
+            got = out.maps[unit][kind][1002] - neutral[kind][1002]
+            # float16 coefficients (5e-4 relative) and the template's few-percent scale difference from identity 0
+            assert np.abs(got - want[kind][1002]).max() < 5e-3
+        np.testing.assert_array_equal(out.references[unit]["albedo"][1001], neutral["albedo"][1001])
+    assert scores.shape == (pipe.prior.features.n_components,)
+    assert np.array_equal(out.maps["neutral"]["albedo"][1001], neutral["albedo"][1001])  # no change, exactly
