@@ -226,9 +226,7 @@ def _add_sr(group: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="PATH", help="model folder to write (resumed if it has a checkpoint)")
     p.add_argument("--base", default="compact", choices=["compact", "x4plus"], help="official network to start from")
     p.add_argument("--guides", default="w,neutral",
-                   help="comma-separated guides: w (Eq. 8 difference map at the output resolution, against the "
-                   "user's neutral there), neutral (the user's neutral at the low resolution); '' for none "
-                   "(default %(default)s)")
+                   help="comma-separated guides: w (Eq. 8 difference map), neutral; '' for none (default %(default)s)")
     for name, default, kind in (("steps", 300, int), ("batch", 4, int), ("patch", 24, int), ("identities", 6, int),
                                 ("expressions", 6, int), ("model-resolution", 128, int), ("lr", 3e-4, float),
                                 ("seed", 0, int)):

