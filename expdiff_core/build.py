@@ -105,7 +105,7 @@ def encode_neutral(ingested: Mapping[str, Any], model_dir: str | os.PathLike, wo
     textures = _load_textures(ingested)
     maps = pipe.neutral_maps(mesh, textures)
     tensors = {"latents": pipe.encode(maps)}
-    if pipe.change_codec is not None or (pipe.prior is not None and pipe.prior.map_part is not None):
+    if pipe.change_codec is not None or (pipe.prior is not None and pipe.prior.map_parts):
         tensors.update({f"maps/{kind}/{udim}": np.asarray(image, np.float32)
                         for kind, tiles in maps.items() for udim, image in tiles.items()})
     if pipe.prior is not None:
@@ -182,7 +182,7 @@ def decode(diffused: Mapping[str, Any], model_dir: str | os.PathLike, work_dir: 
     kinds = list(pipe.config.kinds)
     root = Path(work_dir) / "decoded"
     neutral_maps = None
-    map_prior = "prior_mix" in tensors and pipe.prior is not None and pipe.prior.map_part is not None
+    map_prior = "prior_mix" in tensors and pipe.prior is not None and bool(pipe.prior.map_parts)
     if pipe.change_codec is not None or map_prior:  # what decoded changes and the map prior's go onto
         saved = load_file(diffused["neutral_latents"])
         character = {kind: {udim: saved[f"maps/{kind}/{udim}"].numpy() for udim in pipe.config.udims}

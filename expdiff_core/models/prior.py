@@ -136,7 +136,7 @@ class ExpressionPriorConfig:
     n_components, ridge: see the module docstring. units: length unit of the vertex changes (the dataset's, cm).
     fitted_on: provenance (dataset, split, identities). Map part (empty without one): map_layout [[kind, udim,
     channels], ...] the order of the flattened maps (:func:`flatten_maps`), map_resolution texels per tile side,
-    map_tuning {kind: [components, ridge]}, map_components the most components a kind uses.
+    map_tuning {kind: [components, ridge]}.
     """
 
     expressions: list[str]
@@ -152,7 +152,6 @@ class ExpressionPriorConfig:
     format: str = "expdiff-expression-prior/1"
     map_layout: list = field(default_factory=list)
     map_resolution: int = 0
-    map_components: int = 0
     map_tuning: dict = field(default_factory=dict)
 
 
@@ -161,15 +160,14 @@ class ExpressionPrior:
 
     Vertex part, sparse over the E units: ``vertex_offsets`` (E + 1,) into ``vertex_index`` (S,) vertex ids,
     ``vertex_mean`` (S, 3) and ``vertex_coef`` (K, S, 3). Latent part: ``latent_mean`` (E, M, C, h, w) and
-    ``latent_coef`` (E, k, M, C, h, w) with k = ``config.latent_components``. Map part (or None), sparse like
-    the vertex part over the flattened maps: ``map_offsets`` (E + 1,), ``map_index`` (S,), ``map_mean`` (S,),
-    ``map_coef`` (k, S) with k = ``config.map_components``.
+    ``latent_coef`` (E, k, M, C, h, w) with k = ``config.latent_components``. Map part: ``map_parts``
+    {kind: :class:`SparseChange` over the flattened maps (:func:`flatten_maps`)}, empty without one.
     """
 
     def __init__(self, config: ExpressionPriorConfig, features: IdentityFeatures, vertex_offsets: np.ndarray,
                  vertex_index: np.ndarray, vertex_mean: np.ndarray, vertex_coef: np.ndarray,
                  latent_mean: np.ndarray | None = None, latent_coef: np.ndarray | None = None,
-                 map_part: "SparseChange | None" = None):
+                 map_parts: "Mapping[str, SparseChange] | None" = None):
         self.config = config
         self.features = features
         self.vertex_offsets = np.asarray(vertex_offsets, np.int64)
@@ -178,7 +176,7 @@ class ExpressionPrior:
         self.vertex_coef = np.asarray(vertex_coef, np.float32)
         self.latent_mean = None if latent_mean is None else np.asarray(latent_mean, np.float32)
         self.latent_coef = None if latent_coef is None else np.asarray(latent_coef, np.float32)
-        self.map_part = map_part
+        self.map_parts = dict(map_parts or {})
         self.index = {e: i for i, e in enumerate(config.expressions)}
 
     @property
@@ -225,22 +223,21 @@ class ExpressionPrior:
     def map_change(self, scores: np.ndarray, mix: np.ndarray) -> list[Maps] | None:
         """Per row of ``mix`` (N_expr, E): the prior's change of the BRDF maps {kind: {udim: (C, R, R)}}, or
         None when the prior has no map part."""
-        if self.map_part is None:
+        if not self.map_parts:
             return None
-        k = self.config.map_components
-        flat = self.map_part.change(scores[:k].astype(np.float32), mix, map_size(self.config.map_layout,
-                                                                                 self.config.map_resolution))
+        flat = np.zeros((len(mix), map_size(self.config.map_layout, self.config.map_resolution)), np.float32)
+        for part in self.map_parts.values():
+            part.add_change(flat, scores.astype(np.float32), mix)
         return [unflatten_maps(row, self.config.map_layout, self.config.map_resolution) for row in flat]
 
-    def with_map_part(self, map_part: "SparseChange", layout: Sequence[Sequence], resolution: int,
+    def with_map_part(self, map_parts: Mapping[str, "SparseChange"], layout: Sequence[Sequence], resolution: int,
                       tuning: Mapping[str, tuple[int, float]]) -> "ExpressionPrior":
-        """This prior with ``map_part`` (fitted on its own identity scores: :func:`fit_map_change`)."""
+        """This prior with ``map_parts`` (fitted on its own identity scores: :func:`fit_map_change`)."""
         config = ExpressionPriorConfig(**{**asdict(self.config), "map_layout": [list(x) for x in layout],
                                           "map_resolution": int(resolution),
-                                          "map_components": int(map_part.coef.shape[0]),
                                           "map_tuning": {k: [int(c), float(r)] for k, (c, r) in tuning.items()}})
         return ExpressionPrior(config, self.features, self.vertex_offsets, self.vertex_index, self.vertex_mean,
-                               self.vertex_coef, self.latent_mean, self.latent_coef, map_part)
+                               self.vertex_coef, self.latent_mean, self.latent_coef, map_parts)
 
     # -------------------------------------------------------------------------------------- persistence
     def save_pretrained(self, folder: str | os.PathLike) -> Path:
@@ -253,8 +250,8 @@ class ExpressionPrior:
         }
         if self.latent_mean is not None:
             tensors.update({"latent.mean": self.latent_mean, "latent.coef": self.latent_coef.astype(np.float16)})
-        if self.map_part is not None:
-            tensors.update(self.map_part.tensors("map"))
+        for kind, part in self.map_parts.items():
+            tensors.update(part.tensors(f"map.{kind}"))
         folder = Path(folder)
         with atomic_dir(folder) as tmp:
             (tmp / CONFIG_NAME).write_text(json.dumps(asdict(self.config), indent=2) + "\n")
@@ -281,14 +278,12 @@ class ExpressionPrior:
         if t["vertex.offsets"].shape != (e + 1,) or t["vertex.coef"].shape != (k, s, 3) or t["vertex.mean"].shape != (s, 3):
             raise ExpDiffInputError(folder / WEIGHTS_NAME, "vertex coefficients do not match the config's "
                                     f"{e} units and {k} components")
-        map_part = None
-        if config.map_layout:
-            map_part = SparseChange.from_tensors(t, "map", e, config.map_components,
-                                                 map_size(config.map_layout, config.map_resolution),
-                                                 folder / WEIGHTS_NAME)
+        size = map_size(config.map_layout, config.map_resolution)
+        map_parts = {kind: SparseChange.from_tensors(t, f"map.{kind}", e, int(k), size, folder / WEIGHTS_NAME)
+                     for kind, (k, _) in config.map_tuning.items()}
         return cls(config, features, t["vertex.offsets"], t["vertex.index"], t["vertex.mean"],
                    t["vertex.coef"].astype(np.float32), t.get("latent.mean"),
-                   None if "latent.coef" not in t else t["latent.coef"].astype(np.float32), map_part)
+                   None if "latent.coef" not in t else t["latent.coef"].astype(np.float32), map_parts)
 
 
 def fit_expression_prior(neutral_vertices: np.ndarray, neutral_map_features: np.ndarray,
@@ -365,6 +360,7 @@ def unflatten_maps(flat: np.ndarray, layout: Sequence[Sequence], resolution: int
 class SparseChange:
     """Per-unit ridge coefficients over the entries each unit changes: ``offsets`` (E + 1,) into ``index`` (S,)
     entry ids, ``mean`` (S,) and ``coef`` (k, S): the change of entry ``index[s]`` is ``mean[s] + phi[:k] @ coef[:, s]``.
+    Stored in float16 (relative 5e-4 of a change).
     """
 
     offsets: np.ndarray
@@ -372,25 +368,25 @@ class SparseChange:
     mean: np.ndarray
     coef: np.ndarray
 
-    def change(self, scores: np.ndarray, mix: np.ndarray, size: int) -> np.ndarray:
-        """(N_expr, size) float32: the change for each row of mixing weights ``mix`` (N_expr, E)."""
-        out = np.zeros((len(mix), size), np.float32)
+    def add_change(self, out: np.ndarray, scores: np.ndarray, mix: np.ndarray) -> None:
+        """Add to ``out`` (N_expr, D) the change for each row of mixing weights ``mix`` (N_expr, E), given the
+        identity ``scores`` (K >= k,)."""
+        k = self.coef.shape[0]
         for e in np.flatnonzero(np.abs(mix).sum(axis=0)):
             part = slice(int(self.offsets[e]), int(self.offsets[e + 1]))
-            unit = self.mean[part] + scores @ self.coef[:, part].astype(np.float32)
+            unit = self.mean[part].astype(np.float32) + scores[:k] @ self.coef[:, part].astype(np.float32)
             out[:, self.index[part]] += mix[:, e, None] * unit
-        return out
 
     def tensors(self, prefix: str) -> dict[str, np.ndarray]:
         return {f"{prefix}.offsets": self.offsets.astype(np.int64), f"{prefix}.index": self.index.astype(np.int32),
-                f"{prefix}.mean": self.mean.astype(np.float32), f"{prefix}.coef": self.coef.astype(np.float16)}
+                f"{prefix}.mean": self.mean.astype(np.float16), f"{prefix}.coef": self.coef.astype(np.float16)}
 
     @classmethod
     def from_tensors(cls, t: Mapping[str, np.ndarray], prefix: str, units: int, components: int, size: int,
                      source: Path) -> "SparseChange":
         try:
             part = cls(t[f"{prefix}.offsets"].astype(np.int64), t[f"{prefix}.index"].astype(np.int64),
-                       t[f"{prefix}.mean"].astype(np.float32), t[f"{prefix}.coef"])
+                       t[f"{prefix}.mean"], t[f"{prefix}.coef"])
         except KeyError as exc:
             raise ExpDiffInputError(source, f"the config has a {prefix} part but the weights lack {exc}") from None
         s = part.index.shape[0]
@@ -403,36 +399,32 @@ class SparseChange:
 
 def fit_map_change(scores: np.ndarray, changes: Mapping[str, np.ndarray], expressions: Sequence[str],
                    layout: Sequence[Sequence], resolution: int, tuning: Mapping[str, tuple[int, float]],
-                   changing: float = MAP_CHANGING) -> SparseChange:
-    """The map part from training ``scores`` (N, K) and flattened map ``changes`` {expression: (N, D)}.
+                   changing: float = MAP_CHANGING) -> dict[str, SparseChange]:
+    """The map part, {kind: SparseChange}, from training ``scores`` (N, K) and flattened map ``changes``
+    {expression: (N, D)} in ``layout`` order.
 
-    Per unit, the entries some identity changes by more than ``changing``; each kind's entries regressed on
-    its own first ``tuning[kind][0]`` scores with ridge ``tuning[kind][1]`` (the other rows of its
-    coefficients are zero). Coefficients are rounded to float16 on saving (relative 5e-4 of a change).
+    Per unit and kind, the entries some identity changes by more than ``changing``, regressed on the first
+    ``tuning[kind][0]`` scores with ridge ``tuning[kind][1]``.
     """
-    kind_of = np.concatenate([np.full(int(c) * resolution * resolution, i) for i, (_, _, c) in enumerate(layout)])
-    kinds = [kind for kind, _, _ in layout]
-    width = max(int(tuning[kind][0]) for kind in kinds)
-    operators = {}
-    for kind in set(kinds):
+    bounds = np.cumsum([0] + [int(c) * resolution * resolution for _, _, c in layout])
+    entries_of = {}
+    for i, (kind, _, _) in enumerate(layout):
+        entries_of.setdefault(kind, []).append(np.arange(bounds[i], bounds[i + 1]))
+    parts = {}
+    for kind, ranges in entries_of.items():
+        kind_entries = np.concatenate(ranges)
         k, ridge = int(tuning[kind][0]), float(tuning[kind][1])
-        operators[kind] = np.zeros((width, scores.shape[0]))
-        operators[kind][:k] = ridge_operator(scores[:, :k], ridge)
-    offsets, index, means, coefs = [0], [], [], []
-    for e in expressions:
-        y = np.asarray(changes[e], np.float32)
-        entries = np.flatnonzero(np.abs(y).max(axis=0) > changing)
-        y = y[:, entries]
-        mean = y.mean(axis=0)
-        coef = np.zeros((width, entries.size), np.float32)
-        owner = kind_of[entries]
-        for i, kind in enumerate(kinds):
-            cols = np.flatnonzero(owner == i)
-            if cols.size:
-                coef[:, cols] = operators[kind] @ (y[:, cols] - mean[cols])
-        offsets.append(offsets[-1] + entries.size)
-        index.append(entries)
-        means.append(mean)
-        coefs.append(coef)
-    return SparseChange(np.asarray(offsets), np.concatenate(index), np.concatenate(means),
-                        np.concatenate(coefs, axis=1))
+        operator = ridge_operator(scores[:, :k], ridge)  # (k, N)
+        offsets, index, means, coefs = [0], [], [], []
+        for e in expressions:
+            y = np.asarray(changes[e][:, kind_entries], np.float32)
+            keep = np.flatnonzero(np.abs(y).max(axis=0) > changing)
+            y = y[:, keep]
+            mean = y.mean(axis=0)
+            offsets.append(offsets[-1] + keep.size)
+            index.append(kind_entries[keep])
+            means.append(mean)
+            coefs.append((operator @ (y - mean)).astype(np.float32))
+        parts[kind] = SparseChange(np.asarray(offsets), np.concatenate(index), np.concatenate(means),
+                                   np.concatenate(coefs, axis=1))
+    return parts

@@ -218,7 +218,7 @@ class ExpDiffPipeline:
         if prior is not None and prior.config.vertex_count != template.n_vertices:
             raise ExpDiffInputError(folder / "prior", f"is for {prior.config.vertex_count} vertices, the template has "
                                     f"{template.n_vertices}")
-        if prior is not None and prior.map_part is not None:
+        if prior is not None and prior.map_parts:
             c = prior.config
             foreign = sorted({f"{k} {u}" for k, u, _ in c.map_layout if k not in config.kinds or u not in config.udims})
             if c.map_resolution != config.resolution or foreign:
@@ -583,7 +583,7 @@ class ExpDiffPipeline:
         kept = torch.equal(latents, start)  # strength 0 keeps the prior
         decoded = starts if kept else self.decode(latents, neutral_maps=maps_in)
         neutral_maps = starts[labels.index(NEUTRAL)]  # the neutral's prior change is zero: its start is z0
-        if self.prior.map_part is not None:  # BRDF maps in map space, read against the character's own neutral
+        if self.prior.map_parts:  # BRDF maps in map space, read against the character's own neutral
             decoded = self.apply_map_prior(decoded, None if kept else starts, maps_in, scores, mix)
             neutral_maps = maps_in
         references = {label: {POSITION: s[POSITION], **{k: v for k, v in neutral_maps.items() if k != POSITION}}

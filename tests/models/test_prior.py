@@ -116,7 +116,7 @@ def test_the_map_part_recovers_a_linear_map_change_for_a_new_identity():
 
 def test_the_map_part_stores_only_the_entries_a_unit_changes_and_survives_saving(tmp_path):
     prior, _, _ = _map_part(ridge=1e-2)
-    assert prior.map_part.index.size == len(UNITS) * 2
+    assert prior.map_parts["roughness"].index.size == len(UNITS) * 2
     loaded = ExpressionPrior.from_pretrained(prior.save_pretrained(tmp_path / "prior"))
     scores = np.linspace(-1, 1, prior.features.n_components)
     mix = prior.weights_for([{"jawOpen": 0.5, "mouthSmile_L": 0.5}])
