@@ -28,7 +28,7 @@ from .fileio import atomic_path, file_sha256
 from .io.images import read_image, write_image
 from .io.mesh import FaceMesh, read_mesh
 from .io.textures import discover_udim_set, read_texture_set
-from .pipelines.expdiff import NEUTRAL, POSITION, Expression, ExpDiffPipeline, transfer_map
+from .pipelines.expdiff import NEUTRAL, POSITION, Expression, ExpDiffPipeline, own_channels, transfer_map
 
 BRDF_KINDS = ("albedo", "specular", "roughness", "normal")
 
@@ -209,7 +209,7 @@ def decode(diffused: Mapping[str, Any], model_dir: str | os.PathLike, work_dir: 
     if "start" in tensors:
         references = Path(work_dir) / "references"
         # the neutral's prior change is zero, so its start is the neutral latents z0
-        neutral = (character if map_prior else
+        neutral = (own_channels(character) if map_prior else
                    pipe.decode(tensors["start"][labels.index(NEUTRAL)][None], neutral_maps=neutral_maps)[0])
         for kind in [k for k in kinds if k != POSITION]:
             for udim, image in neutral[kind].items():

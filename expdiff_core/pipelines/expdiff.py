@@ -410,7 +410,7 @@ class ExpDiffPipeline:
                 spec = map_kind(kind)
                 row[kind] = {}
                 for udim, change in tiles.items():
-                    image = _channels(np.asarray(neutral_maps[kind][udim], np.float32), change.shape[0]) + change
+                    image = own_channels({kind: {udim: neutral_maps[kind][udim]}})[kind][udim] + change
                     if starts is not None:
                         image = image + (maps[kind][udim] - starts[i][kind][udim])
                     row[kind][udim] = np.clip(image, spec.low, spec.high)
@@ -585,7 +585,7 @@ class ExpDiffPipeline:
         neutral_maps = starts[labels.index(NEUTRAL)]  # the neutral's prior change is zero: its start is z0
         if self.prior.map_parts:  # BRDF maps in map space, read against the character's own neutral
             decoded = self.apply_map_prior(decoded, None if kept else starts, maps_in, scores, mix)
-            neutral_maps = maps_in
+            neutral_maps = own_channels(maps_in)
         references = {label: {POSITION: s[POSITION], **{k: v for k, v in neutral_maps.items() if k != POSITION}}
                       for label, s in zip(labels, starts)}
         vertices = {}
@@ -619,6 +619,13 @@ def resize_map(image: np.ndarray, size: int) -> np.ndarray:
     mode = "area" if image.shape[1] >= size and image.shape[2] >= size else "bilinear"
     kwargs = {} if mode == "area" else {"align_corners": False}
     return F.interpolate(t, size=(size, size), mode=mode, **kwargs)[0].numpy()
+
+
+def own_channels(maps: Maps) -> Maps:
+    """{kind: {udim: (C, R, R)}} with every map at its kind's channel count (a one-channel kind given as RGB --
+    e.g. filled with the albedo -- averaged), as the decoded maps it is read against are."""
+    return {kind: {u: _channels(np.asarray(img, np.float32), map_kind(kind).channels) for u, img in tiles.items()}
+            for kind, tiles in maps.items()}
 
 
 def _channels(image: np.ndarray, channels: int) -> np.ndarray:

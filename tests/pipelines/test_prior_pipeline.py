@@ -82,3 +82,10 @@ def test_a_map_prior_puts_its_change_on_the_characters_own_neutral_maps(tiny_map
         np.testing.assert_array_equal(out.references[unit]["albedo"][1001], neutral["albedo"][1001])
     assert scores.shape == (pipe.prior.features.n_components,)
     assert np.array_equal(out.maps["neutral"]["albedo"][1001], neutral["albedo"][1001])  # no change, exactly
+
+
+def test_a_map_prior_reads_one_channel_maps_against_one_channel_neutrals(tiny_map_prior_pipeline):
+    textures = {k: v for k, v in neutral_textures().items() if k in ("albedo", "normal")}  # roughness = albedo
+    out = tiny_map_prior_pipeline(template_mesh(), textures, ["jawOpen"], seed=0, progress=False)
+    for kind in ("roughness", "specular"):
+        assert out.maps["jawOpen"][kind][1001].shape == out.references["jawOpen"][kind][1001].shape == (1, 32, 32)
