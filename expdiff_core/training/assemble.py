@@ -108,10 +108,14 @@ def assemble_pipeline(dataset_root: str | os.PathLike, vae_dir: str | os.PathLik
             raise ExpDiffInputError(None, f"prior strength must be in [0, 1], got {prior_strength}")
     card = model_card(name, config, vae_dir, run, dataset, denoiser_config)
     if prior_dir is not None:
+        c = prior.config
+        fitted = {k: v for k, v in c.fitted_on.items() if k != "map_validation"}
+        maps = ("; map part (BRDF change in map space, added to the character's neutral maps) per kind "
+                + ", ".join(f"{kind} K={k} ridge {r:g}" for kind, (k, r) in sorted(c.map_tuning.items()))
+                if c.map_tuning else "")
         card += (f"\n## Expression prior\n\nRidge regression from the neutral's identity coefficients to each unit's "
-                 f"change: {prior.config.n_components} components, ridge {prior.config.ridge}, fitted on "
-                 f"{json.dumps(prior.config.fitted_on)}. Each expression starts from it; SDEdit strength "
-                 f"{prior_strength}.\n")
+                 f"change: {c.n_components} components, ridge {c.ridge}{maps}; fitted on {json.dumps(fitted)}. "
+                 f"Each expression starts from it; SDEdit strength {prior_strength}.\n")
     return ExpDiffPipeline.assemble(out, config, vae_dir, denoiser_dir, dataset.template(), card,
                                     scheduler_folder=run / "scheduler", prior_folder=prior_dir,
                                     change_vae_folder=change_vae_dir)
