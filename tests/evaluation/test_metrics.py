@@ -91,8 +91,9 @@ def test_map_scores_average_every_tile_of_each_kind(procedural_dataset):
         assert scores["ssim"][kind] == pytest.approx(np.mean([ssim(pred[kind][u], true[kind][u]) for u in ds.udims]))
 
 
-def test_lpips_is_not_available_without_configured_weights():
-    settings = load_settings(environ={})
+def test_lpips_is_not_available_without_configured_weights(tmp_path):
+    # an empty state folder of its own: the user's home may hold imported weights
+    settings = load_settings(environ={"EXPDIFF_STATE_DIR": str(tmp_path / "state")})
     status = lpips_status(settings)
     assert not status.available and not lpips_available(settings)
     assert "not configured" in status.reason
