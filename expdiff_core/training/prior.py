@@ -217,6 +217,29 @@ def score_map_candidates(train_scores: np.ndarray, val_scores: np.ndarray, train
     return [MapScore(kind, k, r, float(np.mean(v)) if v else float("nan")) for (kind, k, r), v in logs.items()]
 
 
+def _available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux MemAvailable), or None where it cannot be read."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _check_map_memory(dataset: Dataset, splits: Sequence[Sequence[str]], expressions: Sequence[str],
+                      kinds: Sequence[str]) -> None:
+    """Refuse, before reading anything, a map part whose changes (float16, every identity x unit) would not fit."""
+    texels = sum(MAP_SPECS[k]["channels"] for k in kinds) * len(dataset.udims) * dataset.resolution ** 2
+    need = sum(len(s) for s in splits) * len(expressions) * texels * 2
+    available = _available_memory()
+    if available is not None and need > 0.7 * available:
+        raise ExpDiffInputError(dataset.root / "manifest.json", f"the map part holds every train/val identity's "
+                                f"map changes at {dataset.resolution}^2: ~{need / 1e9:.1f} GB, and {available / 1e9:.1f} "
+                                "GB are available; fit it on a corpus made at the model resolution")
+
+
 def fit_prior(dataset_root: str | os.PathLike, out: str | os.PathLike, *, latents_root: str | os.PathLike | None = None,
               n_components: int | None = None, ridge: float | None = None, split: str = "train",
               tune_split: str = "val", maps: bool = False, progress: bool = True) -> tuple[ExpressionPrior, list[PriorScore]]:
@@ -233,6 +256,8 @@ def fit_prior(dataset_root: str | os.PathLike, out: str | os.PathLike, *, latent
     if maps and not dataset.split(tune_split):
         raise ExpDiffInputError(dataset.root / "manifest.json", f"the map part is tuned on the {tune_split!r} "
                                 "split, which has no identity")
+    if maps:
+        _check_map_memory(dataset, [dataset.split(split), dataset.split(tune_split)], expressions, full_kinds)
     train = IdentityCorpus.load(dataset, dataset.split(split), expressions, progress, full_kinds)
     val = (IdentityCorpus.load(dataset, dataset.split(tune_split), expressions, progress, full_kinds)
            if maps else None)

@@ -30,3 +30,15 @@ def test_the_map_part_is_tuned_per_kind_on_val_and_predicts_the_training_changes
         # two training identities: the prediction lies between the mean change and the identity's own, so it
         # is closer to the truth than no change at all
         assert np.abs(got - true).mean() < 0.5 * np.abs(true).mean()
+
+
+def test_a_map_part_that_would_not_fit_in_memory_is_refused_before_reading(procedural_dataset, tmp_path, monkeypatch):
+    import pytest
+
+    from expdiff_core.errors import ExpDiffInputError
+    from expdiff_core.training import prior as training_prior
+
+    monkeypatch.setattr(training_prior, "_available_memory", lambda: 1_000_000)  # 1 MB free
+    with pytest.raises(ExpDiffInputError, match=r"manifest.json.*map part holds every train/val identity"):
+        fit_prior(procedural_dataset, tmp_path / "prior", n_components=1, ridge=1e-6, maps=True, progress=False)
+    assert not (tmp_path / "prior").exists()
