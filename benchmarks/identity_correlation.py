@@ -70,14 +70,16 @@ def main() -> None:
         explained = 1.0 - float(np.sum((p - t) ** 2) / np.sum(t ** 2))
         print(f"  {region:<8} {corr:>11.3f} {explained:>9.3f}  {np.sqrt(np.mean(t ** 2)) * 10:>26.3f}")
     if pred_maps:
-        print(f"  {'kind':<9} {'region':<8} {'correlation':>11} {'explained':>9}  {'true identity part, RMS':>23}  texels")
+        print(f"  {'kind':<9} {'region':<8} {'correlation':>11} {'explained':>9}  "
+              f"{'true identity part, RMS':>23}  texels")
         for kind, region in sorted(pred_maps):
             p, t = np.concatenate(pred_maps[(kind, region)]), np.concatenate(true_maps[(kind, region)])
             if p.size < 2:
                 continue
             corr = float(np.corrcoef(p, t)[0, 1])
             explained = 1.0 - float(np.sum((p - t) ** 2) / np.sum(t ** 2))
-            print(f"  {kind:<9} {region:<8} {corr:>11.3f} {explained:>9.3f}  {np.sqrt(np.mean(t ** 2)):>23.4f}  {p.size}")
+            rms = np.sqrt(np.mean(t ** 2))
+            print(f"  {kind:<9} {region:<8} {corr:>11.3f} {explained:>9.3f}  {rms:>23.4f}  {p.size}")
 
 
 if __name__ == "__main__":

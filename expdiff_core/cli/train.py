@@ -59,7 +59,8 @@ def _run_prior(args: argparse.Namespace) -> int:
     c = prior.config
     validation = c.fitted_on.get("map_validation", {})
     for kind, (k, ridge) in sorted(c.map_tuning.items()):
-        print(f"map part {kind}: K={k} ridge={ridge:g} (val change PSNR {validation[kind][f'K={k} ridge={ridge:g}']:.2f} dB)")
+        score = validation[kind][f"K={k} ridge={ridge:g}"]
+        print(f"map part {kind}: K={k} ridge={ridge:g} (val change PSNR {score:.2f} dB)")
     print(f"wrote {args.out}: {len(c.expressions)} units, {c.n_components} components, ridge {c.ridge}, "
           f"latents {'yes' if prior.latent_mean is not None else 'no'} ({time.perf_counter() - start:.0f} s)")
     return 0

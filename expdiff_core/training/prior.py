@@ -242,7 +242,8 @@ def _check_map_memory(dataset: Dataset, splits: Sequence[Sequence[str]], express
 
 def fit_prior(dataset_root: str | os.PathLike, out: str | os.PathLike, *, latents_root: str | os.PathLike | None = None,
               n_components: int | None = None, ridge: float | None = None, split: str = "train",
-              tune_split: str = "val", maps: bool = False, progress: bool = True) -> tuple[ExpressionPrior, list[PriorScore]]:
+              tune_split: str = "val", maps: bool = False,
+              progress: bool = True) -> tuple[ExpressionPrior, list[PriorScore]]:
     """Fit the prior on ``split`` (components and ridge chosen on ``tune_split`` unless both are given),
     save it to ``out`` (must not exist) and return it with the candidates' validation scores.
 
