@@ -7,7 +7,7 @@ Starts a Prefect server on loopback (SQLite, temp PREFECT_HOME), makes the ``gpu
 limit (``expdiff infra setup``), deploys ``build-character/on-demand`` from prefect.yaml, writes ``--characters``
 held-out synthetic heads (the demo factory, distinct identity seeds) and a manifest using the bundled model,
 then for each worker count: starts that many ``prefect worker start --pool gpu --limit 1`` processes
-(OMP_NUM_THREADS=1), runs ``nightly_build(manifest, build_deployment="build-character/on-demand")`` from this
+(one core each: one thread in torch, OpenImageIO and the task runner; ``ONE_CORE``), runs ``nightly_build(manifest, build_deployment="build-character/on-demand")`` from this
 process against the server and times it to the end, checks every character's version is published and
 passes ``validate_asset``, and stops the workers. Task caching is refreshed (PREFECT_TASKS_REFRESH_CACHE) so
 the second night recomputes everything. Prints wall seconds per worker count and the speedup; with
@@ -58,6 +58,12 @@ def write_night(root: Path, characters: int, expressions: int, model: Path) -> P
     manifest = root / "nightly.toml"
     manifest.write_text("\n".join(lines))
     return manifest
+
+
+# A worker is one core: one thread in torch (OMP_NUM_THREADS, above), in OpenImageIO / OpenEXR and in the flow's
+# task runner (the four texture transfers run one after another). Otherwise one worker alone spreads its image
+# writes and transfers over both cores, and the night measures that rather than the fan-out.
+ONE_CORE = {"OPENIMAGEIO_OPTIONS": "threads=1,exr_threads=1", "PREFECT_TASKS_RUNNER_THREAD_POOL_MAX_WORKERS": "1"}
 
 
 def night(env: dict[str, str], manifest: Path, timeout: float) -> dict:
@@ -130,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         last = None
         for n in counts:
             env_n = {**stack.env, "EXPDIFF_OUTPUT_ROOT": str(root / f"builds-{n}w")}
-            workers = stack.start_workers([f"bench-worker-{n}-{i}" for i in range(n)], env_n)
+            workers = stack.start_workers([f"bench-worker-{n}-{i}" for i in range(n)], {**env_n, **ONE_CORE})
             done = night(env_n, manifest, args.timeout)
             problems = check_versions(done["result"], args.characters)
             figures["nights"][n] = {"seconds": round(done["seconds"], 2), "state": done["state"], "problems": problems}
