@@ -243,7 +243,8 @@ def run_sr(args: argparse.Namespace) -> int:
 
     settings = settings_from(args)
     guides = tuple(g for g in args.guides.split(",") if g)
-    config = SRTrainConfig(base=args.base, guides=guides, steps=args.steps, batch=args.batch, patch=args.patch,
+    config = SRTrainConfig(base=args.base, guides=guides, steps=args.steps, batch=args.batch,
+                           patch=args.patch,
                            identities=args.identities, expressions=args.expressions,
                            model_resolution=args.model_resolution, lr=args.lr, seed=args.seed)
     torch.manual_seed(args.seed)

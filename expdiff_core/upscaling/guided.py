@@ -74,6 +74,12 @@ class GuidedNet(nn.Module):
     def guide_channels(self) -> int:
         return GUIDE_CHANNELS * len(self.guides)
 
+    def guide(self, x: torch.Tensor, neutral: torch.Tensor, user: torch.Tensor) -> torch.Tensor | None:
+        """The guide channels ((B,) G, h, w) for encoded low-resolution maps: ``x``, its ``neutral`` and the user's
+        neutral ``user`` already reduced to (h, w); None for a network without guides."""
+        parts = [difference_map(x, neutral) if g == "w" else user for g in self.guides]
+        return torch.cat(parts, dim=-3) if parts else None
+
     def forward(self, x: torch.Tensor, guide: torch.Tensor | None = None) -> torch.Tensor:
         if self.guide_channels:
             if guide is None or guide.shape[1] != self.guide_channels:

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ExpDiffInputError
-from .guided import GuidedNet, difference_map
+from .guided import GuidedNet
 from .tiling import run_tiled
 
 KINDS = ("albedo", "specular", "roughness", "normal")
@@ -138,10 +138,7 @@ class MapUpscaler:
 
     def guides(self, expression: torch.Tensor, neutral: torch.Tensor, user: torch.Tensor) -> torch.Tensor | None:
         """The guide channels (G, h, w) for encoded maps at the low resolution (``user`` already reduced)."""
-        parts = []
-        for guide in self.net.guides:
-            parts.append(difference_map(expression, neutral) if guide == "w" else user)
-        return torch.cat(parts, dim=-3) if parts else None
+        return self.net.guide(expression, neutral, user)
 
     @torch.inference_mode()
     def _pass(self, x: torch.Tensor, guide: torch.Tensor | None, scale: int, *, keep_raw: bool = False):

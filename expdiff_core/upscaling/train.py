@@ -30,7 +30,7 @@ from safetensors.torch import load_file, save_file
 
 from ..errors import ExpDiffInputError
 from ..fileio import atomic_path
-from .guided import GuidedNet, difference_map
+from .guided import GuidedNet
 from .maps import CHANNELS, KINDS, encode
 
 SR_MODEL = "expdiff-upscaler"
@@ -138,18 +138,13 @@ def sample_batch(pairs: Pairs, config: SRTrainConfig, step: int) -> dict[str, to
     return {k: torch.stack(v) for k, v in out.items()}
 
 
-def guide_batch(net: GuidedNet, x: torch.Tensor, neutral: torch.Tensor, user: torch.Tensor) -> torch.Tensor | None:
-    parts = [difference_map(x, neutral) if g == "w" else user for g in net.guides]
-    return torch.cat(parts, dim=1) if parts else None
-
-
 def sr_losses(net: GuidedNet, batch: dict[str, torch.Tensor], config: SRTrainConfig, scale: int
               ) -> tuple[torch.Tensor, dict[str, float]]:
     """Loss of one batch (see module docstring) and its parts."""
     c = config.context * scale
     e, n = batch["e"], batch["n"]
-    ye = net(e, guide_batch(net, e, n, n))[:, :, c:-c, c:-c]
-    yn = net(n, guide_batch(net, n, n, n))[:, :, c:-c, c:-c]
+    ye = net(e, net.guide(e, n, n))[:, :, c:-c, c:-c]
+    yn = net(n, net.guide(n, n, n))[:, :, c:-c, c:-c]
     change = F.l1_loss(ye - yn, batch["eh"] - batch["nh"])
     absolute = F.l1_loss(ye, batch["eh"])
     loss = change + config.absolute_weight * absolute

@@ -45,3 +45,10 @@ def test_missing_guide_channels_are_a_clear_error(compact_path):
 def test_difference_map_is_eq8():
     d_n, d_0 = torch.tensor([0.2, 0.5, 0.0]), torch.tensor([0.4, 0.5, 0.0])
     assert torch.allclose(difference_map(d_n, d_0), 1 / (1 + torch.exp(-d_n / (d_0 + 1e-8))))
+
+
+def test_the_guides_are_eq8_and_the_reduced_user_neutral(compact_path):
+    guided = GuidedNet(load_official(compact_path), ("w", "neutral"))
+    x, neutral, user = torch.rand(3, 6, 6), torch.rand(3, 6, 6) + 0.1, torch.rand(3, 6, 6)
+    guide = guided.guide(x, neutral, user)
+    assert torch.equal(guide[:3], difference_map(x, neutral)) and torch.equal(guide[3:], user)
