@@ -232,6 +232,9 @@ def _add_sr(group: argparse._SubParsersAction) -> None:
                                 ("expressions", 6, int), ("model-resolution", 128, int), ("lr", 3e-4, float),
                                 ("seed", 0, int)):
         p.add_argument(f"--{name}", type=kind, default=default, help=f"(default %(default)s)")
+    p.add_argument("--per-kind", action="store_true",
+                   help="one network per map kind (albedo, specular, roughness, normal), each fine-tuned on that "
+                   "kind only, in <out>/<kind>/ (the bundled model is trained so)")
     add_mlflow_flags(p, "expdiff-upscaler")
     p.set_defaults(func=run_sr)
 
@@ -239,7 +242,7 @@ def _add_sr(group: argparse._SubParsersAction) -> None:
 def run_sr(args: argparse.Namespace) -> int:
     import torch
 
-    from ..upscaling.train import SRTrainConfig, train_sr, train_sr_tracked
+    from ..upscaling.train import SRTrainConfig, train_sr, train_sr_per_kind, train_sr_tracked
 
     settings = settings_from(args)
     guides = tuple(g for g in args.guides.split(",") if g)
@@ -257,13 +260,14 @@ def run_sr(args: argparse.Namespace) -> int:
 
     if args.mlflow:
         folder, ref, run_id = train_sr_tracked(settings, args.out, config, log_every=args.log_every,
-                                               on_step=show)
+                                               on_step=show, per_kind=args.per_kind)
         print(f"wrote {folder}\nregistered {ref.name} version {ref.version} (alias candidate) from MLflow run {run_id}")
     else:
         from ..upscaling.official import official_folder
 
-        folder = train_sr(args.out, config, official_path=official_folder(settings, args.base) / "model.safetensors",
-                          cache_dir=settings.cache_path / "raster", on_step=show)
+        train = train_sr_per_kind if args.per_kind else train_sr
+        folder = train(args.out, config, official_path=official_folder(settings, args.base) / "model.safetensors",
+                       cache_dir=settings.cache_path / "raster", on_step=show)
         print(f"wrote {folder}")
     return 0
 

@@ -158,3 +158,38 @@ class GuidedNet(nn.Module):
         net = cls(descriptor, guides)
         net.net.load_state_dict(state)
         return net.eval()
+
+
+def load_upscaler(folder: str | os.PathLike) -> tuple[GuidedNet, dict[str, GuidedNet]]:
+    """(network, {kind: network}) from an upscaler folder: one network for every kind, or -- ``kind`` per-kind in
+    its config.json -- one sub-folder per map kind (``kinds``), each a guided model folder; the first serves
+    kinds without their own."""
+    folder = Path(folder)
+    config_path = folder / "config.json"
+    try:
+        config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    except json.JSONDecodeError as exc:
+        raise ExpDiffInputError(config_path, f"invalid JSON: {exc}") from None
+    if config.get("kind") != "per-kind":
+        return GuidedNet.from_pretrained(folder), {}
+    kinds = list(config.get("kinds") or [])
+    if not kinds:
+        raise ExpDiffInputError(config_path, "a per-kind upscaler lists no kinds")
+    nets = {kind: GuidedNet.from_pretrained(folder / kind) for kind in kinds}
+    architectures = {n.architecture for n in nets.values()}
+    if len(architectures) > 1:
+        raise ExpDiffInputError(folder, f"its per-kind networks mix architectures {sorted(architectures)}")
+    return nets[kinds[0]], nets
+
+
+def write_per_kind_config(folder: str | os.PathLike, kinds: Sequence[str], extra: dict[str, Any] | None = None) -> Path:
+    """The config.json of a per-kind upscaler folder whose ``<kind>/`` sub-folders are guided model folders."""
+    folder = Path(folder)
+    nets = {kind: GuidedNet.from_pretrained(folder / kind) for kind in kinds}
+    first = nets[kinds[0]]
+    config = {"format": FORMAT, "kind": "per-kind", "kinds": list(kinds), "architecture": first.architecture,
+              "scale": first.scale, "guides": list(first.guides),
+              "parameters": int(sum(p.numel() for n in nets.values() for p in n.parameters())), **(extra or {})}
+    with atomic_path(folder / "config.json") as tmp:
+        tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return folder

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ExpDiffInputError
-from .guided import GuidedNet
+from .guided import GuidedNet, load_upscaler
 from .tiling import run_tiled
 
 KINDS = ("albedo", "specular", "roughness", "normal")
@@ -117,7 +117,8 @@ def chain(factor: int) -> list[int]:
 # ------------------------------------------------------------------------------------- the upscaler
 @dataclass
 class MapUpscaler:
-    """One loaded upscaler. method: "compact" | "x4plus" (a GuidedNet) or "lanczos".
+    """One loaded upscaler. method: "compact" | "x4plus" (a GuidedNet) or "lanczos". nets: per-kind networks
+    (a folder fine-tuned per kind, ``guided.load_upscaler``); ``net`` serves the kinds without one.
 
     tile / overlap / context / border: tiling in low-resolution texels (see ``tiling.run_tiled``). batch: maps
     per network call in ``upscale_set``. skip_tolerance: there, an expression differing from the neutral by no
@@ -133,19 +134,25 @@ class MapUpscaler:
     batch: int = 4
     device: str = "cpu"
     skip_tolerance: float = 0.5 / 255
+    nets: dict[str, GuidedNet] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
     skipped: int = 0
 
-    def guides(self, expression: torch.Tensor, neutral: torch.Tensor, user: torch.Tensor) -> torch.Tensor | None:
+    def network(self, kind: str) -> GuidedNet:
+        """The network that upscales ``kind`` maps: its own fine-tuned one (``nets``), else the shared ``net``."""
+        return self.nets.get(kind, self.net)
+
+    def guides(self, expression: torch.Tensor, neutral: torch.Tensor, user: torch.Tensor,
+               kind: str) -> torch.Tensor | None:
         """The guide channels (G, h, w) for encoded maps at the low resolution (``user`` already reduced)."""
-        return self.net.guide(expression, neutral, user)
+        return self.network(kind).guide(expression, neutral, user)
 
     @torch.inference_mode()
-    def _pass(self, x: torch.Tensor, guide: torch.Tensor | None, scale: int, *, keep_raw: bool = False):
+    def _pass(self, x: torch.Tensor, guide: torch.Tensor | None, scale: int, kind: str, *, keep_raw: bool = False):
         """One network pass on encoded ((B,) 3, h, w) -> ((B,) 3, scale*h, scale*w); scale 2 = x4 then area 1/2.
 
         keep_raw: also return the output before the area reduction."""
-        net = self.net
+        net = self.network(kind)
         inp = x if guide is None else torch.cat([x, guide], dim=-3)
 
         def fn(patch: torch.Tensor) -> torch.Tensor:
@@ -173,7 +180,7 @@ class MapUpscaler:
         (scale,) = chain(factor)
         xn = encode(n, kind)
         ur = downsample(encode(u, kind), tuple(xn.shape[1:])) if u is not None else xn
-        yn = self._pass(xn, self.guides(xn, xn, ur), scale)
+        yn = self._pass(xn, self.guides(xn, xn, ur, kind), scale, kind)
         encoded, out = {}, {}
         for label, expression in expressions.items():
             e = check_map(expression, kind, f"expression map {label}")
@@ -191,8 +198,9 @@ class MapUpscaler:
         for i in range(0, len(labels), self.batch):
             chunk = labels[i:i + self.batch]
             xe = torch.stack([encoded[k] for k in chunk])
-            guide = torch.stack([self.guides(encoded[k], xn, ur) for k in chunk]) if self.net.guides else None
-            for label, y in zip(chunk, self._pass(xe, guide, scale)):
+            guide = (torch.stack([self.guides(encoded[k], xn, ur, kind) for k in chunk])
+                     if self.network(kind).guides else None)
+            for label, y in zip(chunk, self._pass(xe, guide, scale, kind)):
                 out[label] = y
         return {label: decode(out[label], kind, n.shape[0]).numpy() for label in expressions}
 
@@ -236,9 +244,9 @@ class MapUpscaler:
         passes = chain(factor)
         for i, scale in enumerate(passes):
             ur = downsample(xu, tuple(xe.shape[1:]))
-            next_e = self._pass(xe, self.guides(xe, xn, ur), scale)
+            next_e = self._pass(xe, self.guides(xe, xn, ur, kind), scale, kind)
             if i + 1 < len(passes):  # the next pass's W_n needs the neutral at the new resolution
-                xn = self._pass(xn, self.guides(xn, xn, ur), scale)
+                xn = self._pass(xn, self.guides(xn, xn, ur, kind), scale, kind)
             xe = next_e
         return decode(xe, kind, channels).numpy()
 
@@ -270,8 +278,9 @@ def load_map_upscaler(settings: Any, method: str | None = None, model: str | Non
     if method == "compact" and folder is None:
         bundled = offline_default_path(settings, BUNDLED)
         folder = str(bundled) if bundled is not None else None
+    nets: dict[str, GuidedNet] = {}
     if folder is not None:
-        net = GuidedNet.from_pretrained(folder)
+        net, nets = load_upscaler(folder)
         expected = "Compact" if method == "compact" else "ESRGAN"
         if net.architecture != expected:
             raise ExpDiffInputError(folder, f"is a {net.architecture} upscaler; upscaler {method!r} needs {expected}")
@@ -282,6 +291,7 @@ def load_map_upscaler(settings: Any, method: str | None = None, model: str | Non
         source = str(path)
     dev = device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     net = net.to(dev).eval().to(memory_format=torch.channels_last)
-    return MapUpscaler(method, net, tile=TILES[net.architecture], device=dev,
+    nets = {k: n.to(dev).eval().to(memory_format=torch.channels_last) for k, n in nets.items()}
+    return MapUpscaler(method, net, tile=TILES[net.architecture], device=dev, nets=nets,
                        info={"method": method, "source": source, "architecture": net.architecture,
-                             "guides": list(net.guides)})
+                             "guides": list(net.guides), "per_kind": sorted(nets)})

@@ -260,8 +260,35 @@ def train_sr(out: str | os.PathLike, config: SRTrainConfig, *, official_path: st
     return out
 
 
+def train_sr_per_kind(out: str | os.PathLike, config: SRTrainConfig, *, official_path: str | os.PathLike,
+                      cache_dir: str | os.PathLike | None = None,
+                      on_step: Callable[[int, int, dict[str, float]], None] | None = None) -> Path:
+    """One network per map kind of ``config.kinds``, each fine-tuned on that kind only (``train_sr`` into
+    ``<out>/<kind>/``, each resumable), then ``<out>/config.json`` (``kind`` per-kind), a model card and
+    ``history.json`` (every kind's last step). Returns ``out``."""
+    from .guided import write_per_kind_config
+
+    out = Path(out)
+    last = []
+    for kind in config.kinds:
+        folder = train_sr(out / kind, dataclasses.replace(config, kinds=(kind,)), official_path=official_path,
+                          cache_dir=cache_dir, on_step=on_step)
+        history = json.loads((folder / "history.json").read_text())
+        if history:
+            last.append({"kind": kind, **history[-1]})
+    write_per_kind_config(out, list(config.kinds), {"base": config.base, "train": config.to_dict()})
+    card = model_card(config, [], {"cpu_s": 0.0, "wall_s": 0.0, "sessions": 0}).split("\n## Training")[0]
+    with atomic_path(out / "README.md") as tmp:
+        tmp.write_text(card + "\n\nOne network per map kind, each fine-tuned on that kind only: `" +
+                       "`, `".join(f"{k}/" for k in config.kinds) + "` (each with its own model card and history).\n")
+    with atomic_path(out / "history.json") as tmp:
+        tmp.write_text(json.dumps(last) + "\n")
+    return out
+
+
 def train_sr_tracked(settings: Any, out: str | os.PathLike, config: SRTrainConfig, *, log_every: int = 10,
-                     registered_name: str = SR_MODEL, on_step: Callable[[int, int, dict[str, float]], None] | None = None):
+                     registered_name: str = SR_MODEL, on_step: Callable[[int, int, dict[str, float]], None] | None = None,
+                     per_kind: bool = False):
     """``train_sr`` inside an MLflow run (per-step losses, params), the folder registered as ``registered_name``
     (alias candidate). Returns (folder, ModelVersionRef, run id)."""
     from ..registry import tracked_run
@@ -277,9 +304,10 @@ def train_sr_tracked(settings: Any, out: str | os.PathLike, config: SRTrainConfi
             if on_step:
                 on_step(step, steps, values)
 
-        folder = train_sr(out, config, official_path=official, cache_dir=settings.cache_path / "raster", on_step=both)
+        train = train_sr_per_kind if per_kind else train_sr
+        folder = train(out, config, official_path=official, cache_dir=settings.cache_path / "raster", on_step=both)
         history = json.loads((Path(folder) / "history.json").read_text())
-        final = {k: v for k, v in history[-1].items() if k != "step"} if history else {}
+        final = {k: v for k, v in history[-1].items() if k not in ("step", "kind")} if history else {}
         ref = log_training_run(settings, TRAINING_EXPERIMENT, "upscaler", config.to_dict(), {"final": final}, folder,
                                registered_name, files=[Path(folder) / "history.json"])
     return Path(folder), ref, run.info.run_id

@@ -94,3 +94,23 @@ def test_an_upscaler_folder_of_another_architecture_is_refused(tmp_path):
                                           '"architecture": "Compact", "guides": ["w", "neutral"]}')
     with pytest.raises(ExpDiffInputError, match="is not a Compact network"):
         load_map_upscaler(load_settings(), "compact", model=str(tmp_path))
+
+
+def test_a_per_kind_folder_upscales_each_kind_with_its_own_network(skin, compact, tmp_path):
+    import copy
+
+    from expdiff_core.upscaling.guided import GuidedNet, write_per_kind_config
+
+    for kind, shift in (("albedo", 0.0), ("normal", 0.05)):
+        net = copy.deepcopy(compact.network("albedo")).to(memory_format=torch.contiguous_format)
+        with torch.no_grad():
+            net.net.body[0].bias += shift  # two networks that differ
+        net.save_pretrained(tmp_path / kind)
+    write_per_kind_config(tmp_path, ["albedo", "normal"])
+    up = load_map_upscaler(load_settings(), "compact", model=str(tmp_path))
+    assert sorted(up.nets) == ["albedo", "normal"] and up.info["per_kind"] == ["albedo", "normal"]
+    _, lo = skin
+    for kind in ("albedo", "normal"):
+        alone = MapUpscaler("compact", GuidedNet.from_pretrained(tmp_path / kind))
+        args = (lo["expr"][kind], lo["neutral"][kind], None, kind)
+        np.testing.assert_allclose(up.upscale(*args), alone.upscale(*args), atol=1e-5)  # float32, layouts differ

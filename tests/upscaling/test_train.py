@@ -29,3 +29,16 @@ def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path):
     assert [h["step"] for h in json.loads((tmp_path / "parts" / "history.json").read_text())] == [1, 2, 3]
     net = GuidedNet.from_pretrained(tmp_path / "parts")
     assert net.guides == ("w", "neutral") and (tmp_path / "parts" / "README.md").is_file()
+
+
+def test_a_per_kind_run_writes_one_network_per_kind_that_the_build_loads(tmp_path):
+    from expdiff_core.upscaling.maps import load_map_upscaler
+    from expdiff_core.upscaling.train import train_sr_per_kind
+
+    official = official_folder(load_settings(), "compact", register=False) / "model.safetensors"
+    train_sr_per_kind(tmp_path / "up", SRTrainConfig(steps=2, **TINY), official_path=official)
+    up = load_map_upscaler(load_settings(), "compact", model=str(tmp_path / "up"))
+    assert sorted(up.nets) == ["albedo", "normal"]
+    # each kind's network saw only its own kind
+    assert json.loads((tmp_path / "up" / "normal" / "config.json").read_text())["train"]["kinds"] == ["normal"]
+    assert [h["kind"] for h in json.loads((tmp_path / "up" / "history.json").read_text())] == ["albedo", "normal"]
