@@ -44,10 +44,10 @@ def main() -> None:
     for subject in data.subjects:
         neutral = data.load_vertices(subject, NEUTRAL)
         mesh = data.template().with_vertices(neutral)
-        scores = pipe.prior_scores(mesh, data.load_maps(subject, NEUTRAL))
+        neutral_maps = data.load_maps(subject, NEUTRAL)
+        scores = pipe.prior_scores(mesh, neutral_maps)
         predicted = prior.vertex_change(scores, mix)
         predicted_maps = prior.map_change(scores, mix)
-        neutral_maps = data.load_maps(subject, NEUTRAL) if predicted_maps else None
         for i, unit in enumerate(units):
             true = data.load_vertices(subject, unit) - neutral
             moving = np.linalg.norm(true, axis=1) > 0.01  # cm: the vertices this unit moves by more than 0.1 mm

@@ -188,6 +188,7 @@ def decode(diffused: Mapping[str, Any], model_dir: str | os.PathLike, work_dir: 
         character = {kind: {udim: saved[f"maps/{kind}/{udim}"].numpy() for udim in pipe.config.udims}
                      for kind in kinds}
         neutral_maps = character if pipe.change_codec is not None else None
+        own_character = own_channels(character)  # each kind at its channel count, as its decoded maps
     kept = "start" not in tensors or torch.equal(tensors["start"], tensors["latents"])
 
     def write(folder: Path, label: str, maps: Mapping[str, Mapping[int, np.ndarray]], which: Sequence[str]) -> None:
@@ -200,7 +201,7 @@ def decode(diffused: Mapping[str, Any], model_dir: str | os.PathLike, work_dir: 
         chunk = pipe.decode(tensors["latents"][part], neutral_maps=neutral_maps)
         if map_prior:
             starts = None if kept else pipe.decode(tensors["start"][part], neutral_maps=neutral_maps)
-            chunk = pipe.apply_map_prior(chunk, starts, character, saved["prior_scores"].numpy(),
+            chunk = pipe.apply_map_prior(chunk, starts, own_character, saved["prior_scores"].numpy(),
                                          tensors["prior_mix"][part].numpy())
         for label, maps in zip(labels[part], chunk):
             write(root, label, maps, kinds)
@@ -209,7 +210,7 @@ def decode(diffused: Mapping[str, Any], model_dir: str | os.PathLike, work_dir: 
     if "start" in tensors:
         references = Path(work_dir) / "references"
         # the neutral's prior change is zero, so its start is the neutral latents z0
-        neutral = (own_channels(character) if map_prior else
+        neutral = (own_character if map_prior else
                    pipe.decode(tensors["start"][labels.index(NEUTRAL)][None], neutral_maps=neutral_maps)[0])
         for kind in [k for k in kinds if k != POSITION]:
             for udim, image in neutral[kind].items():

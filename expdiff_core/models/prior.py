@@ -340,6 +340,15 @@ def map_size(layout: Sequence[Sequence], resolution: int) -> int:
     return sum(int(c) for _, _, c in layout) * resolution * resolution
 
 
+def map_slices(layout: Sequence[Sequence], texels: int) -> dict[str, list[slice]]:
+    """{kind: [slice of the flattened maps, one per tile]} for ``layout`` with ``texels`` texels per channel."""
+    bounds = np.cumsum([0] + [int(c) * texels for _, _, c in layout])
+    out: dict[str, list[slice]] = {}
+    for i, (kind, _, _) in enumerate(layout):
+        out.setdefault(kind, []).append(slice(int(bounds[i]), int(bounds[i + 1])))
+    return out
+
+
 def flatten_maps(maps: Maps, layout: Sequence[Sequence]) -> np.ndarray:
     """{kind: {udim: (C, R, R)}} -> (sum C * R * R,) float32 in ``layout`` order."""
     return np.concatenate([np.asarray(maps[kind][int(udim)], np.float32).reshape(-1) for kind, udim, _ in layout])
@@ -406,13 +415,9 @@ def fit_map_change(scores: np.ndarray, changes: Mapping[str, np.ndarray], expres
     Per unit and kind, the entries some identity changes by more than ``changing``, regressed on the first
     ``tuning[kind][0]`` scores with ridge ``tuning[kind][1]``.
     """
-    bounds = np.cumsum([0] + [int(c) * resolution * resolution for _, _, c in layout])
-    entries_of = {}
-    for i, (kind, _, _) in enumerate(layout):
-        entries_of.setdefault(kind, []).append(np.arange(bounds[i], bounds[i + 1]))
     parts = {}
-    for kind, ranges in entries_of.items():
-        kind_entries = np.concatenate(ranges)
+    for kind, slices in map_slices(layout, resolution * resolution).items():
+        kind_entries = np.concatenate([np.arange(sl.start, sl.stop) for sl in slices])
         k, ridge = int(tuning[kind][0]), float(tuning[kind][1])
         operator = ridge_operator(scores[:, :k], ridge)  # (k, N)
         offsets, index, means, coefs = [0], [], [], []

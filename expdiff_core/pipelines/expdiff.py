@@ -396,7 +396,7 @@ class ExpDiffPipeline:
     def apply_map_prior(self, decoded: Sequence[Maps], starts: Sequence[Maps] | None, neutral_maps: Maps,
                         scores: np.ndarray, mix: np.ndarray) -> list[Maps]:
         """With the prior's map part: each expression's BRDF maps become the character's ``neutral_maps`` (model
-        resolution) + the prior's map change + what sampling changed from its start (``decoded - starts``;
+        resolution, each kind at its own channel count: :func:`own_channels`) + the prior's map change + what sampling changed from its start (``decoded - starts``;
         ``starts`` None at strength 0, when nothing did), clipped to the kind's range. Position maps stay as
         decoded. Without a map part, ``decoded`` as it is.
         """
@@ -410,7 +410,7 @@ class ExpDiffPipeline:
                 spec = map_kind(kind)
                 row[kind] = {}
                 for udim, change in tiles.items():
-                    image = own_channels({kind: {udim: neutral_maps[kind][udim]}})[kind][udim] + change
+                    image = neutral_maps[kind][udim] + change
                     if starts is not None:
                         image = image + (maps[kind][udim] - starts[i][kind][udim])
                     row[kind][udim] = np.clip(image, spec.low, spec.high)
@@ -584,8 +584,8 @@ class ExpDiffPipeline:
         decoded = starts if kept else self.decode(latents, neutral_maps=maps_in)
         neutral_maps = starts[labels.index(NEUTRAL)]  # the neutral's prior change is zero: its start is z0
         if self.prior.map_parts:  # BRDF maps in map space, read against the character's own neutral
-            decoded = self.apply_map_prior(decoded, None if kept else starts, maps_in, scores, mix)
             neutral_maps = own_channels(maps_in)
+            decoded = self.apply_map_prior(decoded, None if kept else starts, neutral_maps, scores, mix)
         references = {label: {POSITION: s[POSITION], **{k: v for k, v in neutral_maps.items() if k != POSITION}}
                       for label, s in zip(labels, starts)}
         vertices = {}

@@ -21,8 +21,8 @@ from tqdm.auto import tqdm
 
 from ..errors import ExpDiffInputError
 from ..io.dataset import MAP_SPECS, NEUTRAL, Dataset
-from ..models.prior import (ExpressionPrior, IdentityFeatures, coarse_maps, fit_expression_prior, fit_map_change,
-                            flatten_maps, ridge_weights)
+from ..models.prior import (MAP_CHANGING, ExpressionPrior, IdentityFeatures, coarse_maps, fit_expression_prior,
+                            fit_map_change, flatten_maps, map_slices, ridge_weights)
 from .latents import latent_key, read_latent_shard, read_manifest
 
 COMPONENTS = (4, 8, 12, 16, 24, 32)
@@ -190,12 +190,9 @@ def score_map_candidates(train_scores: np.ndarray, val_scores: np.ndarray, train
     """
     layout = train.full_layout
     n = len(train.subjects)
-    sizes = [int(c) for _, _, c in layout]
-    texels = next(iter(train.full_changes.values())).shape[1] // sum(sizes)
-    bounds = np.cumsum([0] + [c * texels for c in sizes])
-    kinds = sorted({kind for kind, _, _ in layout})
-    slices = {kind: [slice(bounds[i], bounds[i + 1]) for i, (k, _, _) in enumerate(layout) if k == kind]
-              for kind in kinds}
+    texels = next(iter(train.full_changes.values())).shape[1] // sum(int(c) for _, _, c in layout)
+    slices = map_slices(layout, texels)
+    kinds = sorted(slices)
     candidates = [(k, r) for k in sorted({min(c, train_scores.shape[1]) for c in components}) for r in ridges]
     logs = {(kind, k, r): [] for kind in kinds for k, r in candidates}
     for e in tqdm(list(train.full_changes), desc="tune map part", unit="unit", disable=not progress):
@@ -204,16 +201,17 @@ def score_map_candidates(train_scores: np.ndarray, val_scores: np.ndarray, train
         gram = train_scores.T.astype(np.float32) @ (y - mean)  # (K, D)
         del y
         truth = val.full_changes[e].astype(np.float32) - mean
+        # the kinds this unit changes in the val identities: only they are scored
+        changed = [kind for kind in kinds
+                   if max(float(np.abs(truth[:, sl] + mean[sl]).max()) for sl in slices[kind]) > MAP_CHANGING]
         for k, r in candidates:
             phi = train_scores[:, :k]
             w = val_scores[:, :k] @ np.linalg.solve(phi.T @ phi + r * n * np.eye(k), np.eye(k))  # (Nv, k)
             err = w.astype(np.float32) @ gram[:k] - truth
-            for kind in kinds:
+            for kind in changed:
                 parts = [err[:, sl] for sl in slices[kind]]
-                changed = max(float(np.abs(truth[:, sl] + mean[sl]).max()) for sl in slices[kind])
-                if changed > 2e-4:  # the units that change this kind (models.prior.MAP_CHANGING)
-                    mse = sum(float((x ** 2).sum()) for x in parts) / sum(x.size for x in parts)
-                    logs[(kind, k, r)].append(-10.0 * np.log10(max(mse, 1e-20)))
+                mse = sum(float((x ** 2).sum()) for x in parts) / sum(x.size for x in parts)
+                logs[(kind, k, r)].append(-10.0 * np.log10(max(mse, 1e-20)))
     return [MapScore(kind, k, r, float(np.mean(v)) if v else float("nan")) for (kind, k, r), v in logs.items()]
 
 
