@@ -19,7 +19,7 @@ import torch
 
 from expdiff_core.evaluation.codec import PooledChanges, codec_round_trip
 from expdiff_core.io.dataset import Dataset
-from expdiff_core.models.vae import LatentCodec
+from expdiff_core.models.patch_codec import load_codec
 
 
 def main() -> None:
@@ -38,7 +38,7 @@ def main() -> None:
     print(f"{args.dataset}: {len(subjects)} subject(s), {dataset.resolution}^2 maps, torch {torch.__version__}")
     if not args.vae and not args.pooled:
         parser.error("give at least one --vae or --pooled")
-    codecs = [(folder, LatentCodec.from_pretrained(folder, device=args.device)) for folder in args.vae]
+    codecs = [(folder, load_codec(folder, device=args.device)) for folder in args.vae]
     codecs += [(f"pooled {f}x (no learning)", PooledChanges(f)) for f in args.pooled]
     for name, codec in codecs:
         started = time.perf_counter()

@@ -138,13 +138,14 @@ def run_validate(args: argparse.Namespace) -> int:
 
 def run_encode(args: argparse.Namespace) -> int:
     from ..config import load_settings
+    from ..models.patch_codec import load_codec
     from ..models.vae import LatentCodec
     from ..training.encode import encode_dataset
     from ..uv.position_map import PositionMapConfig
 
     settings = load_settings(args.config, {"device": args.device})
     codec = LatentCodec.from_pretrained(args.vae, device=settings.device)
-    change_codec = (LatentCodec.from_pretrained(args.change_vae, device=settings.device)
+    change_codec = (load_codec(args.change_vae, device=settings.device)
                     if args.change_vae else None)
     out = encode_dataset(args.dataset, codec, args.out, PositionMapConfig(scale_cm=args.position_scale_cm),
                          cache_dir=settings.cache_path / "uv", splits=tuple(args.splits.split(",")),

@@ -246,7 +246,7 @@ class DualAttentionBlock(nn.Module):
 class ExpDiffDenoiser(ModelMixin, ConfigMixin):
     """ε-prediction (or v-prediction) network over all UV-map latents of one face (ExpDiff Eq. 6).
 
-    ``forward(sample (B, M, C, h, w), timestep (B,) | scalar, neutral (B, M, C, h, w), text_tokens (B, L, text_dim),
+    ``forward(sample (B, M, C, h, w), timestep (B,) | scalar, neutral (B, M, Cn, h, w), text_tokens (B, L, text_dim),
     text_mask (B, L) bool | None) -> (B, M, C, h, w)``. ``M = n_udims * len(kinds)``, maps tile-major.
     An all-False ``text_mask`` row is the unconditional branch (classifier-free guidance): those tokens then
     attend only to a learned null token.
@@ -257,7 +257,9 @@ class ExpDiffDenoiser(ModelMixin, ConfigMixin):
     neutral by a few percent of the latent's range; as an absolute target that difference drowns in the
     identity, which the network then mostly copies from its condition. ``"change"``: the latents of a change
     codec (``models.vae.ChangeScales``: the expression's maps minus the neutral's, encoded relative to no
-    change), times ``residual_scale``; the neutral's absolute latents stay the condition.
+    change), times ``residual_scale``; the neutral's absolute latents stay the condition. A change codec may
+    have more latent channels than the neutral's codec (the linear change codec's 32 against the VAE's 4):
+    ``condition_channels`` is then the neutral latents' count (default: ``latent_channels``).
     :meth:`diffusion_target` and :meth:`latents_from_target` convert; training and sampling go through them.
 
     Ablations (paper Table III): ``attention=False`` attends within each map only (no joint BRDF attention, no
@@ -285,6 +287,7 @@ class ExpDiffDenoiser(ModelMixin, ConfigMixin):
         text_conditioning: str = "encoder",
         target: str = "absolute",
         residual_scale: Sequence[float] | None = None,
+        condition_channels: int | None = None,
     ):
         super().__init__()
         kinds = list(kinds)
@@ -299,6 +302,11 @@ class ExpDiffDenoiser(ModelMixin, ConfigMixin):
                                      or not all(float(v) > 0 for v in residual_scale)):
             raise ExpDiffInputError(None, f"a {target} denoiser needs residual_scale: {n_maps} positive factors "
                                     f"(one per map), got {residual_scale!r}")
+        condition_channels = latent_channels if condition_channels is None else int(condition_channels)
+        if condition_channels < 1 or (target == "residual" and condition_channels != latent_channels):
+            raise ExpDiffInputError(None, f"condition_channels {condition_channels} must be >= 1 (and equal "
+                                    f"latent_channels {latent_channels} for a residual target)")
+        self.condition_channels = condition_channels
         size = (int(latent_size),) * 2 if isinstance(latent_size, int) else tuple(int(s) for s in latent_size)
         if len(size) != 2 or size[0] % patch_size or size[1] % patch_size:
             raise ExpDiffInputError(None, f"latent_size {latent_size} must be (h, w) divisible by patch_size {patch_size}")
@@ -316,7 +324,7 @@ class ExpDiffDenoiser(ModelMixin, ConfigMixin):
         self.register_buffer("map_tile", torch.tensor([m // len(kinds) for m in order]), persistent=False)
         self.register_buffer("uv_position", _sincos_2d(*self.grid, width), persistent=False)
 
-        self.patch_embed = nn.Conv2d(2 * latent_channels, width, kernel_size=patch_size, stride=patch_size)
+        self.patch_embed = nn.Conv2d(latent_channels + condition_channels, width, kernel_size=patch_size, stride=patch_size)
         self.kind_embed = nn.Parameter(torch.randn(len(kinds), width) * 0.02)
         self.tile_embed = nn.Parameter(torch.randn(n_udims, width) * 0.02)
 
@@ -363,8 +371,8 @@ class ExpDiffDenoiser(ModelMixin, ConfigMixin):
             return target / self._residual_scale(target)
         return neutral + target / self._residual_scale(target)
 
-    def _check(self, name: str, value: torch.Tensor, batch: int | None) -> None:
-        expected = (self.n_maps, self.config.latent_channels, *self.latent_hw)
+    def _check(self, name: str, value: torch.Tensor, batch: int | None, channels: int | None = None) -> None:
+        expected = (self.n_maps, channels or self.config.latent_channels, *self.latent_hw)
         if value.ndim != 5 or tuple(value.shape[1:]) != expected or (batch is not None and value.shape[0] != batch):
             raise ExpDiffInputError(None, f"denoiser {name} has shape {tuple(value.shape)}; expected (B, {', '.join(map(str, expected))})")
 
@@ -373,7 +381,7 @@ class ExpDiffDenoiser(ModelMixin, ConfigMixin):
         """Predict the noise (or v) for ``sample`` at ``timestep``; shapes in the class docstring."""
         b = sample.shape[0]
         self._check("sample", sample, None)
-        self._check("neutral", neutral, b)
+        self._check("neutral", neutral, b, self.condition_channels)
         if text_tokens.ndim != 3 or text_tokens.shape[0] != b or text_tokens.shape[2] != self.config.text_dim:
             raise ExpDiffInputError(None, f"denoiser text_tokens has shape {tuple(text_tokens.shape)}; expected "
                                     f"({b}, L, {self.config.text_dim})")
@@ -394,7 +402,7 @@ class ExpDiffDenoiser(ModelMixin, ConfigMixin):
 
         m, c, (h, w), p = self.n_maps, self.config.latent_channels, self.latent_hw, self.config.patch_size
         x = torch.cat([sample, neutral], dim=2)[:, self.map_order].to(self.dtype)
-        x = self.patch_embed(x.reshape(b * m, 2 * c, h, w)).flatten(2).transpose(1, 2)  # (B*M, n, D)
+        x = self.patch_embed(x.reshape(b * m, c + self.condition_channels, h, w)).flatten(2).transpose(1, 2)  # (B*M, n, D)
         x = x.reshape(b, m, -1, x.shape[-1])
         x = x + (self.kind_embed[self.map_kind] + self.tile_embed[self.map_tile])[None, :, None, :]
         x = x + self.uv_position[None, None].to(x.dtype)

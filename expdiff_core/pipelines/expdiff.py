@@ -47,6 +47,7 @@ from ..io.mesh import FaceMesh, read_obj, write_obj
 from ..io.template import check_template
 from ..models.denoiser import ExpDiffDenoiser, encode_prompts, fit_prompt_tokens
 from ..models.prior import ExpressionPrior
+from ..models.patch_codec import PatchChangeCodec, load_codec
 from ..models.vae import LatentCodec, map_kind
 from ..schedulers import load_noise_scheduler, sampling_scheduler
 from ..uv.position_map import PositionMapConfig, position_maps
@@ -166,7 +167,8 @@ class ExpDiffPipeline:
 
     def __init__(self, config: PipelineConfig, codec: LatentCodec, denoiser: ExpDiffDenoiser, noise_scheduler,
                  template: FaceMesh, text_encoder: Any = None, device: str | torch.device = "auto",
-                 prior: ExpressionPrior | None = None, change_codec: LatentCodec | None = None):
+                 prior: ExpressionPrior | None = None,
+                 change_codec: LatentCodec | PatchChangeCodec | None = None):
         self.config = config
         self.prior = prior
         self.use_prior = prior is not None
@@ -188,6 +190,9 @@ class ExpDiffPipeline:
                                     f"it uses one; this one's target is {denoiser.config.target!r}")
         if change_codec is not None and not change_codec.encodes_change:
             raise ExpDiffInputError(None, "change_vae/ is a codec of absolute maps (no change_scales.json)")
+        if change_codec is not None and change_codec.latent_channels != int(denoiser.config.latent_channels):
+            raise ExpDiffInputError(None, f"change_vae/ makes {change_codec.latent_channels}-channel latents, the "
+                                    f"denoiser diffuses {denoiser.config.latent_channels}")
 
     # ------------------------------------------------------------------ persistence
     @classmethod
@@ -213,7 +218,7 @@ class ExpDiffPipeline:
             text_encoder = TextEncoder.from_pretrained(text_encoder_path if config.text_encoder != "minilm" else None,
                                                        device="cpu")
         prior = ExpressionPrior.from_pretrained(folder / "prior") if (folder / "prior").is_dir() else None
-        change_codec = (LatentCodec.from_pretrained(folder / "change_vae", device=device)
+        change_codec = (load_codec(folder / "change_vae", device=device)
                         if (folder / "change_vae").is_dir() else None)
         if prior is not None and prior.config.vertex_count != template.n_vertices:
             raise ExpDiffInputError(folder / "prior", f"is for {prior.config.vertex_count} vertices, the template has "
@@ -461,7 +466,8 @@ class ExpDiffPipeline:
                 timesteps = timesteps[first:]
                 if hasattr(scheduler, "set_begin_index"):
                     scheduler.set_begin_index(first * getattr(scheduler, "order", 1))
-            noise = _seeded_noise(seed, tuple(neutral.shape))[None].expand(n, *neutral.shape)
+            shape = self.target_shape(neutral)
+            noise = _seeded_noise(seed, shape)[None].expand(n, *shape)
             cond = neutral[None].expand(n, *neutral.shape).to(self.device)
             noise = noise.to(self.device)
             if strength < 1.0:
@@ -495,10 +501,18 @@ class ExpDiffPipeline:
         bar.close()
         return torch.cat(results)
 
+    def target_shape(self, neutral_latents: torch.Tensor) -> tuple[int, ...]:
+        """(M, C, h, w) of one expression's latents for a character with ``neutral_latents`` (..., M, Cn, h, w):
+        C is the change codec's channel count, which may differ from the neutral codec's Cn."""
+        m, _, h, w = neutral_latents.shape[-4:]
+        return (m, int(self.denoiser.config.latent_channels), h, w)
+
     def unchanged_latents(self, neutral_latents: torch.Tensor) -> torch.Tensor:
-        """The latents of an expression that changes nothing, shaped like ``neutral_latents``: the neutral's own,
-        or zero for a change denoiser (a change codec encodes no change to zero)."""
-        return torch.zeros_like(neutral_latents) if self.change_codec is not None else neutral_latents
+        """The latents of an expression that changes nothing: the neutral's own, or zero for a change denoiser
+        (a change codec encodes no change to zero), with the change codec's channel count."""
+        if self.change_codec is None:
+            return neutral_latents
+        return neutral_latents.new_zeros(*neutral_latents.shape[:-4], *self.target_shape(neutral_latents))
 
     # ------------------------------------------------------------------ stage 4: decode
     @torch.inference_mode()

@@ -78,14 +78,17 @@ def assemble_pipeline(dataset_root: str | os.PathLike, vae_dir: str | os.PathLik
         raise ExpDiffInputError(denoiser_dir, "a denoiser of target 'change' is assembled with its change codec "
                                 "(--change-vae), and only it is")
     if change_vae_dir is not None:
-        from ..models.vae import ChangeScales
+        from ..models.patch_codec import load_codec
 
-        scales = ChangeScales.load(Path(change_vae_dir))
-        if scales is None:
+        change_codec = load_codec(change_vae_dir, device="cpu")
+        if not change_codec.encodes_change:
             raise ExpDiffInputError(Path(change_vae_dir), "is not a change codec (no change_scales.json)")
-        if encoding.get("change_scales") != scales.to_dict():
+        same = (encoding.get("change_scales") == change_codec.change_scales.to_dict()
+                if change_codec.change_scales is not None
+                else encoding.get("change_fingerprint") == change_codec.fingerprint)
+        if not same:
             raise ExpDiffInputError(Path(change_vae_dir), "is not the change codec the denoiser's latents were "
-                                    "encoded with (its change scales differ)")
+                                    "encoded with (its change scales or bases differ)")
     config = PipelineConfig(
         kinds=list(denoiser_config["kinds"]), udims=list(dataset.udims), resolution=dataset.resolution,
         skin_groups=list(dataset.manifest["template"].get("skin_groups") or []),

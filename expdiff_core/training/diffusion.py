@@ -51,7 +51,7 @@ from .latents import LatentDataset, read_manifest
 CHECKPOINT_FORMAT = "expdiff-diffusion-checkpoint/1"
 CHECKPOINTS = "checkpoints"
 LOG_NAME = "train_log.jsonl"
-LAYOUT_KEYS = ("kinds", "n_udims", "latent_channels", "latent_size")
+LAYOUT_KEYS = ("kinds", "n_udims", "latent_channels", "latent_size", "condition_channels")
 
 
 @dataclass(frozen=True)
@@ -202,13 +202,15 @@ def _save_ema_folder(ema, model: ExpDiffDenoiser, folder: Path) -> None:
 # ---------------------------------------------------------------------------------------- the run
 def _resolve_model_config(manifest, model_config: Mapping[str, Any] | None) -> dict[str, Any]:
     layout = dict(kinds=list(manifest.kinds), n_udims=len(manifest.udims), latent_channels=manifest.latent_shape[0],
-                  latent_size=list(manifest.latent_shape[1:]))
+                  latent_size=list(manifest.latent_shape[1:]), condition_channels=manifest.condition_shape[0])
     if model_config is None:
         return denoiser_config(manifest.kinds, len(manifest.udims), manifest.latent_shape[0],
-                               manifest.latent_shape[1:], "offline")
+                               manifest.latent_shape[1:], "offline", condition_channels=manifest.condition_shape[0])
     config = dict(model_config)
     for key in ("_class_name", "_diffusers_version", "_name_or_path", "_use_default_values"):
         config.pop(key, None)
+    if config.get("condition_channels") is None:  # None means "as many as the latents"
+        config.pop("condition_channels", None)
     for key, value in layout.items():
         given = config.setdefault(key, value)
         if key == "latent_size" and isinstance(given, int):
@@ -545,7 +547,8 @@ def configs_from_args(args: argparse.Namespace, default_device: str = "auto"
     if args.target:
         overrides["target"] = args.target
     model_config = denoiser_config(manifest.kinds, len(manifest.udims), manifest.latent_shape[0],
-                                   manifest.latent_shape[1:], args.preset, **overrides)
+                                   manifest.latent_shape[1:], args.preset,
+                                   condition_channels=manifest.condition_shape[0], **overrides)
     cfg = DiffusionTrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(DiffusionTrainConfig)})
     cfg.device = args.device or default_device
     return model_config, cfg

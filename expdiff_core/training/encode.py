@@ -91,16 +91,22 @@ def encode_dataset(dataset_root: str | os.PathLike, codec: LatentCodec, out: str
     if change_codec is not None:
         if not change_codec.encodes_change:
             raise ExpDiffInputError(None, "the change codec given is a codec of absolute maps (no change_scales.json)")
-        if change_codec.latent_shape(dataset.resolution, dataset.resolution) != (codec.latent_channels, h, w):
-            raise ExpDiffInputError(None, "the change codec's latents are not shaped like the neutral codec's")
+        if change_codec.latent_shape(dataset.resolution, dataset.resolution)[1:] != (h, w):
+            raise ExpDiffInputError(None, "the change codec's latent grid is not the neutral codec's")
     codec_info: dict = {"config": {k: v for k, v in dict(codec.config).items() if not k.startswith("_")},
                         "position_map": position.to_dict(), "dataset": str(Path(dataset_root).resolve()),
                         "resolution": dataset.resolution}
     if change_codec is not None:
-        codec_info.update(representation="change", change_scales=change_codec.change_scales.to_dict(),
+        codec_info.update(representation="change",
                           change_config={k: v for k, v in dict(change_codec.config).items() if not k.startswith("_")})
+        if change_codec.change_scales is not None:
+            codec_info.update(change_scales=change_codec.change_scales.to_dict())
+        if getattr(change_codec, "fingerprint", None):
+            codec_info.update(change_fingerprint=change_codec.fingerprint)
+    target_channels = (change_codec or codec).latent_channels
     manifest = LatentManifest(
-        kinds=kinds, udims=list(dataset.udims), latent_shape=[codec.latent_channels, h, w],
+        kinds=kinds, udims=list(dataset.udims), latent_shape=[target_channels, h, w],
+        condition_channels=codec.latent_channels if target_channels != codec.latent_channels else None,
         scaling_factor=float((change_codec or codec).scaling_factor), expressions=list(dataset.expressions),
         subjects={s: dataset.split(s)[:identities] for s in splits if dataset.split(s)},
         codec=codec_info,

@@ -74,11 +74,18 @@ class LatentManifest:
     subjects: dict[str, list[str]]
     codec: dict[str, Any] = field(default_factory=dict)
     prompts: dict[str, str] = field(default_factory=dict)
+    condition_channels: int | None = None
     format: str = LATENT_FORMAT
 
     @property
     def n_maps(self) -> int:
         return len(self.kinds) * len(self.udims)
+
+    @property
+    def condition_shape(self) -> list[int]:
+        """[C, h, w] of the neutral's latents (the condition): ``latent_shape`` unless a change codec with
+        another channel count encoded the expressions (``condition_channels``)."""
+        return [self.condition_channels or self.latent_shape[0], *self.latent_shape[1:]]
 
     @property
     def encodes_change(self) -> bool:
@@ -89,6 +96,8 @@ class LatentManifest:
         data = asdict(self)
         if not data["prompts"]:
             del data["prompts"]
+        if data["condition_channels"] is None:
+            del data["condition_channels"]
         return {"format": data.pop("format"), **data}
 
     @classmethod
@@ -104,13 +113,18 @@ class LatentManifest:
                        latent_shape=[int(s) for s in data["latent_shape"]],
                        scaling_factor=float(data["scaling_factor"]), expressions=[str(e) for e in data["expressions"]],
                        subjects={str(k): [str(s) for s in v] for k, v in dict(data["subjects"]).items()},
-                       codec=dict(data.get("codec") or {}), prompts=dict(data.get("prompts") or {}))
+                       codec=dict(data.get("codec") or {}), prompts=dict(data.get("prompts") or {}),
+                       condition_channels=(None if data.get("condition_channels") is None
+                                           else int(data["condition_channels"])))
         if not manifest.kinds or len(set(manifest.kinds)) != len(manifest.kinds):
             raise ExpDiffInputError(path, f"kinds {manifest.kinds} must be a non-empty list without repeats")
         if not manifest.udims or len(set(manifest.udims)) != len(manifest.udims):
             raise ExpDiffInputError(path, f"udims {manifest.udims} must be a non-empty list without repeats")
         if len(manifest.latent_shape) != 3 or min(manifest.latent_shape) < 1:
             raise ExpDiffInputError(path, f"latent_shape {manifest.latent_shape} must be [C, h, w]")
+        if manifest.condition_channels is not None and (manifest.condition_channels < 1
+                                                        or not manifest.encodes_change):
+            raise ExpDiffInputError(path, "condition_channels must be >= 1, and only a change encoding has them")
         if NEUTRAL not in manifest.expressions:
             raise ExpDiffInputError(path, f"expressions must include {NEUTRAL!r} (the condition)")
         unknown = sorted(set(manifest.subjects) - set(SPLITS))
@@ -185,7 +199,7 @@ class LatentDataset(torch.utils.data.Dataset):
     need only neutral position and albedo latents, and the neutral target is that same filled stack.
     ``expressions``: restrict to these (default: all of the manifest's).
 
-    Item: ``{"target": (M, C, h, w) float32, "neutral": (M, C, h, w) float32, "prompt_index": int,
+    Item: ``{"target": (M, C, h, w) float32, "neutral": (M, Cn, h, w) float32 (Cn: ``condition_shape``), "prompt_index": int,
     "subject": str, "expression": str}``. Shards are memory-mapped on first use, not loaded whole.
     """
 
@@ -252,17 +266,21 @@ class LatentDataset(torch.utils.data.Dataset):
         if missing:
             more = f" (+{len(missing) - 3} more)" if len(missing) > 3 else ""
             raise ExpDiffInputError(self.shard_path(subject), f"missing latents {missing[:3]}{more}")
-        shape = list(handle.get_slice(next(iter(self._required_keys()))).get_shape())
-        if shape != self.manifest.latent_shape:
-            raise ExpDiffInputError(self.shard_path(subject), f"latents are {shape}, manifest says "
-                                    f"{self.manifest.latent_shape}")
+        neutral_key = latent_key(NEUTRAL, *self._neutral_sources()[0])
+        checks = [(neutral_key, self.manifest.condition_shape)]
+        checks += [(latent_key(e, self.manifest.kinds[0], self.manifest.udims[0]), self.manifest.latent_shape)
+                   for e in self.expressions[:1] if e != NEUTRAL]
+        for key, expected in checks:
+            shape = list(handle.get_slice(key).get_shape())
+            if shape != expected:
+                raise ExpDiffInputError(self.shard_path(subject), f"latent {key} is {shape}, manifest says {expected}")
 
     def _stack(self, subject: str, sources: Sequence[tuple[str, str, int]]) -> torch.Tensor:
         handle = self._handle(subject)
         return torch.stack([handle.get_tensor(latent_key(e, k, u)).float() for e, k, u in sources])
 
     def neutral(self, subject: str) -> torch.Tensor:
-        """(M, C, h, w) float32 neutral condition of ``subject``."""
+        """(M, Cn, h, w) float32 neutral condition of ``subject``."""
         return self._stack(subject, [(NEUTRAL, k, u) for k, u in self._neutral_sources()])
 
     def target(self, subject: str, expression: str) -> torch.Tensor:
@@ -273,8 +291,9 @@ class LatentDataset(torch.utils.data.Dataset):
 
     def unchanged(self, subject: str) -> torch.Tensor:
         """(M, C, h, w) float32 latents of ``subject`` changing nothing: its neutral's, or zero in a change encoding."""
-        neutral = self.neutral(subject)
-        return torch.zeros_like(neutral) if self.manifest.encodes_change else neutral
+        if self.manifest.encodes_change:
+            return torch.zeros(self.manifest.n_maps, *self.manifest.latent_shape)
+        return self.neutral(subject)
 
     def residual_rms(self) -> torch.Tensor:
         """(M,) float64 RMS over every (subject, non-neutral expression) of each map's latent residual

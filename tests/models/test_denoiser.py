@@ -130,6 +130,21 @@ def test_residual_target_is_the_scaled_difference_from_the_neutral_and_inverts_e
     assert torch.equal(model.diffusion_target(neutral, neutral), torch.zeros_like(neutral))
 
 
+def test_a_change_denoiser_may_diffuse_more_channels_than_its_condition_has():
+    # the linear change codec's latents (here 12 channels) against the neutral VAE's 4
+    model = tiny_model(target="change", residual_scale=[1.0] * M, latent_channels=12, condition_channels=C)
+    sample, t, neutral, tokens, mask = inputs()
+    out = model(torch.randn(B, M, 12, H, W), t, neutral, tokens, mask)
+    assert out.shape == (B, M, 12, H, W)
+    with pytest.raises(ExpDiffInputError, match=f"neutral has shape .*expected \\(B, {M}, {C}, "):
+        model(torch.randn(B, M, 12, H, W), t, torch.randn(B, M, 12, H, W), tokens, mask)
+
+
+def test_a_residual_denoiser_needs_as_many_condition_channels_as_latent_channels():
+    with pytest.raises(ExpDiffInputError, match="condition_channels"):
+        tiny_model(target="residual", residual_scale=[1.0] * M, condition_channels=C + 1)
+
+
 @pytest.mark.parametrize("scale", [None, [1.0] * (M - 1), [1.0] * (M - 1) + [0.0]])
 def test_a_residual_denoiser_needs_one_positive_scale_per_map(scale):
     with pytest.raises(ExpDiffInputError, match="residual_scale"):
