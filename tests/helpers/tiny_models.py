@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from expdiff_core.models.denoiser import ExpDiffDenoiser, denoiser_config
+from expdiff_core.models.patch_codec import PatchChangeCodec
 from expdiff_core.models.vae import ChangeScales, LatentCodec, offline_vae_config
 from expdiff_core.pipelines.expdiff import ExpDiffPipeline, PipelineConfig
 from expdiff_core.schedulers import training_noise_scheduler
@@ -64,12 +65,14 @@ def tiny_map_change(unit: str, layout, identity: int = 0) -> np.ndarray:
 
 
 def tiny_pipeline_folder(root, text_conditioning: str = "encoder", target: str = "absolute", prior: bool = False,
-                         map_prior: bool = False):
+                         map_prior: bool = False, change_codec: str = "vae"):
     """Write a pipeline folder under ``root / "model"`` (random weights, 4 sampling steps); returns it.
 
     target="residual": the denoiser diffuses (expression - neutral) latents, every map scaled by 4.
     target="change": it diffuses a change codec's latents (a second tiny codec, ``change_vae/``), scaled by 4.
     prior: also an expression prior (``tiny_prior_folder``), sampled from at strength 0; map_prior: with a map part.
+    change_codec="patch": the change codec is a linear patch codec (8 latent channels against the VAE's 4),
+    its bases the principal directions of a random second moment.
     """
     template = template_mesh()
     config = PipelineConfig(kinds=KINDS, udims=[1001, 1002], resolution=RESOLUTION,
@@ -77,7 +80,9 @@ def tiny_pipeline_folder(root, text_conditioning: str = "encoder", target: str =
     codec = LatentCodec.from_config(offline_vae_config(block_out_channels=[8, 8, 16, 16], norm_num_groups=8),
                                     seed=0, device="cpu")
     vae_dir = codec.save_pretrained(root / "parts" / "vae")
-    denoiser = ExpDiffDenoiser(**denoiser_config(KINDS, 2, 4, RESOLUTION // 8, width=32, depth=1, heads=2,
+    channels = 8 if change_codec == "patch" else 4
+    denoiser = ExpDiffDenoiser(**denoiser_config(KINDS, 2, channels, RESOLUTION // 8, width=32, depth=1, heads=2,
+                                                 condition_channels=4,
                                                  text_conditioning=text_conditioning, target=target,
                                                  residual_scale=None if target == "absolute" else [4.0] * 2 * len(KINDS)))
     den_dir = root / "parts" / "denoiser"
@@ -85,7 +90,15 @@ def tiny_pipeline_folder(root, text_conditioning: str = "encoder", target: str =
     training_noise_scheduler().save_pretrained(den_dir)
     prior_dir = tiny_prior_folder(root / "parts", template, maps=map_prior) if prior or map_prior else None
     change_dir = None
-    if target == "change":
+    if target == "change" and change_codec == "patch":
+        rng = np.random.default_rng(0)
+        moments = {}
+        for kind in KINDS:
+            d = (3 if kind in ("position", "albedo", "normal") else 1) * 64
+            a = rng.normal(size=(d, d))
+            moments[kind] = a @ a.T / d * 1e-4
+        change_dir = PatchChangeCodec.fit(moments, latent_channels=channels).save_pretrained(root / "parts" / "change_vae")
+    elif target == "change":
         change = LatentCodec.from_config(offline_vae_config(block_out_channels=[8, 8, 16, 16], norm_num_groups=8),
                                          seed=1, device="cpu", change_scales=ChangeScales(TINY_CHANGE_SCALES))
         change_dir = change.save_pretrained(root / "parts" / "change_vae")

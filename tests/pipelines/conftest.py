@@ -30,9 +30,13 @@ def tiny_change_model(tmp_path_factory):
     return tiny_pipeline_folder(tmp_path_factory.mktemp("tiny-expdiff-change"), target="change")
 
 
-@pytest.fixture(scope="session")
-def tiny_change_pipeline(tiny_change_model):
-    return ExpDiffPipeline.from_pretrained(tiny_change_model, device="cpu")
+@pytest.fixture(scope="session", params=["vae", "patch"])
+def tiny_change_pipeline(request, tiny_change_model, tmp_path_factory):
+    """A change pipeline with a learned (AutoencoderKL) change codec, then with the linear patch codec."""
+    if request.param == "vae":
+        return ExpDiffPipeline.from_pretrained(tiny_change_model, device="cpu")
+    folder = tiny_pipeline_folder(tmp_path_factory.mktemp("tiny-expdiff-patch"), target="change", change_codec="patch")
+    return ExpDiffPipeline.from_pretrained(folder, device="cpu")
 
 
 @pytest.fixture(scope="session")

@@ -80,3 +80,17 @@ def test_a_change_encoding_holds_the_neutral_absolute_and_the_expressions_as_cha
     samples = LatentDataset(out, "train")
     assert not samples.target("s0", "neutral").any()  # the neutral's change is zero; its latents are the condition
     assert samples.neutral("s0").abs().sum() > 0
+
+
+def test_a_linear_change_codec_may_give_the_expressions_more_channels_than_the_neutral(tmp_path, dataset, codec):
+    from expdiff_core.training.patch_codec import fit_change_codec
+
+    change = fit_change_codec(dataset, latent_channels=12, progress=False)
+    out = encode_dataset(dataset, codec, tmp_path / "lat", splits=("train",), progress=False, change_codec=change)
+    manifest = read_manifest(out)
+    assert manifest.latent_shape == [12, 8, 8] and manifest.condition_shape == [4, 8, 8]
+    assert manifest.codec["change_fingerprint"] == change.fingerprint
+    samples = LatentDataset(out, "train")
+    item = samples[0]
+    assert item["target"].shape == (5, 12, 8, 8) and item["neutral"].shape == (5, 4, 8, 8)
+    assert samples.target("s0", "neutral").shape == (5, 12, 8, 8)  # no change: zero, in the change's channels
