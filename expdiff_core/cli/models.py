@@ -38,8 +38,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     asm.add_argument("--strength", type=float, default=1.0,
                      help="default SDEdit strength; 1 = start from pure noise (default %(default)s)")
     asm.add_argument("--change-vae", default=None, metavar="PATH",
-                     help="the change codec (`expdiff train vae --change`) a --target change denoiser's latents were "
-                     "encoded with; its decoded changes are added to the character's neutral maps")
+                     help="the change codec (`expdiff train change-codec` or `expdiff train vae --change`) a --target "
+                     "change denoiser's latents were encoded with; its decoded changes are added to the character's "
+                     "neutral maps")
     asm.add_argument("--prior", default=None, metavar="PATH",
                      help="expression prior folder (`expdiff train prior --latents ...`) every expression starts from")
     asm.add_argument("--prior-strength", type=float, default=0.0, metavar="S",

@@ -58,3 +58,19 @@ def test_train_vae_rejects_malformed_widths(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train", "vae", "--dataset", "d", "--out", "o", "--widths", "8,8"])
     assert "four positive block widths" in capsys.readouterr().err
+
+
+def test_train_change_codec_fits_on_train_and_reports_the_val_round_trip(make_tiny_dataset, tmp_path, capsys):
+    from expdiff_core.models.patch_codec import PatchChangeCodec
+
+    dataset = make_tiny_dataset(tmp_path / "data", resolution=32)
+    out = tmp_path / "codec"
+    assert main(["train", "change-codec", "--dataset", str(dataset), "--out", str(out), "--channels", "8"]) == 0
+    printed = capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["train_identities"] == 2 and metrics["val_identities"] == 1
+    assert f"through Eq. 9 {metrics['eq9_mm']:.4f} mm" in printed
+    assert PatchChangeCodec.from_pretrained(out, device="cpu").latent_channels == 8
+    assert (out / "README.md").is_file()
+    assert main(["train", "change-codec", "--dataset", str(dataset), "--out", str(out)]) == 2
+    assert "never overwritten" in capsys.readouterr().err
