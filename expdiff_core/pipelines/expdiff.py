@@ -382,7 +382,7 @@ class ExpDiffPipeline:
 
         textures: the user's own maps (kinds they do not have are left out, not albedo-filled), any resolution.
         """
-        if self.prior is None or self.prior.latent_mean is None:
+        if self.prior is None or (self.prior.latent_mean is None and not self.encodes_prior_changes):
             raise ExpDiffInputError(None, "this model has no expression prior with latents")
         r = self.config.resolution
         coarse = {k: {u: _channels(resize_map(t, r), 3 if k in ("albedo", "normal") else 1)
@@ -392,11 +392,53 @@ class ExpDiffPipeline:
     def _to_prior_units(self, units: str) -> np.float32:
         return np.float32(UNITS_PER_CM[self.prior.config.units] / UNITS_PER_CM[units])
 
+    @property
+    def encodes_prior_changes(self) -> bool:
+        """True when the prior's latents are its changes encoded by the linear change codec (a prior without a
+        stored latent part): a linear codec's latents of a change are exactly what its latent part would fit."""
+        return isinstance(self.change_codec, PatchChangeCodec)
+
     def prior_changes(self, scores: np.ndarray, mix: np.ndarray, units: str) -> tuple[np.ndarray, torch.Tensor]:
         """The prior's change for each row of ``mix`` (:meth:`prior_mix`): vertices (N, V, 3) in ``units``,
-        latents (N, M, C, h, w)."""
-        vertices = self.prior.vertex_change(scores, mix) / self._to_prior_units(units)
-        return vertices, torch.from_numpy(self.prior.latent_change(scores, mix))
+        latents (N, M, C, h, w): the prior's latent part, or (:attr:`encodes_prior_changes`) its vertex and map
+        changes encoded by the change codec."""
+        change = self.prior.vertex_change(scores, mix)
+        if self.encodes_prior_changes:
+            latents = self.encode_changes(change / self._to_prior_units(self.template.units),
+                                          self.prior.map_change(scores, mix))
+        elif self.prior.latent_mean is not None:
+            latents = torch.from_numpy(self.prior.latent_change(scores, mix))
+        else:
+            raise ExpDiffInputError(None, "the expression prior has no latent part and this model's codec cannot "
+                                    "encode its changes")
+        return change / self._to_prior_units(units), latents
+
+    def encode_changes(self, vertex_changes: np.ndarray, map_changes: Sequence[Maps] | None = None) -> torch.Tensor:
+        """Changes -> change latents (N, M, C, h, w) float32 on CPU, tile-major.
+
+        vertex_changes: (N, V, 3) on the model's template, in its units (rasterised on its UVs into position
+        change maps); map_changes: per row {kind: {udim: (C, R, R)}} of the BRDF kinds, or None (no change).
+        """
+        if self.change_codec is None:
+            raise ExpDiffInputError(None, "this model has no change codec to encode changes with")
+        rasters = self.rasters(self.template)
+        scale = self.config.position_config.scale_in(self.template.units)
+        zero = np.zeros_like(self.template.vertices, dtype=np.float32)
+        n = len(vertex_changes)
+        position = [position_maps(np.asarray(v, np.float32), zero, rasters, scale) for v in vertex_changes]
+        r = self.config.resolution
+        per_kind = {}
+        for kind in self.config.kinds:
+            if kind == POSITION:
+                tiles = [position[i][u] for i in range(n) for u in self.config.udims]
+            elif map_changes is not None and kind in map_changes[0]:
+                tiles = [map_changes[i][kind][u] for i in range(n) for u in self.config.udims]
+            else:
+                tiles = [np.zeros((map_kind(kind).channels, r, r), np.float32)] * (n * len(self.config.udims))
+            per_kind[kind] = self.change_codec.encode(torch.from_numpy(np.stack(tiles)), kind).float().cpu()
+        k, u_count = len(self.config.kinds), len(self.config.udims)
+        rows = [per_kind[kind][i * u_count + u] for i in range(n) for u in range(u_count) for kind in self.config.kinds]
+        return torch.stack(rows).reshape(n, u_count * k, *rows[0].shape)
 
     def apply_map_prior(self, decoded: Sequence[Maps], starts: Sequence[Maps] | None, neutral_maps: Maps,
                         scores: np.ndarray, mix: np.ndarray) -> list[Maps]:

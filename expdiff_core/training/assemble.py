@@ -77,10 +77,12 @@ def assemble_pipeline(dataset_root: str | os.PathLike, vae_dir: str | os.PathLik
     if (denoiser_config.get("target") == "change") != (change_vae_dir is not None):
         raise ExpDiffInputError(denoiser_dir, "a denoiser of target 'change' is assembled with its change codec "
                                 "(--change-vae), and only it is")
+    linear_change = False
     if change_vae_dir is not None:
-        from ..models.patch_codec import load_codec
+        from ..models.patch_codec import PatchChangeCodec, load_codec
 
         change_codec = load_codec(change_vae_dir, device="cpu")
+        linear_change = isinstance(change_codec, PatchChangeCodec)
         if not change_codec.encodes_change:
             raise ExpDiffInputError(Path(change_vae_dir), "is not a change codec (no change_scales.json)")
         same = (encoding.get("change_scales") == change_codec.change_scales.to_dict()
@@ -98,13 +100,17 @@ def assemble_pipeline(dataset_root: str | os.PathLike, vae_dir: str | os.PathLik
         from ..models.prior import ExpressionPrior
 
         prior = ExpressionPrior.from_pretrained(prior_dir)
-        if prior.latent_mean is None:
-            raise ExpDiffInputError(Path(prior_dir), "has no latent part; fit it with --latents")
+        if prior.latent_mean is not None and linear_change:
+            raise ExpDiffInputError(Path(prior_dir), "has a latent part, which a model with the linear change codec "
+                                    "does not use (it encodes the prior's changes); fit the prior without --latents")
+        if prior.latent_mean is None and not linear_change:
+            raise ExpDiffInputError(Path(prior_dir), "has no latent part; fit it with --latents (a model with the "
+                                    "linear change codec needs none: it encodes the prior's changes)")
         if prior.config.vertex_count != dataset.vertex_count:
             raise ExpDiffInputError(Path(prior_dir), f"is for {prior.config.vertex_count} vertices, the dataset has "
                                     f"{dataset.vertex_count}")
         representation = prior.config.fitted_on.get("latent_representation", "absolute")
-        if (representation == "change") != (change_vae_dir is not None):
+        if prior.latent_mean is not None and (representation == "change") != (change_vae_dir is not None):
             raise ExpDiffInputError(Path(prior_dir), f"its latent part was fitted on {representation} latents; this "
                                     f"denoiser's are {'change' if change_vae_dir else 'absolute'} latents")
         if not 0.0 <= prior_strength <= 1.0:

@@ -18,12 +18,13 @@ RESOLUTION = 32  # 4x4 latents: the smallest size the 8x VAE and a patch-2 denoi
 PRIOR_UNITS = ["jawOpen", "mouthSmile_L", "mouthSmile_R"]
 
 
-def tiny_prior_folder(root, template, n_identities: int = 6, maps: bool = False):
+def tiny_prior_folder(root, template, n_identities: int = 6, maps: bool = False, latents: bool = True):
     """Write an expression prior fitted on made-up identities of ``template`` (one latent component); returns it.
 
     Identity k is the template scaled by 1 + 0.02 k; jawOpen moves the lower half down by 1 cm (more for
     bigger faces), mouthSmile_L/_R lift the +X/-X half by 0.5 cm; latent changes are small fixed patterns.
     maps: also a map part (``TINY_MAP_CHANGE``: each unit changes one block of texels of every BRDF kind).
+    latents=False: no latent part (a model with the linear change codec encodes the prior's changes instead).
     """
     from expdiff_core.models.prior import fit_expression_prior, fit_map_change
 
@@ -36,11 +37,12 @@ def tiny_prior_folder(root, template, n_identities: int = 6, maps: bool = False)
     changes = {"jawOpen": np.stack([-s * up * lower for s in scales]),
                "mouthSmile_L": np.stack([0.5 * up * left for _ in scales]),
                "mouthSmile_R": np.stack([0.5 * up * ~left for _ in scales])}
-    latents = {u: np.stack([rng.normal(size=(2 * len(KINDS), 4, RESOLUTION // 8, RESOLUTION // 8)) * 0.1] * n_identities)
+    latent_changes = {u: np.stack([rng.normal(size=(2 * len(KINDS), 4, RESOLUTION // 8, RESOLUTION // 8)) * 0.1] * n_identities)
                for u in PRIOR_UNITS}
     prior = fit_expression_prior(neutrals.astype(np.float32), np.zeros((n_identities, 0)),
                                  {u: c.astype(np.float32) for u, c in changes.items()}, n_components=2, ridge=1e-6,
-                                 map_kinds=[], udims=[], latent_changes=latents, latent_components=1)
+                                 map_kinds=[], udims=[], latent_changes=latent_changes if latents else None,
+                                 latent_components=1)
     if maps:
         layout = [[k, u, 3 if k in ("albedo", "normal") else 1] for k in KINDS if k != "position" for u in (1001, 1002)]
         scores = prior.features.scores(neutrals.reshape(n_identities, -1), np.zeros((n_identities, 0)))
@@ -88,7 +90,8 @@ def tiny_pipeline_folder(root, text_conditioning: str = "encoder", target: str =
     den_dir = root / "parts" / "denoiser"
     denoiser.save_pretrained(den_dir)
     training_noise_scheduler().save_pretrained(den_dir)
-    prior_dir = tiny_prior_folder(root / "parts", template, maps=map_prior) if prior or map_prior else None
+    prior_dir = (tiny_prior_folder(root / "parts", template, maps=map_prior, latents=change_codec != "patch")
+                 if prior or map_prior else None)
     change_dir = None
     if target == "change" and change_codec == "patch":
         rng = np.random.default_rng(0)

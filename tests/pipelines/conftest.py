@@ -57,3 +57,10 @@ def tiny_map_prior_model(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_map_prior_pipeline(tiny_map_prior_model):
     return ExpDiffPipeline.from_pretrained(tiny_map_prior_model, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_linear_prior_model(tmp_path_factory):
+    """A change model with the linear patch codec and a prior (vertex and map parts, no latent part)."""
+    return tiny_pipeline_folder(tmp_path_factory.mktemp("tiny-expdiff-linear-prior"), target="change",
+                                change_codec="patch", map_prior=True)
