@@ -66,6 +66,9 @@ def _run_prior(args: argparse.Namespace) -> int:
     return 0
 
 
+CHANGE_CODEC_MODEL = "expdiff-change-codec"
+
+
 def _add_change_codec(group: argparse._SubParsersAction) -> None:
     p = group.add_parser(
         "change-codec", help="fit the linear change codec (patch basis of the training changes; closed form)",
@@ -81,6 +84,7 @@ def _add_change_codec(group: argparse._SubParsersAction) -> None:
     p.add_argument("--identities", type=int, default=None, metavar="N", help="first N train identities (default all)")
     p.add_argument("--val-identities", type=int, default=4, metavar="N",
                    help="val identities to measure it on (default %(default)s; 0 skips)")
+    add_mlflow_flags(p, CHANGE_CODEC_MODEL)
     p.set_defaults(func=_run_change_codec)
 
 
@@ -112,6 +116,14 @@ def _run_change_codec(args: argparse.Namespace) -> int:
         "metrics.json": json.dumps(metrics, indent=2) + "\n",
         "README.md": model_card(codec, args.dataset, trained, "Validation: `metrics.json`.")})
     print(f"wrote {args.out} ({time.perf_counter() - start:.0f} s)")
+    if args.mlflow:
+        from ..training.tracking import TRAINING_EXPERIMENT, log_training_run
+
+        params = {"dataset": str(Path(args.dataset).resolve()), "patch_size": args.patch_size,
+                  "latent_channels": args.channels, "train_identities": trained}
+        ref = log_training_run(settings_from(args), TRAINING_EXPERIMENT, "change-codec", params, metrics, args.out,
+                               CHANGE_CODEC_MODEL, files=[Path(args.out) / "metrics.json"])
+        print(f"registered {ref.name} version {ref.version} (alias candidate)")
     return 0
 
 

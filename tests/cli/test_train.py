@@ -65,7 +65,8 @@ def test_train_change_codec_fits_on_train_and_reports_the_val_round_trip(make_ti
 
     dataset = make_tiny_dataset(tmp_path / "data", resolution=32)
     out = tmp_path / "codec"
-    assert main(["train", "change-codec", "--dataset", str(dataset), "--out", str(out), "--channels", "8"]) == 0
+    assert main(["train", "change-codec", "--dataset", str(dataset), "--out", str(out), "--channels", "8",
+                 "--no-mlflow"]) == 0
     printed = capsys.readouterr().out
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["train_identities"] == 2 and metrics["val_identities"] == 1
@@ -74,3 +75,10 @@ def test_train_change_codec_fits_on_train_and_reports_the_val_round_trip(make_ti
     assert (out / "README.md").is_file()
     assert main(["train", "change-codec", "--dataset", str(dataset), "--out", str(out)]) == 2
     assert "never overwritten" in capsys.readouterr().err
+
+
+def test_train_change_codec_registers_the_codec_in_mlflow(make_tiny_dataset, tmp_path, capsys):
+    dataset = make_tiny_dataset(tmp_path / "data", resolution=32)
+    assert main(["train", "change-codec", "--dataset", str(dataset), "--out", str(tmp_path / "codec"),
+                 "--channels", "8", "--val-identities", "0"]) == 0
+    assert "registered expdiff-change-codec version 1 (alias candidate)" in capsys.readouterr().out
