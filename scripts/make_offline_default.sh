@@ -41,9 +41,10 @@ if [ "${CHANGE_MODEL:-0}" = 1 ]; then
     [ -d "$WORK/change_codec" ] || expdiff train change-codec --dataset "$DATA" --channels 64 --out "$WORK/change_codec"
     expdiff data encode "$DATA" --vae "$WORK/vae" --change-vae "$WORK/change_codec" --out "$WORK/latents-change" \
         --splits train --device "$DEVICE"
-    expdiff train diffusion --latents "$WORK/latents-change" --out "$WORK/diffusion-change" --steps 3000 \
+    expdiff train diffusion --latents "$WORK/latents-change" --out "$WORK/diffusion-change" \
+        --steps "${CHANGE_STEPS:-3000}" \
         --model-config "$(dirname "$0")/offline_denoiser.json" --target change --prediction-type v_prediction \
-        --snr-gamma 5 --text-dropout 0 --batch-size 16 --learning-rate 5e-4 --warmup-steps 100 \
+        --text-dropout 0 --batch-size 16 --learning-rate 1e-3 --warmup-steps 100 \
         --checkpoint-every 250 --device "$DEVICE"
     [ -d "$WORK/expdiff-change" ] || expdiff models assemble --dataset "$DATA" --vae "$WORK/vae" \
         --diffusion "$WORK/diffusion-change" --change-vae "$WORK/change_codec" --out "$WORK/expdiff-change"
