@@ -80,11 +80,12 @@ def _add_change_codec(group: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="PATH", help="new codec folder (must not exist)")
     p.add_argument("--patch-size", type=int, default=8, metavar="P",
                    help="patch size = downsampling (default %(default)s: the absolute codec's 8x latent grid)")
-    p.add_argument("--channels", type=int, default=32, metavar="L", help="latent channels (default %(default)s)")
+    p.add_argument("--channels", type=int, default=64, metavar="L",
+                   help="latent channels (default %(default)s: the smallest whose val bound cleared issue #12's bar)")
     p.add_argument("--identities", type=int, default=None, metavar="N", help="first N train identities (default all)")
     p.add_argument("--val-identities", type=int, default=4, metavar="N",
                    help="val identities to measure it on (default %(default)s; 0 skips)")
-    add_mlflow_flags(p, CHANGE_CODEC_MODEL)
+    add_mlflow_flags(p, CHANGE_CODEC_MODEL, steps=False)
     p.set_defaults(func=_run_change_codec)
 
 
@@ -231,12 +232,15 @@ def run_vae(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_mlflow_flags(p: argparse.ArgumentParser, registered_name: str) -> None:
-    """--mlflow/--no-mlflow and --log-every on a training command that registers ``registered_name``."""
+def add_mlflow_flags(p: argparse.ArgumentParser, registered_name: str, *, steps: bool = True) -> None:
+    """--mlflow/--no-mlflow (and, for a command with training steps, --log-every) on a training command that
+    registers ``registered_name``."""
     p.add_argument("--mlflow", action=argparse.BooleanOptionalAction, default=True,
                    help="track the run in MLflow (params, loss history, final metrics) and register the model as "
                    f"a new version of '{registered_name}' with alias 'candidate' (default: on; the store is "
                    "SQLite under the state folder unless mlflow_tracking_uri is configured)")
+    if not steps:
+        return
     p.add_argument("--log-every", type=int, default=10, metavar="N",
                    help="log training metrics to MLflow every N steps (default %(default)s)")
 

@@ -6,7 +6,7 @@ error, ~8 microns) asks for near-lossless geometry, and a learned 8x Autoencoder
 low-rank, so a linear basis fitted to them keeps far more per latent value than pooling: per map kind, the
 principal directions (uncentred, so no change is zero latents) of every f x f patch of the training changes.
 Encoding is a stride-f convolution with the basis, decoding its transpose: latents (L, H/f, W/f) on the same
-grid as the absolute codec's (f = 8 at 128^2 -> 16^2), with more channels (L, e.g. 32) instead of 4.
+grid as the absolute codec's (f = 8 at 128^2 -> 16^2), with more channels (L: 64 in the committed codec) instead of 4.
 
 Latents are standardised per kind (``latent_scale``: 1 / the training coefficients' RMS) so that every kind's
 latents have unit variance, as a diffusion model expects. No change encodes to exactly zero and decodes to
@@ -46,7 +46,7 @@ class PatchBasisAutoencoder(ModelMixin, ConfigMixin):
     config_name = "config.json"
 
     @register_to_config
-    def __init__(self, kinds: Sequence[str] = tuple(MAP_KINDS), patch_size: int = 8, latent_channels: int = 32,
+    def __init__(self, kinds: Sequence[str] = tuple(MAP_KINDS), patch_size: int = 8, latent_channels: int = 64,
                  sample_size: int = 128):
         super().__init__()
         if patch_size < 1 or latent_channels < 1:
@@ -100,7 +100,7 @@ class PatchChangeCodec:
     # ------------------------------------------------------------------ construction
     @classmethod
     def fit(cls, second_moments: Mapping[str, np.ndarray], rms: Mapping[str, float] | None = None, *,
-            patch_size: int = 8, latent_channels: int = 32, sample_size: int = 128,
+            patch_size: int = 8, latent_channels: int = 64, sample_size: int = 128,
             device: str | torch.device = "cpu") -> "PatchChangeCodec":
         """A codec from {kind: (D, D) uncentred second moment of the training change patches}, D = C*f*f.
 

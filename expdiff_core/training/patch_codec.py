@@ -52,7 +52,7 @@ def change_second_moments(dataset: Dataset, subjects: Sequence[str], patch_size:
     return {k: sums[k] / max(counts[k], 1) for k in kinds}, maps_seen
 
 
-def fit_change_codec(dataset_root: str | os.PathLike, *, patch_size: int = 8, latent_channels: int = 32,
+def fit_change_codec(dataset_root: str | os.PathLike, *, patch_size: int = 8, latent_channels: int = 64,
                      identities: int | None = None, cache_dir=None, progress: bool = True) -> PatchChangeCodec:
     """The linear change codec of the dataset's ``train`` split (first ``identities`` identities, default all)."""
     require_valid_dataset(dataset_root)
