@@ -23,6 +23,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         add(group)
 
 
+def _add_dataset_and_out(p: argparse.ArgumentParser, what: str) -> None:
+    """The --dataset (input) and --out (a new ``what`` folder) flags of a model trained on a dataset."""
+    p.add_argument("--dataset", required=True, metavar="PATH", help="dataset folder made by `expdiff data`")
+    p.add_argument("--out", required=True, metavar="PATH", help=f"new {what} folder (must not exist)")
+
+
 def _add_prior(group: argparse._SubParsersAction) -> None:
     p = group.add_parser(
         "prior", help="fit the identity-aware expression prior (ridge regression, a personalised 3DMM)",
@@ -33,8 +39,7 @@ def _add_prior(group: argparse._SubParsersAction) -> None:
         "dataset's val split (lowest mean vertex error; the map part per kind, by its change PSNR; the test split "
         "is never read) unless both are given. Writes a new folder: config.json + expression_prior.safetensors, "
         "and prints the validation scores.")
-    p.add_argument("--dataset", required=True, metavar="PATH", help="dataset folder made by `expdiff data`")
-    p.add_argument("--out", required=True, metavar="PATH", help="new prior folder (must not exist)")
+    _add_dataset_and_out(p, "prior")
     p.add_argument("--latents", default=None, metavar="PATH",
                    help="latents of the dataset (`expdiff data encode`, train split) to fit the latent part the "
                    "pipeline starts sampling from")
@@ -76,8 +81,7 @@ def _add_change_codec(group: argparse._SubParsersAction) -> None:
         "of the training identities' expression changes (expression minus neutral). No gradient steps: one pass "
         "over the train split. Then measures it on the first val identities (true change latents -> decode -> "
         "Eq. 9 on the true neutral; texture transfer PSNR) and writes them to metrics.json and the model card.")
-    p.add_argument("--dataset", required=True, metavar="PATH", help="dataset folder made by `expdiff data`")
-    p.add_argument("--out", required=True, metavar="PATH", help="new codec folder (must not exist)")
+    _add_dataset_and_out(p, "codec")
     p.add_argument("--patch-size", type=int, default=8, metavar="P",
                    help="patch size = downsampling (default %(default)s: the absolute codec's 8x latent grid)")
     p.add_argument("--channels", type=int, default=64, metavar="L",
@@ -158,8 +162,7 @@ def _add_vae(group: argparse._SubParsersAction) -> None:
         "keeps its codec's). Writes a new model folder: config.json + diffusion_pytorch_model.safetensors, "
         "map_normalization.json, metrics.json and a model card README.md. "
         "Deterministic on CPU for a given --seed.")
-    v.add_argument("--dataset", required=True, metavar="PATH", help="dataset folder made by `expdiff data`")
-    v.add_argument("--out", required=True, metavar="PATH", help="new model folder (must not exist)")
+    _add_dataset_and_out(v, "model")
     v.add_argument("--steps", type=int, default=d["steps"], metavar="N", help="optimizer steps (default %(default)s)")
     v.add_argument("--resolution", type=int, default=d["resolution"], metavar="R",
                    help="train on random RxR crops of the maps, a multiple of 8 (default: whole maps). "
