@@ -59,8 +59,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--vae", required=True, metavar="PATH",
                    help="latent codec folder: ours from `expdiff train vae`, or a Stable Diffusion VAE folder")
     e.add_argument("--change-vae", metavar="PATH",
-                   help="a change codec (`expdiff train change-codec` or `expdiff train vae --change`): every expression is encoded as its change "
-                   "from the subject's neutral with it, the neutral with --vae (the condition); for "
+                   help="a change codec (`expdiff train change-codec` or `expdiff train vae --change`): every "
+                   "expression is encoded as its change from the subject's neutral with it, the neutral with --vae (the condition); for "
                    "`expdiff train diffusion --target change`")
     e.add_argument("--position-scale-cm", type=float, default=6.0, metavar="CM",
                    help="displacement that maps to +-1 in position maps (default %(default)s cm)")

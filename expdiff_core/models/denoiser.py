@@ -258,7 +258,7 @@ class ExpDiffDenoiser(ModelMixin, ConfigMixin):
     identity, which the network then mostly copies from its condition. ``"change"``: the latents of a change
     codec (``models.vae.ChangeScales``: the expression's maps minus the neutral's, encoded relative to no
     change), times ``residual_scale``; the neutral's absolute latents stay the condition. A change codec may
-    have more latent channels than the neutral's codec (the linear change codec's 32 against the VAE's 4):
+    have more latent channels than the neutral's codec (the linear change codec's 64 against the VAE's 4):
     ``condition_channels`` is then the neutral latents' count (default: ``latent_channels``).
     :meth:`diffusion_target` and :meth:`latents_from_target` convert; training and sampling go through them.
 
@@ -324,7 +324,8 @@ class ExpDiffDenoiser(ModelMixin, ConfigMixin):
         self.register_buffer("map_tile", torch.tensor([m // len(kinds) for m in order]), persistent=False)
         self.register_buffer("uv_position", _sincos_2d(*self.grid, width), persistent=False)
 
-        self.patch_embed = nn.Conv2d(latent_channels + condition_channels, width, kernel_size=patch_size, stride=patch_size)
+        self.patch_embed = nn.Conv2d(latent_channels + condition_channels, width, kernel_size=patch_size,
+                                     stride=patch_size)
         self.kind_embed = nn.Parameter(torch.randn(len(kinds), width) * 0.02)
         self.tile_embed = nn.Parameter(torch.randn(n_udims, width) * 0.02)
 
@@ -402,7 +403,8 @@ class ExpDiffDenoiser(ModelMixin, ConfigMixin):
 
         m, c, (h, w), p = self.n_maps, self.config.latent_channels, self.latent_hw, self.config.patch_size
         x = torch.cat([sample, neutral], dim=2)[:, self.map_order].to(self.dtype)
-        x = self.patch_embed(x.reshape(b * m, c + self.condition_channels, h, w)).flatten(2).transpose(1, 2)  # (B*M, n, D)
+        x = self.patch_embed(x.reshape(b * m, c + self.condition_channels, h, w))
+        x = x.flatten(2).transpose(1, 2)  # (B*M, n, D)
         x = x.reshape(b, m, -1, x.shape[-1])
         x = x + (self.kind_embed[self.map_kind] + self.tile_embed[self.map_tile])[None, :, None, :]
         x = x + self.uv_position[None, None].to(x.dtype)

@@ -99,8 +99,7 @@ class PatchChangeCodec:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def fit(cls, second_moments: Mapping[str, np.ndarray], rms: Mapping[str, float] | None = None, *,
-            patch_size: int = 8, latent_channels: int = 64, sample_size: int = 128,
+    def fit(cls, second_moments: Mapping[str, np.ndarray], *, patch_size: int = 8, latent_channels: int = 64, sample_size: int = 128,
             device: str | torch.device = "cpu") -> "PatchChangeCodec":
         """A codec from {kind: (D, D) uncentred second moment of the training change patches}, D = C*f*f.
 
@@ -119,8 +118,7 @@ class PatchChangeCodec:
             basis, values = patch_basis(moment, latent_channels)
             model.basis(kind).copy_(torch.from_numpy(basis).float().view(latent_channels, spec.channels,
                                                                          patch_size, patch_size))
-            rms_value = float(np.sqrt(values.mean())) if rms is None else float(rms[kind])
-            model.latent_scale(kind).fill_(1.0 / max(rms_value, 1e-12))
+            model.latent_scale(kind).fill_(1.0 / max(float(np.sqrt(values.mean())), 1e-12))
         return cls(model, device=device)
 
     @classmethod

@@ -436,9 +436,10 @@ class ExpDiffPipeline:
             else:
                 tiles = [np.zeros((map_kind(kind).channels, r, r), np.float32)] * (n * len(self.config.udims))
             per_kind[kind] = self.change_codec.encode(torch.from_numpy(np.stack(tiles)), kind).float().cpu()
-        k, u_count = len(self.config.kinds), len(self.config.udims)
-        rows = [per_kind[kind][i * u_count + u] for i in range(n) for u in range(u_count) for kind in self.config.kinds]
-        return torch.stack(rows).reshape(n, u_count * k, *rows[0].shape)
+        u_count = len(self.config.udims)
+        latents = torch.stack([per_kind[kind].reshape(n, u_count, *per_kind[kind].shape[1:])
+                               for kind in self.config.kinds], dim=2)  # (N, U, K, C, h, w): tile-major
+        return latents.reshape(n, u_count * len(self.config.kinds), *latents.shape[3:])
 
     def apply_map_prior(self, decoded: Sequence[Maps], starts: Sequence[Maps] | None, neutral_maps: Maps,
                         scores: np.ndarray, mix: np.ndarray) -> list[Maps]:

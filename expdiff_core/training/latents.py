@@ -199,8 +199,8 @@ class LatentDataset(torch.utils.data.Dataset):
     need only neutral position and albedo latents, and the neutral target is that same filled stack.
     ``expressions``: restrict to these (default: all of the manifest's).
 
-    Item: ``{"target": (M, C, h, w) float32, "neutral": (M, Cn, h, w) float32 (Cn: ``condition_shape``), "prompt_index": int,
-    "subject": str, "expression": str}``. Shards are memory-mapped on first use, not loaded whole.
+    Item: ``{"target": (M, C, h, w) float32, "neutral": (M, Cn, h, w) float32 (Cn: ``condition_shape``),
+    "prompt_index": int, "subject": str, "expression": str}``. Shards are memory-mapped on first use, not loaded whole.
     """
 
     def __init__(self, root: str | os.PathLike, split: str = "train", *, include_neutral: bool = True,
