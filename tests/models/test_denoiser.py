@@ -163,6 +163,30 @@ def test_different_prompts_give_different_predictions():
     assert (jaw - smile).abs().mean() > 1e-3
 
 
+def test_prompt_token_embedding_starts_as_the_plain_denoiser():
+    # Its last layer is zero-initialised, so adding it to a trained recipe changes nothing at step 0.
+    config = denoiser_config(ALL_KINDS, UDIMS, C, (H, W), width=32, depth=2, heads=4, text_dim=TEXT_DIM,
+                             text_len=TEXT_LEN)
+    plain, with_embedding = tiny_model(), ExpDiffDenoiser(**config, prompt_token_embedding=True).eval()
+    missing, unexpected = with_embedding.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and missing and all(k.startswith("prompt_token_embed.") for k in missing)
+    assert torch.allclose(with_embedding(*inputs()), plain(*inputs()), atol=1e-6)  # float32 summation order
+
+
+def test_prompt_token_embedding_adds_a_prompt_dependent_feature_to_every_map():
+    model = tiny_model(prompt_token_embedding=True)
+    sample, t, neutral, tokens, mask = inputs()
+    other_tokens = inputs(seed=1)[3]
+    with_embedding = [model(sample, t, neutral, x, mask) for x in (tokens, other_tokens)]
+    with torch.no_grad():
+        model.prompt_token_embed[2].weight.zero_()
+        model.prompt_token_embed[2].bias.zero_()
+    without = [model(sample, t, neutral, x, mask) for x in (tokens, other_tokens)]
+    added = [a - b for a, b in zip(with_embedding, without)]
+    assert added[0].abs().amax(dim=(0, 2, 3, 4)).min() > 1e-4  # every map gets it
+    assert (added[0] - added[1]).abs().amax() > 1e-4  # and it depends on the prompt
+
+
 def test_masked_prompt_tokens_are_ignored_and_an_empty_mask_is_the_unconditional_branch():
     model = tiny_model()
     sample, t, neutral, tokens, mask = inputs()
