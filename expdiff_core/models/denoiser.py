@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -294,6 +294,7 @@ class ExpDiffDenoiser(ModelMixin, ConfigMixin):
         residual_scale: Sequence[float] | None = None,
         condition_channels: int | None = None,
         prompt_token_embedding: bool = False,
+        sample_skip: Mapping[str, Any] | None = None,
     ):
         super().__init__()
         kinds = list(kinds)
@@ -356,6 +357,13 @@ class ExpDiffDenoiser(ModelMixin, ConfigMixin):
             self.prompt_token_embed = nn.Sequential(nn.Linear(width, width), nn.SiLU(),
                                                     nn.Linear(width, n_tokens * width))
             zero_init.append(self.prompt_token_embed[2])
+        if sample_skip is not None:
+            from diffusers import DDPMScheduler
+
+            alphas_cumprod = DDPMScheduler(**dict(sample_skip)).alphas_cumprod
+            self.register_buffer("noise_sigma", (1.0 - alphas_cumprod).sqrt().float(), persistent=False)
+            self.skip_gate = nn.Linear(width, patch_size * patch_size * latent_channels)
+            zero_init.append(self.skip_gate)
         for layer in zero_init:
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
@@ -431,10 +439,18 @@ class ExpDiffDenoiser(ModelMixin, ConfigMixin):
         x = _modulate(self.norm_out(x), shift, scale)
         if self.config.prompt_token_embedding:
             x = x + self.prompt_token_embed(pooled).view(b, m, -1, x.shape[-1])
-        x = self.proj_out(x)  # (B, M, n, p*p*C)
-        gh, gw = self.grid
-        x = x.view(b, m, gh, gw, p, p, c).permute(0, 1, 6, 2, 4, 3, 5).reshape(b, m, c, h, w)
-        return x[:, self.map_unorder]
+        out = self._unpatchify(self.proj_out(x))
+        if self.config.sample_skip is not None:
+            sigma = self.noise_sigma[timestep.long().clamp(0, len(self.noise_sigma) - 1)].to(out.dtype)
+            gate = self._unpatchify(self.skip_gate(x))
+            out = out + gate * sample[:, self.map_order].to(out.dtype) / sigma.view(b, 1, 1, 1, 1)
+        return out[:, self.map_unorder]
+
+    def _unpatchify(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, M, n, p*p*C) token outputs -> (B, M, C, h, w) latents, maps in the network's order."""
+        b, m = tokens.shape[:2]
+        (gh, gw), p, c = self.grid, self.config.patch_size, self.config.latent_channels
+        return tokens.reshape(b, m, gh, gw, p, p, c).permute(0, 1, 6, 2, 4, 3, 5).reshape(b, m, c, *self.latent_hw)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs: Any) -> "ExpDiffDenoiser":

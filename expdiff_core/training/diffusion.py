@@ -237,6 +237,19 @@ def _same_config(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
     return json.loads(json.dumps(a, default=_json_default)) == json.loads(json.dumps(b, default=_json_default))
 
 
+def _sample_skip_schedule(cfg: DiffusionTrainConfig, given: Any) -> dict[str, Any]:
+    """A ``sample_skip`` denoiser's noise schedule: the training run's (``given`` True), or ``given`` if it is it."""
+    if cfg.prediction_type != "v_prediction":
+        raise ExpDiffInputError(None, "model config sample_skip needs --prediction-type v_prediction (its gate "
+                                f"scales the noisy sample into a v prediction), got {cfg.prediction_type!r}")
+    schedule = dict(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule,
+                    beta_start=cfg.beta_start, beta_end=cfg.beta_end)
+    if given is not True and dict(given) != schedule:
+        raise ExpDiffInputError(None, f"model config sample_skip {dict(given)} is not this run's noise schedule "
+                                f"{schedule}; give `\"sample_skip\": true` to use the run's")
+    return schedule
+
+
 def residual_scale(dataset: LatentDataset, floor: float = 0.01) -> list[float]:
     """Per-map factors that give each map's latent residual unit RMS on ``dataset`` (a residual denoiser's
     ``residual_scale``). A map that barely changes (RMS below ``floor`` x the largest map's) is scaled as if it
@@ -321,6 +334,10 @@ def train_diffusion(
     if (model_kwargs.get("target") == "change") != manifest.encodes_change:
         raise ExpDiffInputError(latents_root / "manifest.json", "a denoiser of target 'change' trains on a change "
                                 "encoding (`expdiff data encode --change-vae`), and only it does")
+    if model_kwargs.get("sample_skip"):
+        model_kwargs = {**model_kwargs, "sample_skip": _sample_skip_schedule(cfg, model_kwargs["sample_skip"])}
+    else:
+        model_kwargs.pop("sample_skip", None)
     if model_kwargs.get("target") in ("residual", "change") and not model_kwargs.get("residual_scale"):
         model_kwargs = {**model_kwargs, "residual_scale": residual_scale(dataset)}
     finished = _finished_run(out_dir, cfg, model_kwargs)

@@ -187,6 +187,40 @@ def test_prompt_token_embedding_adds_a_prompt_dependent_feature_to_every_map():
     assert (added[0] - added[1]).abs().amax() > 1e-4  # and it depends on the prompt
 
 
+SCHEDULE = dict(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+
+
+def test_sample_skip_starts_as_the_plain_denoiser():
+    config = denoiser_config(ALL_KINDS, UDIMS, C, (H, W), width=32, depth=2, heads=4, text_dim=TEXT_DIM,
+                             text_len=TEXT_LEN)
+    plain, skipping = tiny_model(), ExpDiffDenoiser(**config, sample_skip=SCHEDULE).eval()
+    missing, unexpected = skipping.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and sorted(missing) == ["skip_gate.bias", "skip_gate.weight"]
+    assert torch.allclose(skipping(*inputs()), plain(*inputs()), atol=1e-6)
+
+
+def test_sample_skip_can_predict_every_values_noise_where_nothing_changes():
+    # A token carries more values (p*p*C) than features (width): without the gate the best v leaves most of
+    # each token's noise unexplained; with the gate at alpha_t the v of an all-zero change is exact.
+    from diffusers import DDPMScheduler
+
+    scheduler = DDPMScheduler(**SCHEDULE, prediction_type="v_prediction")
+    model = tiny_model(sample_skip=SCHEDULE, width=8, heads=2, patch_size=2)
+    assert model.config.patch_size ** 2 * C > model.config.width
+    t = torch.tensor([700, 700])
+    alpha = float(scheduler.alphas_cumprod[700].sqrt())
+    with torch.no_grad():
+        for layer in (model.proj_out, model.skip_gate):
+            layer.weight.zero_()
+            layer.bias.zero_()
+        model.skip_gate.bias.fill_(alpha)
+    _, _, neutral, tokens, mask = inputs()
+    noise = torch.randn(B, M, C, H, W, generator=torch.Generator().manual_seed(3))
+    x0 = torch.zeros_like(noise)
+    v = model(scheduler.add_noise(x0, noise, t), t, neutral, tokens, mask)
+    assert torch.allclose(v, scheduler.get_velocity(x0, noise, t), atol=1e-5)
+
+
 def test_masked_prompt_tokens_are_ignored_and_an_empty_mask_is_the_unconditional_branch():
     model = tiny_model()
     sample, t, neutral, tokens, mask = inputs()
