@@ -274,6 +274,18 @@ def test_text_encoder_tokens_v_prediction_and_min_snr_train(latents, tmp_path):
     assert json.loads((result.scheduler_dir / "scheduler_config.json").read_text())["prediction_type"] == "v_prediction"
 
 
+def test_a_sample_skip_denoiser_trains_with_the_runs_noise_schedule_and_v_prediction_only(latents, tmp_path):
+    skip = {**TINY_MODEL, "sample_skip": True, "prompt_token_embedding": True}
+    with pytest.raises(ExpDiffInputError, match="v_prediction"):
+        train_diffusion(latents, tmp_path / "eps", skip, config(steps=1), progress=False)
+    result = train_diffusion(latents, tmp_path / "run", skip, config(steps=2, prediction_type="v_prediction"),
+                             progress=False)
+    model = ExpDiffDenoiser.from_pretrained(result.model_dir)
+    assert model.config.sample_skip == dict(num_train_timesteps=1000, beta_schedule="scaled_linear",
+                                            beta_start=0.00085, beta_end=0.012)
+    assert model.config.prompt_token_embedding
+
+
 @pytest.mark.slow
 def test_two_process_data_parallel_training_matches_one_process(latents, tmp_path):
     model_config = tmp_path / "tiny.json"
