@@ -243,7 +243,7 @@ def _sample_skip_schedule(cfg: DiffusionTrainConfig, given: Any) -> dict[str, An
         raise ExpDiffInputError(None, "model config sample_skip needs --prediction-type v_prediction (its gate "
                                 f"scales the noisy sample into a v prediction), got {cfg.prediction_type!r}")
     schedule = dict(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule,
-                    beta_start=cfg.beta_start, beta_end=cfg.beta_end)
+                    beta_start=cfg.beta_start, beta_end=cfg.beta_end, rescale_betas_zero_snr=cfg.zero_terminal_snr)
     if given is not True and dict(given) != schedule:
         raise ExpDiffInputError(None, f"model config sample_skip {dict(given)} is not this run's noise schedule "
                                 f"{schedule}; give `\"sample_skip\": true` to use the run's")
@@ -348,7 +348,7 @@ def train_diffusion(
     model = ExpDiffDenoiser(**model_kwargs)
     prompt_tokens: PromptTokens = encode_prompts(model.config, dataset.prompts, text_encoder)
     noise_scheduler = training_noise_scheduler(cfg.num_train_timesteps, cfg.beta_schedule, cfg.beta_start,
-                                               cfg.beta_end, cfg.prediction_type)
+                                               cfg.beta_end, cfg.prediction_type, cfg.zero_terminal_snr)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     lr_scheduler = get_scheduler(cfg.lr_schedule, optimizer, num_warmup_steps=cfg.warmup_steps,
                                  num_training_steps=cfg.steps)

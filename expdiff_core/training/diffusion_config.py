@@ -43,6 +43,8 @@ class DiffusionTrainConfig:
     beta_schedule: str = "scaled_linear"
     beta_start: float = 0.00085
     beta_end: float = 0.012
+    # Rescale the schedule so its last step is pure noise (Lin et al. 2024); needs v-prediction.
+    zero_terminal_snr: bool = False
     split: str = "train"
     include_neutral: bool = True
     repeat_albedo: bool = False
@@ -60,6 +62,8 @@ class DiffusionTrainConfig:
             problems.append(f"mixed_precision must be one of {MIXED_PRECISIONS}")
         if not 0.0 <= self.text_dropout < 1.0:
             problems.append("text_dropout must be in [0, 1)")
+        if self.zero_terminal_snr and self.prediction_type != "v_prediction":
+            problems.append("zero_terminal_snr needs prediction_type v_prediction (epsilon is undefined at pure noise)")
         if not 0.0 <= self.ema_decay < 1.0:
             problems.append("ema_decay must be in [0, 1)")
         if problems:
@@ -85,6 +89,8 @@ FLAG_HELP = {
     "beta_schedule": "diffusers beta schedule of the forward process",
     "beta_start": "first beta of the schedule",
     "beta_end": "last beta of the schedule",
+    "zero_terminal_snr": "rescale the schedule so its last step is pure noise, as sampling starts (v-prediction "
+                         "only); without it the model reads the expression from the signal left at the last step",
     "split": "manifest split to train on",
     "include_neutral": "also train on neutral as a target (mesh recovery, Eq. 9, needs the generated neutral)",
     "repeat_albedo": "fill the neutral condition's specular/roughness/normal slots with its albedo latent",
