@@ -30,3 +30,15 @@ def test_a_zero_terminal_snr_schedule_ends_in_pure_noise_and_its_samplers_start_
 def test_zero_terminal_snr_needs_v_prediction():
     with pytest.raises(ExpDiffInputError, match="zero_terminal_snr"):
         DiffusionTrainConfig(zero_terminal_snr=True, prediction_type="epsilon").validate()
+
+
+def test_a_timestep_shift_trains_the_noisiest_steps_more_often():
+    from expdiff_core.training.diffusion import training_timesteps
+
+    gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    uniform = training_timesteps(1000, 20000, 1.0, gen())
+    shifted = training_timesteps(1000, 20000, 4.0, gen())
+    assert uniform.min() >= 0 and shifted.max() <= 999
+    # P(t >= 900): 10% uniform; with s = 4, u >= 0.9 / (4 - 3 * 0.9) = 0.69, i.e. 31% (+-1% at 20k draws).
+    assert abs((uniform >= 900).float().mean() - 0.10) < 0.01
+    assert abs((shifted >= 900).float().mean() - 0.31) < 0.01

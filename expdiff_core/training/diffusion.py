@@ -259,6 +259,15 @@ def residual_scale(dataset: LatentDataset, floor: float = 0.01) -> list[float]:
     return [float(f"{1.0 / float(v):.6g}") for v in rms]
 
 
+def training_timesteps(num_train_timesteps: int, batch: int, shift: float, generator: torch.Generator) -> torch.Tensor:
+    """(batch,) int64 training timesteps: uniform for ``shift`` 1, else ``T * s*u / (1 + (s-1)*u)``, u ~ U(0, 1)."""
+    if shift == 1.0:
+        return torch.randint(0, num_train_timesteps, (batch,), generator=generator)
+    u = torch.rand(batch, generator=generator, dtype=torch.float64)
+    shifted = shift * u / (1.0 + (shift - 1.0) * u)
+    return (shifted * num_train_timesteps).long().clamp(max=num_train_timesteps - 1)
+
+
 def diffusion_loss(model: torch.nn.Module, noise_scheduler, x0: torch.Tensor, neutral: torch.Tensor,
                    text_tokens: torch.Tensor, text_mask: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor,
                    snr_gamma: float | None = None) -> torch.Tensor:
@@ -385,7 +394,8 @@ def train_diffusion(
 
         gen = _generator(cfg.seed, step, 2)
         noise = torch.randn((cfg.batch_size, *target0.shape[1:]), generator=gen)
-        timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (cfg.batch_size,), generator=gen)
+        timesteps = training_timesteps(noise_scheduler.config.num_train_timesteps, cfg.batch_size, cfg.timestep_shift,
+                                       gen)
         dropped = torch.rand(cfg.batch_size, generator=gen) < cfg.text_dropout
         local = slice(rank * local_batch, (rank + 1) * local_batch)
         noise, timesteps, dropped = noise[local], timesteps[local], dropped[local]

@@ -45,6 +45,9 @@ class DiffusionTrainConfig:
     beta_end: float = 0.012
     # Rescale the schedule so its last step is pure noise (Lin et al. 2024); needs v-prediction.
     zero_terminal_snr: bool = False
+    # Training timesteps t = T * s*u / (1 + (s-1)*u), u ~ U(0, 1): s > 1 trains the noisiest steps more often
+    # (the SD3 resolution shift); 1 = uniform.
+    timestep_shift: float = 1.0
     split: str = "train"
     include_neutral: bool = True
     repeat_albedo: bool = False
@@ -64,6 +67,8 @@ class DiffusionTrainConfig:
             problems.append("text_dropout must be in [0, 1)")
         if self.zero_terminal_snr and self.prediction_type != "v_prediction":
             problems.append("zero_terminal_snr needs prediction_type v_prediction (epsilon is undefined at pure noise)")
+        if not self.timestep_shift > 0.0:
+            problems.append("timestep_shift must be > 0")
         if not 0.0 <= self.ema_decay < 1.0:
             problems.append("ema_decay must be in [0, 1)")
         if problems:
@@ -91,6 +96,9 @@ FLAG_HELP = {
     "beta_end": "last beta of the schedule",
     "zero_terminal_snr": "rescale the schedule so its last step is pure noise, as sampling starts (v-prediction "
                          "only); without it the model reads the expression from the signal left at the last step",
+    "timestep_shift": "s > 1 draws noisy training timesteps more often: t = T*s*u/(1+(s-1)*u); 1 = uniform. "
+                      "Many latent values let a model read the expression from faint signal at high t instead "
+                      "of from the prompt; shifting trains the regime sampling starts in",
     "split": "manifest split to train on",
     "include_neutral": "also train on neutral as a target (mesh recovery, Eq. 9, needs the generated neutral)",
     "repeat_albedo": "fill the neutral condition's specular/roughness/normal slots with its albedo latent",
