@@ -278,11 +278,12 @@ def test_a_sample_skip_denoiser_trains_with_the_runs_noise_schedule_and_v_predic
     skip = {**TINY_MODEL, "sample_skip": True, "prompt_token_embedding": True}
     with pytest.raises(ExpDiffInputError, match="v_prediction"):
         train_diffusion(latents, tmp_path / "eps", skip, config(steps=1), progress=False)
-    result = train_diffusion(latents, tmp_path / "run", skip, config(steps=2, prediction_type="v_prediction"),
-                             progress=False)
+    result = train_diffusion(latents, tmp_path / "run", skip,
+                             config(steps=2, prediction_type="v_prediction", zero_terminal_snr=True), progress=False)
     model = ExpDiffDenoiser.from_pretrained(result.model_dir)
     assert model.config.sample_skip == dict(num_train_timesteps=1000, beta_schedule="scaled_linear",
-                                            beta_start=0.00085, beta_end=0.012)
+                                            beta_start=0.00085, beta_end=0.012, rescale_betas_zero_snr=True)
+    assert float(model.noise_sigma[-1]) == pytest.approx(1.0)  # the gate divides by the run's own sigma_t
     assert model.config.prompt_token_embedding
 
 
