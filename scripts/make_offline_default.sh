@@ -36,7 +36,8 @@ expdiff data encode "$WORK/dataset$PRIOR_IDENTITIES" --vae "$WORK/vae" --out "$W
 # Optional (CHANGE_MODEL=1): the expression-relative representation, not in the bundled model yet (the model
 # card says why): the linear change codec fitted in closed form on the 160-identity corpus (3.5 min; the committed
 # models/change_codec/), the corpus's change latents, and a denoiser on them (`--target change`, 25 min here): with
-# the prompt token embedding and the sample skip (offline_change_denoiser.json) and a zero-terminal-SNR schedule.
+# the prompt token embedding and the sample skip (offline_change_denoiser.json), a zero-terminal-SNR schedule and
+# timesteps shifted toward noise (the model card says why each).
 if [ "${CHANGE_MODEL:-0}" = 1 ]; then
     DATA="$WORK/dataset$PRIOR_IDENTITIES"
     [ -d "$WORK/change_codec" ] || expdiff train change-codec --dataset "$DATA" --channels 64 --out "$WORK/change_codec"
@@ -45,7 +46,7 @@ if [ "${CHANGE_MODEL:-0}" = 1 ]; then
     expdiff train diffusion --latents "$WORK/latents-change" --out "$WORK/diffusion-change" \
         --steps "${CHANGE_STEPS:-2000}" \
         --model-config "$(dirname "$0")/offline_change_denoiser.json" --target change --prediction-type v_prediction \
-        --zero-terminal-snr true --text-dropout 0 --batch-size 16 --learning-rate 1e-3 --warmup-steps 100 \
+        --zero-terminal-snr true --timestep-shift 8 --text-dropout 0 --batch-size 16 --learning-rate 1e-3 --warmup-steps 100 \
         --checkpoint-every 250 --device "$DEVICE"
     [ -d "$WORK/expdiff-change" ] || expdiff models assemble --dataset "$DATA" --vae "$WORK/vae" \
         --diffusion "$WORK/diffusion-change" --change-vae "$WORK/change_codec" --out "$WORK/expdiff-change"
