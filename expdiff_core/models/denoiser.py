@@ -264,8 +264,9 @@ class ExpDiffDenoiser(ModelMixin, ConfigMixin):
 
     ``prompt_token_embedding``: a learned map from the pooled prompt to one feature per output token (map x
     patch), added before the output projection. What an expression does where is mostly a function of the
-    prompt alone; through attention and adaLN alone a small network learns that lookup slowly (on the linear
-    change codec's latents it had not, after 3000 steps), while this direct path learns it like a regression.
+    prompt alone, and this path gives the prompt a direct, regression-like route to it. Measured on the linear
+    change codec's latents it did not by itself teach the pure-noise regime; training's timestep draw was what
+    held that back (``DiffusionTrainConfig.timestep_shift``; the model card has the figures).
 
     Ablations (paper Table III): ``attention=False`` attends within each map only (no joint BRDF attention, no
     geometry<->texture cross-attention); ``text_conditioning="one-hot"`` means prompts are fed as
