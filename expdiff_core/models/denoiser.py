@@ -422,7 +422,7 @@ class ExpDiffDenoiser(ModelMixin, ConfigMixin):
         text = torch.cat([self.null_text.to(text.dtype).expand(b, 1, -1), text], dim=1)
         text_mask = torch.cat([text_mask.new_ones(b, 1), text_mask], dim=1)
 
-        m, c, (h, w), p = self.n_maps, self.config.latent_channels, self.latent_hw, self.config.patch_size
+        m, c, (h, w) = self.n_maps, self.config.latent_channels, self.latent_hw
         x = torch.cat([sample, neutral], dim=2)[:, self.map_order].to(self.dtype)
         x = self.patch_embed(x.reshape(b * m, c + self.condition_channels, h, w))
         x = x.flatten(2).transpose(1, 2)  # (B*M, n, D)

@@ -163,16 +163,6 @@ def test_different_prompts_give_different_predictions():
     assert (jaw - smile).abs().mean() > 1e-3
 
 
-def test_prompt_token_embedding_starts_as_the_plain_denoiser():
-    # Its last layer is zero-initialised, so adding it to a trained recipe changes nothing at step 0.
-    config = denoiser_config(ALL_KINDS, UDIMS, C, (H, W), width=32, depth=2, heads=4, text_dim=TEXT_DIM,
-                             text_len=TEXT_LEN)
-    plain, with_embedding = tiny_model(), ExpDiffDenoiser(**config, prompt_token_embedding=True).eval()
-    missing, unexpected = with_embedding.load_state_dict(plain.state_dict(), strict=False)
-    assert not unexpected and missing and all(k.startswith("prompt_token_embed.") for k in missing)
-    assert torch.allclose(with_embedding(*inputs()), plain(*inputs()), atol=1e-6)  # float32 summation order
-
-
 def test_prompt_token_embedding_adds_a_prompt_dependent_feature_to_every_map():
     model = tiny_model(prompt_token_embedding=True)
     sample, t, neutral, tokens, mask = inputs()
@@ -190,13 +180,19 @@ def test_prompt_token_embedding_adds_a_prompt_dependent_feature_to_every_map():
 SCHEDULE = dict(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
 
 
-def test_sample_skip_starts_as_the_plain_denoiser():
+@pytest.mark.parametrize("option, value, new_weights", [
+    ("prompt_token_embedding", True, ["prompt_token_embed.0.bias", "prompt_token_embed.0.weight",
+                                      "prompt_token_embed.2.bias", "prompt_token_embed.2.weight"]),
+    ("sample_skip", SCHEDULE, ["skip_gate.bias", "skip_gate.weight"]),
+])
+def test_an_optional_output_path_starts_as_the_plain_denoiser(option, value, new_weights):
+    # Its last layer is zero-initialised, so adding it to a trained recipe changes nothing at step 0.
     config = denoiser_config(ALL_KINDS, UDIMS, C, (H, W), width=32, depth=2, heads=4, text_dim=TEXT_DIM,
                              text_len=TEXT_LEN)
-    plain, skipping = tiny_model(), ExpDiffDenoiser(**config, sample_skip=SCHEDULE).eval()
-    missing, unexpected = skipping.load_state_dict(plain.state_dict(), strict=False)
-    assert not unexpected and sorted(missing) == ["skip_gate.bias", "skip_gate.weight"]
-    assert torch.allclose(skipping(*inputs()), plain(*inputs()), atol=1e-6)
+    plain, extended = tiny_model(), ExpDiffDenoiser(**config, **{option: value}).eval()
+    missing, unexpected = extended.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and sorted(missing) == new_weights
+    assert torch.allclose(extended(*inputs()), plain(*inputs()), atol=1e-6)  # float32 summation order
 
 
 def test_sample_skip_can_predict_every_values_noise_where_nothing_changes():
