@@ -190,6 +190,7 @@ def decode(diffused: Mapping[str, Any], model_dir: str | os.PathLike, work_dir: 
         neutral_maps = character if pipe.change_codec is not None else None
         own_character = own_channels(character)  # each kind at its channel count, as its decoded maps
     kept = "start" not in tensors or torch.equal(tensors["start"], tensors["latents"])
+    wanted = pipe.kinds_to_decode(kept) if map_prior else None
 
     def write(folder: Path, label: str, maps: Mapping[str, Mapping[int, np.ndarray]], which: Sequence[str]) -> None:
         for kind in which:
@@ -198,7 +199,7 @@ def decode(diffused: Mapping[str, Any], model_dir: str | os.PathLike, work_dir: 
 
     for start in range(0, len(labels), expressions_per_pass):
         part = slice(start, start + expressions_per_pass)
-        chunk = pipe.decode(tensors["latents"][part], neutral_maps=neutral_maps)
+        chunk = pipe.decode(tensors["latents"][part], neutral_maps=neutral_maps, kinds=wanted)
         if map_prior:
             starts = None if kept else pipe.decode(tensors["start"][part], neutral_maps=neutral_maps)
             chunk = pipe.apply_map_prior(chunk, starts, own_character, saved["prior_scores"].numpy(),

@@ -441,6 +441,13 @@ class ExpDiffPipeline:
                                for kind in self.config.kinds], dim=2)  # (N, U, K, C, h, w): tile-major
         return latents.reshape(n, u_count * len(self.config.kinds), *latents.shape[3:])
 
+    def kinds_to_decode(self, kept: bool) -> list[str] | None:
+        """The map kinds a prior build needs decoded; None = all. At strength 0 (``kept``: sampling changed no
+        latent) the prior's map part replaces its kinds' decoded maps outright, so decoding them is wasted."""
+        if not kept or not self.use_prior or self.prior is None or not self.prior.map_parts:
+            return None
+        return [kind for kind in self.config.kinds if kind not in self.prior.map_parts]
+
     def apply_map_prior(self, decoded: Sequence[Maps], starts: Sequence[Maps] | None, neutral_maps: Maps,
                         scores: np.ndarray, mix: np.ndarray) -> list[Maps]:
         """With the prior's map part: each expression's BRDF maps become the character's ``neutral_maps`` (model
@@ -560,8 +567,10 @@ class ExpDiffPipeline:
     # ------------------------------------------------------------------ stage 4: decode
     @torch.inference_mode()
     def decode(self, latents: torch.Tensor, texels_per_pass: int = 32 * 128 * 128, *,
-               neutral_maps: Maps | None = None) -> list[Maps]:
+               neutral_maps: Maps | None = None, kinds: Sequence[str] | None = None) -> list[Maps]:
         """(N, M, C, h, w) latents -> per expression {kind: {udim: (C, R, R) float32}} (1 channel for spec/rough).
+
+        kinds: decode only these map kinds (default: all); the others are absent from the result.
 
         With a change codec the latents are changes, and each expression's maps are ``neutral_maps`` (the
         character's own, at model resolution; required then) plus its decoded change, clipped to the kind's
@@ -576,10 +585,16 @@ class ExpDiffPipeline:
             raise ExpDiffInputError(None, "a change model decodes onto the character's neutral maps; none given")
         n, m_count = latents.shape[:2]
         k = len(cfg.kinds)
-        out: list[Maps] = [{kind: {} for kind in cfg.kinds} for _ in range(n)]
+        unknown = sorted(set(kinds or ()) - set(cfg.kinds))
+        if unknown:
+            raise ExpDiffInputError(None, f"cannot decode map kind(s) {unknown}; the model's are {list(cfg.kinds)}")
+        wanted = [kind for kind in cfg.kinds if kinds is None or kind in kinds]
+        out: list[Maps] = [{kind: {} for kind in wanted} for _ in range(n)]
         size = latents.shape[-1] * codec.downsample_factor
         per_pass = max(1, int(texels_per_pass) // (size * size))
         for kind_index, kind in enumerate(cfg.kinds):
+            if kind not in wanted:
+                continue
             maps = [m for m in range(m_count) if m % k == kind_index]
             rows = [(i, m) for m in maps for i in range(n)]
             z_all = latents[:, maps].transpose(0, 1).reshape(len(rows), *latents.shape[2:])  # map-major rows
@@ -636,8 +651,8 @@ class ExpDiffPipeline:
         latents = self.sample(z0, exprs, seed=seed, steps=steps, sampler=sampler, progress=progress,
                               strength=self.config.prior_strength if strength is None else strength,
                               start_latents=start)
-        starts = self.decode(start, neutral_maps=maps_in)
         kept = torch.equal(latents, start)  # strength 0 keeps the prior
+        starts = self.decode(start, neutral_maps=maps_in, kinds=self.kinds_to_decode(kept))
         decoded = starts if kept else self.decode(latents, neutral_maps=maps_in)
         neutral_maps = starts[labels.index(NEUTRAL)]  # the neutral's prior change is zero: its start is z0
         if self.prior.map_parts:  # BRDF maps in map space, read against the character's own neutral

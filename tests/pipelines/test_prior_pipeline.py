@@ -89,3 +89,17 @@ def test_a_map_prior_reads_one_channel_maps_against_one_channel_neutrals(tiny_ma
     out = tiny_map_prior_pipeline(template_mesh(), textures, ["jawOpen"], seed=0, progress=False)
     for kind in ("roughness", "specular"):
         assert out.maps["jawOpen"][kind][1001].shape == out.references["jawOpen"][kind][1001].shape == (1, 32, 32)
+
+
+def test_at_strength_zero_a_map_prior_leaves_the_kinds_it_replaces_undecoded(tiny_map_prior_pipeline, monkeypatch):
+    pipe = tiny_map_prior_pipeline
+    assert pipe.kinds_to_decode(kept=False) is None  # sampling changed the latents: every decoded kind counts
+    assert set(pipe.kinds_to_decode(kept=True)) == set(pipe.config.kinds) - set(pipe.prior.map_parts)
+    skipped = _run(pipe, ["jawOpen", "mouthSmile_L"])
+    monkeypatch.setattr(type(pipe), "kinds_to_decode", lambda self, kept: None)
+    everything = _run(pipe, ["jawOpen", "mouthSmile_L"])
+    for label in everything.labels:  # the same build: what was skipped was never used
+        np.testing.assert_array_equal(skipped.vertices[label], everything.vertices[label])
+        for kind, tiles in everything.maps[label].items():
+            for udim, image in tiles.items():
+                np.testing.assert_array_equal(skipped.maps[label][kind][udim], image)

@@ -2,10 +2,12 @@
 in memory before it is needed (tiny model)."""
 
 import numpy as np
+import pytest
 import torch
 from safetensors.torch import save_file
 
 from expdiff_core import build
+from expdiff_core.errors import ExpDiffInputError
 from expdiff_core.io.images import read_image, write_image
 
 
@@ -36,6 +38,22 @@ def test_decode_does_not_depend_on_how_many_maps_share_a_pass(tiny_pipeline):
         for kind in a:
             for udim in a[kind]:
                 np.testing.assert_allclose(a[kind][udim], b[kind][udim], atol=1e-5)
+
+
+def test_decoding_some_kinds_gives_exactly_those_kinds_of_the_full_decode(tiny_pipeline):
+    latents = _latents(tiny_pipeline, 2)
+    full = tiny_pipeline.decode(latents)
+    some = tiny_pipeline.decode(latents, kinds=["position", "roughness"])
+    for a, b in zip(some, full):
+        assert sorted(a) == ["position", "roughness"]
+        for kind in a:
+            for udim in a[kind]:
+                np.testing.assert_array_equal(a[kind][udim], b[kind][udim])
+
+
+def test_decoding_a_kind_the_model_lacks_is_refused(tiny_pipeline):
+    with pytest.raises(ExpDiffInputError, match="cannot decode map kind"):
+        tiny_pipeline.decode(_latents(tiny_pipeline, 1), kinds=["displacement"])
 
 
 def test_decode_stage_writes_every_expression_whatever_the_chunk_size(tiny_pipeline, tiny_model, tmp_path):
