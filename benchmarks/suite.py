@@ -7,15 +7,21 @@ Measured in this run, on this machine (ratios are the acceptance figures: machin
 
 - dense matmul FLOP/s (fp32 n x n, best of several) - the machine's reference;
 - denoiser forward at the demo's batch (16 expressions): tokens/s, achieved FLOP/s (torch's FLOP counter) and
-  the fraction of the matmul FLOP/s (``denoiser_matmul_fraction``);
+  the fraction of the matmul FLOP/s (``denoiser_matmul_fraction``), eager and (full runs) through
+  ``torch.compile`` (``denoiser_matmul_fraction_compiled``);
 - all 57 expressions sampled in batches of 16 vs one at a time (same steps): ``batched_speedup``;
+- all 57 expressions sampled (the model's steps) and all their maps decoded: ``decode_to_diffuse_ratio``;
 - schedulers DDPM-1000, DDIM-50, DPM-Solver++-20 and -10 on held-out synthetic identities (our factory, seeds
-  outside the training corpus): sampling seconds, FVD (mean vertex error, mm) and change-PSNR (dB: PSNR of the
+  outside the training corpus): sampling seconds (the whole generation's beside them), FVD (mean vertex
+  error, mm) and change-PSNR (dB: PSNR of the
   transferred BRDF maps' change from the neutral against the true change, mean over kinds);
 - codec encode / decode maps/s (model resolution) and UV raster texels/s;
-- the demo build (``expdiff build --demo``'s stages, all 56 units, in-process): wall seconds and peak
-  resident GB per stage; ``decode_to_diffuse_ratio``;
-- upscaler megapixels/s when ``models/upscaler`` holds one (the row is skipped otherwise);
+- upscaler output megapixels/s, guided Compact and x4plus (x4 of one albedo map);
+- the demo build (``expdiff build --demo``'s stages with the upscale stage, all 56 units, in-process, at the
+  model's own prior strength): wall seconds and peak resident GB per stage.
+
+Every sampling figure runs the whole chain from pure noise (strength 1): a model whose default prior strength
+is 0 samples nothing in a build, and would time nothing there.
 - ``night_two_worker_speedup`` and ``peak_gb_56_units_4k`` come from their own, longer benchmarks
   (night_fanout.py, texture_memory.py): the newest ``benchmarks/results/night-fanout-*.json`` /
   ``texture-memory-*.json`` unless given; the JSON names the file.
@@ -46,6 +52,9 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from texture_memory import PeakMemory  # noqa: E402
 
 SCHEDULERS = (("ddpm", 1000), ("ddim", 50), ("dpm++", 20), ("dpm++", 10))
+# Sampling figures run the whole chain from pure noise: a model whose default prior strength is 0 samples
+# nothing in a build, and would time nothing.
+FULL_CHAIN = 1.0
 HELD_OUT_SEED = 880_001  # held-out identities: outside every identity_seed() of the training corpus
 
 
@@ -89,18 +98,28 @@ def denoiser_inputs(pipe, batch: int):
     return x, torch.tensor(500, device=pipe.device), cond, tokens.to(pipe.device), mask.to(pipe.device)
 
 
-def denoiser_figures(pipe, batch: int, repeats: int) -> dict[str, float]:
-    """Tokens/s and achieved FLOP/s of one denoiser forward at ``batch`` expressions."""
+def denoiser_figures(pipe, batch: int, repeats: int, compiled: bool = False) -> dict[str, float]:
+    """Tokens/s and achieved FLOP/s of one denoiser forward at ``batch`` expressions; ``compiled``: through
+    ``torch.compile`` (a copy of the network; the one-off compile's seconds are reported, not counted)."""
+    import copy
+
     from torch.utils.flop_counter import FlopCounterMode
 
     from expdiff_core.device import autocast
 
     den = pipe.denoiser
     args = denoiser_inputs(pipe, batch)
+    compile_s = None
     with torch.inference_mode():
         with FlopCounterMode(display=False) as counter:
             den(*args)
         flops = counter.get_total_flops()
+        if compiled:
+            den = copy.deepcopy(den)
+            den.compile()
+            start = time.perf_counter()
+            den(*args)
+            compile_s = time.perf_counter() - start
 
         def run():
             with autocast(pipe.device):
@@ -114,11 +133,12 @@ def denoiser_figures(pipe, batch: int, repeats: int) -> dict[str, float]:
     p = den.config.patch_size
     tokens = batch * m * (h // p) * (w // p)
     return {"batch": batch, "tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds,
-            "flops_per_forward": float(flops), "flops_per_s": flops / seconds}
+            "flops_per_forward": float(flops), "flops_per_s": flops / seconds, "compile_s": compile_s}
 
 
 def batched_vs_single(pipe, n_expressions: int, steps: int) -> dict[str, float]:
-    """Sampling ``n_expressions`` (neutral + units) in batches of 16 vs one at a time, same steps."""
+    """Sampling ``n_expressions`` (neutral + units) in batches of 16 vs one at a time, same steps, from pure noise
+    (``FULL_CHAIN``)."""
     from expdiff_core import facs
     from expdiff_core.build import expression_list
 
@@ -128,10 +148,33 @@ def batched_vs_single(pipe, n_expressions: int, steps: int) -> dict[str, float]:
     t = {}
     for name, size in (("batched", 16), ("one_at_a_time", 1)):
         start = time.perf_counter()
-        pipe.sample(z0, exprs, steps=steps, batch_size=size, progress=False)
+        pipe.sample(z0, exprs, steps=steps, batch_size=size, strength=FULL_CHAIN, progress=False)
         t[name] = time.perf_counter() - start
     return {"expressions": len(exprs), "steps": steps, "batched_s": t["batched"],
             "one_at_a_time_s": t["one_at_a_time"], "speedup": t["one_at_a_time"] / t["batched"]}
+
+
+def decode_vs_diffuse(pipe, n_expressions: int, steps: int | None) -> dict[str, float]:
+    """Seconds to sample ``n_expressions`` from pure noise (batches of 16, the model's steps) and to decode all
+    their maps (``ExpDiffPipeline.decode``, as the build's decode stage does when sampling changed them)."""
+    from expdiff_core import facs
+    from expdiff_core.build import expression_list
+
+    exprs = expression_list(list(facs.UNIT_NAMES)[:n_expressions - 1])
+    z0 = torch.randn(len(pipe.config.kinds) * len(pipe.config.udims), pipe.denoiser.config.latent_channels,
+                     *pipe.denoiser.config.latent_size, generator=torch.Generator().manual_seed(0))
+    start = time.perf_counter()
+    latents = pipe.sample(z0, exprs, steps=steps, strength=FULL_CHAIN, progress=False)
+    diffuse = time.perf_counter() - start
+    neutral_maps = None
+    if pipe.change_codec is not None:  # a change model decodes onto the character's neutral maps
+        r = pipe.config.resolution
+        neutral_maps = {k: {u: np.full((3, r, r), 0.5, np.float32) for u in pipe.config.udims} for k in pipe.config.kinds}
+    start = time.perf_counter()
+    pipe.decode(latents, neutral_maps=neutral_maps)
+    decode = time.perf_counter() - start
+    return {"expressions": len(exprs), "steps": int(steps or pipe.config.steps),
+            "diffuse_s": diffuse, "decode_s": decode, "ratio": decode / diffuse}
 
 
 # ------------------------------------------------------------------------------------------ schedulers
@@ -168,11 +211,27 @@ def scheduler_rows(pipe, subjects, units: list[str], schedulers) -> list[dict[st
     from expdiff_core.pipelines.expdiff import transfer_map
 
     rows = []
+    sample = pipe.sample
+    sampling = [0.0]
+
+    def timed_sample(*args, **kwargs):  # a scheduler's speed is its sampling time, not the whole call's
+        start = time.perf_counter()
+        try:
+            return sample(*args, **kwargs)
+        finally:
+            sampling[0] += time.perf_counter() - start
+
     for sampler, steps in schedulers:
         seconds, fvds, psnrs = 0.0, [], []
+        sampling[0] = 0.0
         for mesh, neutral_maps, truth in subjects:
             start = time.perf_counter()
-            out = pipe(mesh, neutral_maps, units, seed=0, steps=steps, sampler=sampler, progress=False)
+            pipe.sample = timed_sample
+            try:
+                out = pipe(mesh, neutral_maps, units, seed=0, steps=steps, sampler=sampler, strength=FULL_CHAIN,
+                           progress=False)
+            finally:
+                del pipe.sample  # the class's method again
             seconds += time.perf_counter() - start
             gen_neutral = out.maps["neutral"]
             for unit in units:
@@ -183,7 +242,7 @@ def scheduler_rows(pipe, subjects, units: list[str], schedulers) -> list[dict[st
                         pred = transfer_map(user, out.maps[unit][kind][u], gen_neutral[kind][u], kind)
                         psnrs.append(change_psnr(pred, maps[kind][u], user))
         name = {"ddpm": "DDPM", "ddim": "DDIM", "dpm++": "DPM-Solver++"}[sampler] + f"-{steps}"
-        rows.append({"scheduler": name, "sampler": sampler, "steps": steps, "seconds": seconds,
+        rows.append({"scheduler": name, "sampler": sampler, "steps": steps, "seconds": sampling[0], "call_seconds": seconds,
                      "fvd_mm": float(np.mean(fvds)), "change_psnr_db": float(np.mean(psnrs))})
     return rows
 
@@ -212,11 +271,21 @@ def raster_figures(resolution: int, repeats: int) -> dict[str, float]:
     return {"resolution": resolution, "tiles": len(rasters), "texels_per_s": texels / seconds}
 
 
-def upscaler_figures(model_root: Path) -> dict[str, Any]:
-    folder = model_root.parent / "upscaler"
-    if not folder.is_dir():
-        return {"skipped": f"no upscaler at {folder}"}
-    return {"skipped": f"{folder} exists, but this branch has no upscale stage to time"}
+def upscaler_figures(sizes: dict[str, int], repeats: int) -> dict[str, Any]:
+    """Output megapixels/s of each upscaler in ``sizes`` ({method: input size}), x4, one albedo map."""
+    from expdiff_core.config import load_settings
+    from expdiff_core.upscaling.maps import load_map_upscaler
+
+    settings = load_settings()
+    rng = np.random.default_rng(0)
+    out: dict[str, Any] = {}
+    for method, size in sizes.items():
+        up = load_map_upscaler(settings, method)
+        base = rng.random((3, size, size), dtype=np.float32)
+        seconds = best_seconds(lambda: up.upscale(base, base * 0.98, None, "albedo", 4), repeats)
+        out[method] = {"input": size, "output": 4 * size, "seconds": seconds,
+                       "output_mp_per_s": (4 * size) ** 2 / 1e6 / seconds}
+    return out
 
 
 # ------------------------------------------------------------------------------------------ demo build
@@ -243,8 +312,10 @@ def demo_build(model: Path, work: Path, units: int, steps: int | None, device: s
             decoded = build.decode(diffused, model, work, device=device)
         with peaks.stage("recover"):
             recovered = build.recover(decoded, ingested, model, work)
+        with peaks.stage("upscale"):
+            upscaled = build.upscale(decoded, ingested, work, device=device)
         with peaks.stage("textures"):
-            textured = [build.transfer_textures(decoded, ingested, k, work) for k in decoded["kinds"] if k != "position"]
+            textured = [build.transfer_textures(upscaled, ingested, k, work) for k in decoded["kinds"] if k != "position"]
         with peaks.stage("USD"):
             prov = dict(model_name="expdiff", model_version="bundled", seed=0, scheduler=diffused["sampler"],
                         steps=diffused["steps"])
@@ -254,7 +325,8 @@ def demo_build(model: Path, work: Path, units: int, steps: int | None, device: s
             build.contact_sheet(ingested, recovered, textured, work / "sheet.png")
     finally:
         peaks.close()
-    return {"expressions": len(diffused["labels"]), "steps": diffused["steps"], "seconds": peaks.seconds,
+    return {"expressions": len(diffused["labels"]), "steps": diffused["steps"], "strength": diffused["strength"],
+            "seconds": peaks.seconds,
             "peak_gb": {k: round(v, 3) for k, v in peaks.peaks.items()}, "total_seconds": sum(peaks.seconds.values()),
             "max_peak_gb": max(peaks.peaks.values())}
 
@@ -340,11 +412,25 @@ def main(argv: list[str] | None = None) -> int:
     say(f"denoiser forward, batch 16         {den['tokens_per_s']:10.0f} tokens/s  {den['flops_per_s'] / 1e9:.2f} GFLOP/s "
         f"= {100 * result['denoiser_matmul_fraction']:.0f}% of matmul")
 
+    if not quick:
+        comp = denoiser_figures(pipe, 16, 10, compiled=True)
+        result["denoiser_compiled"] = comp
+        result["denoiser_matmul_fraction_compiled"] = comp["flops_per_s"] / result["matmul_flops_per_s"]
+        say(f"  the same through torch.compile     {comp['tokens_per_s']:10.0f} tokens/s  "
+            f"{comp['flops_per_s'] / 1e9:.2f} GFLOP/s = {100 * result['denoiser_matmul_fraction_compiled']:.0f}% of "
+            f"matmul (compiling took {comp['compile_s']:.0f} s)")
+
     batched = batched_vs_single(pipe, 17 if quick else 57, 1 if quick else 3)
     result["batched"] = batched
     result["batched_speedup"] = batched["speedup"]
     say(f"sampling {batched['expressions']} expressions x {batched['steps']} steps   batched {batched['batched_s']:.2f} s, "
         f"one at a time {batched['one_at_a_time_s']:.2f} s: {batched['speedup']:.1f}x")
+
+    ratio = decode_vs_diffuse(pipe, 17 if quick else 57, 3 if quick else None)
+    result["decode_vs_diffuse"] = ratio
+    result["decode_to_diffuse_ratio"] = ratio["ratio"]
+    say(f"{ratio['expressions']} expressions x {ratio['steps']} steps from noise   diffuse {ratio['diffuse_s']:.1f} s, "
+        f"decode {ratio['decode_s']:.1f} s: decode/diffuse {ratio['ratio']:.2f}")
 
     # DDPM-1000 is 1000 denoiser passes per identity: one held-out identity, four units, on a loaded CPU.
     units = ["jawOpen", "mouthSmile_L"] if quick else ["jawOpen", "mouthSmile_L", "browInnerUp_L", "eyeBlink_R"]
@@ -357,7 +443,8 @@ def main(argv: list[str] | None = None) -> int:
     result["dpm20_fvd_ratio_vs_ddpm1000"] = dpm20["fvd_mm"] / ref["fvd_mm"]
     result["dpm20_change_psnr_delta_db"] = dpm20["change_psnr_db"] - ref["change_psnr_db"]
     for r in rows:
-        say(f"{r['scheduler']:<18} {len(subjects)} id x {len(units)} expr  {r['seconds']:8.1f} s  FVD {r['fvd_mm']:.3f} mm  "
+        say(f"{r['scheduler']:<18} {len(subjects)} id x {len(units)} expr  sampling {r['seconds']:7.1f} s "
+            f"(whole call {r['call_seconds']:.1f} s)  FVD {r['fvd_mm']:.3f} mm  "
             f"change-PSNR {r['change_psnr_db']:.2f} dB")
     say(f"DPM-Solver++-20 vs {ref['scheduler']}: {result['dpm20_speedup_vs_ddpm1000']:.1f}x faster, "
         f"FVD x{result['dpm20_fvd_ratio_vs_ddpm1000']:.3f}, change-PSNR {result['dpm20_change_psnr_delta_db']:+.2f} dB")
@@ -369,17 +456,18 @@ def main(argv: list[str] | None = None) -> int:
     raster = raster_figures(256 if quick else 512, 2 if quick else 3)
     result["raster"] = raster
     say(f"UV raster at {raster['resolution']}^2 ({raster['tiles']} tiles)     {raster['texels_per_s'] / 1e6:10.2f} Mtexels/s")
-    result["upscaler"] = upscaler_figures(model)
-    say(f"upscaler                           {result['upscaler'].get('skipped', '')}")
+    result["upscaler"] = upscaler_figures({"compact": 64 if quick else 128, "x4plus": 32 if quick else 64},
+                                          1 if quick else 2)
+    for method, r in result["upscaler"].items():
+        say(f"upscaler {method:<8} {r['input']}^2 -> {r['output']}^2     {r['output_mp_per_s']:10.3f} output Mpixel/s")
 
     with tempfile.TemporaryDirectory(prefix="expdiff-suite-") as tmp:
         demo = demo_build(model, Path(tmp), 4 if quick else 56, 3 if quick else None, str(device))
     result["demo_build"] = demo
     result["demo_build_seconds"] = demo["total_seconds"]
     result["demo_peak_gb"] = demo["max_peak_gb"]
-    result["decode_to_diffuse_ratio"] = demo["seconds"]["decode"] / demo["seconds"]["diffuse"]
-    say(f"demo build, {demo['expressions']} expressions x {demo['steps']} steps: {demo['total_seconds']:.1f} s, "
-        f"peak {demo['max_peak_gb']:.2f} GB; decode/diffuse {result['decode_to_diffuse_ratio']:.2f}")
+    say(f"demo build, {demo['expressions']} expressions, {demo['steps']} steps at strength {demo['strength']}: "
+        f"{demo['total_seconds']:.1f} s, peak {demo['max_peak_gb']:.2f} GB")
     say("   " + "  ".join(f"{k} {v:.1f}s/{demo['peak_gb'][k]:.2f}GB" for k, v in demo["seconds"].items()))
 
     side_benchmarks(result, args.night_json, args.memory_json, say)
@@ -390,6 +478,8 @@ def main(argv: list[str] | None = None) -> int:
         result["matmul_flops_per_s_start"] = result["matmul_flops_per_s"]
         result["matmul_flops_per_s"] = again
         result["denoiser_matmul_fraction"] = den["flops_per_s"] / again
+        if "denoiser_compiled" in result:
+            result["denoiser_matmul_fraction_compiled"] = result["denoiser_compiled"]["flops_per_s"] / again
         say(f"dense fp32 matmul again at the end  {again / 1e9:10.2f} GFLOP/s: denoiser "
             f"{100 * result['denoiser_matmul_fraction']:.0f}% of it")
 

@@ -130,14 +130,17 @@ def expression_list(expressions: Sequence[str]) -> list[Expression]:
 def diffuse(encoded: Mapping[str, Any], model_dir: str | os.PathLike, expressions: Sequence[str],
             work_dir: str | os.PathLike, *, seed: int = 0, steps: int | None = None, sampler: str | None = None,
             strength: float | None = None, device: str = "auto", batch_size: int = 16,
-            on_progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+            on_progress: Callable[[int, int], None] | None = None, compile_denoiser: bool = False) -> dict[str, Any]:
     """Sample every expression's latents in one (chunked) batch -> ``<work>/expression_latents.safetensors``.
 
     With an expression prior, each expression starts from the prior's latents (``start``, saved too, with the
     prior's vertex change ``prior_vertices`` (N, V, 3) in the mesh's units and its units' weights
-    ``prior_mix`` (N, E)) at the model's prior strength.
+    ``prior_mix`` (N, E)) at the model's prior strength. compile_denoiser: ``torch.compile`` the (cached)
+    pipeline's denoiser first (the ``compile_denoiser`` setting).
     """
     pipe = load_pipeline(str(model_dir), device)
+    if compile_denoiser:
+        pipe.compile_denoiser()
     exprs = expression_list(expressions)
     neutral = load_file(encoded["latents"])
     z0 = neutral["latents"]

@@ -31,6 +31,7 @@ class Settings:
     lpips_weights_path: str
     upscaler: str
     upscaler_model: str
+    compile_denoiser: bool
 
     # ------------------------------------------------------------- derived
     @property
@@ -104,4 +105,20 @@ def load_settings(
             raise ExpDiffInputError(None, f"unknown setting {key!r}; known: {list(FIELDS)}")
         if value is not None:
             values[key] = str(value)
+    for field in dataclasses.fields(Settings):
+        if field.type in (bool, "bool"):
+            values[field.name] = _boolean(field.name, values[field.name])
     return Settings(**values)
+
+
+BOOLEANS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
+
+
+def _boolean(key: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    try:
+        return BOOLEANS[str(value).strip().lower()]
+    except KeyError:
+        raise ExpDiffInputError(None, f"setting {key} (config file, EXPDIFF_{key.upper()} or flag) must be true "
+                                f"or false, got {value!r}") from None

@@ -61,7 +61,7 @@ def build_character(character: str, mesh: str, textures: dict[str, str], express
         diffused = diffuse(encoded, model_ref, expressions, cached_stage_dir(
                                settings, "diffuse", encoded["latents"], model_ref["fingerprint"], expressions, seed,
                                steps, sampler, strength), seed=seed, steps=steps, sampler=sampler,
-                           strength=strength, device=device,
+                           strength=strength, device=device, compile_denoiser=settings.compile_denoiser,
                            progress_key=artifacts.artifact_key("build", character, "diffusion-progress"))
     with timer.stage("decode"):
         decoded = decode(diffused, model_ref, work, device)

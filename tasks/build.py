@@ -58,11 +58,13 @@ def encode(ingested: dict[str, Any], model: dict[str, Any], work_dir: str, devic
                                              "strength"]))
 def diffuse(encoded: dict[str, Any], model: dict[str, Any], expressions: Sequence[str], work_dir: str, seed: int = 0,
             steps: int | None = None, sampler: str | None = None, strength: float | None = None,
-            device: str = "auto", progress_key: str = "diffusion-progress") -> dict[str, Any]:
+            device: str = "auto", progress_key: str = "diffusion-progress",
+            compile_denoiser: bool = False) -> dict[str, Any]:
     """``build.diffuse``: every expression's latents in one batch; a progress artifact follows the steps."""
     progress = ProgressReporter(progress_key, description=f"diffusion of {len(expressions)} expression(s)")
     return build.diffuse(encoded, model["path"], list(expressions), work_dir, seed=seed, steps=steps,
-                         sampler=sampler, strength=strength, device=device, on_progress=progress.update)
+                         sampler=sampler, strength=strength, device=device, on_progress=progress.update,
+                         compile_denoiser=compile_denoiser)
 
 
 @task(name="decode", tags=[GPU_TAG], **NOT_CACHED, result_serializer=RESULT_SERIALIZER)

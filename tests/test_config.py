@@ -53,3 +53,16 @@ def test_missing_config_file_is_a_clear_error(tmp_path: Path):
 def test_relative_paths_resolve_under_the_state_folder(tmp_path: Path):
     s = load_settings(environ={"EXPDIFF_STATE_DIR": str(tmp_path)})
     assert s.model_store_path == tmp_path / "models"
+
+
+def test_a_true_false_setting_reads_toml_booleans_and_env_words(tmp_path: Path):
+    assert load_settings(environ={}).compile_denoiser is False  # the documented default
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("compile_denoiser = true\n")
+    assert load_settings(cfg, environ={}).compile_denoiser is True
+    assert load_settings(cfg, environ={"EXPDIFF_COMPILE_DENOISER": "no"}).compile_denoiser is False
+
+
+def test_a_true_false_setting_refuses_other_words_naming_the_key():
+    with pytest.raises(ExpDiffInputError, match="compile_denoiser .* must be true or false, got 'sometimes'"):
+        load_settings(environ={"EXPDIFF_COMPILE_DENOISER": "sometimes"})
