@@ -172,6 +172,7 @@ class ExpDiffPipeline:
         self.config = config
         self.prior = prior
         self.use_prior = prior is not None
+        self.denoiser_compiled = False
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
         self.codec = codec.to(self.device)
         # The denoiser's output codec: a change codec for a target="change" denoiser, else the neutral's own.
@@ -444,9 +445,9 @@ class ExpDiffPipeline:
     def compile_denoiser(self) -> None:
         """``torch.compile`` the denoiser in place, once: the same network, sampled faster after a one-off
         compile on first use."""
-        if not getattr(self, "_denoiser_compiled", False):
+        if not self.denoiser_compiled:
             self.denoiser.compile()
-            self._denoiser_compiled = True
+            self.denoiser_compiled = True
 
     def kinds_to_decode(self, kept: bool) -> list[str] | None:
         """The map kinds a prior build needs decoded; None = all. At strength 0 (``kept``: sampling changed no
