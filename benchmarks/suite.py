@@ -13,18 +13,18 @@ Measured in this run, on this machine (ratios are the acceptance figures: machin
 - all 57 expressions sampled (the model's steps) and all their maps decoded: ``decode_to_diffuse_ratio``;
 - schedulers DDPM-1000, DDIM-50, DPM-Solver++-20 and -10 on held-out synthetic identities (our factory, seeds
   outside the training corpus): sampling seconds (the whole generation's beside them), FVD (mean vertex
-  error, mm) and change-PSNR (dB: PSNR of the
-  transferred BRDF maps' change from the neutral against the true change, mean over kinds);
+  error, mm) and change-PSNR (dB: PSNR of the transferred BRDF maps' change from the neutral against the true
+  change, mean over kinds);
 - codec encode / decode maps/s (model resolution) and UV raster texels/s;
 - upscaler output megapixels/s, guided Compact and x4plus (x4 of one albedo map);
 - the demo build (``expdiff build --demo``'s stages with the upscale stage, all 56 units, in-process, at the
-  model's own prior strength): wall seconds and peak resident GB per stage.
-
-Every sampling figure runs the whole chain from pure noise (strength 1): a model whose default prior strength
-is 0 samples nothing in a build, and would time nothing there.
+  model's own prior strength): wall seconds and peak resident GB per stage;
 - ``night_two_worker_speedup`` and ``peak_gb_56_units_4k`` come from their own, longer benchmarks
   (night_fanout.py, texture_memory.py): the newest ``benchmarks/results/night-fanout-*.json`` /
   ``texture-memory-*.json`` unless given; the JSON names the file.
+
+Every sampling figure runs the whole chain from pure noise (strength 1): a model whose default prior strength
+is 0 samples nothing in a build, and would time nothing there.
 
 ``--quick``: a smoke run (smaller sizes, fewer identities and steps; the DDPM row runs 100 steps, named so).
 """
@@ -136,15 +136,21 @@ def denoiser_figures(pipe, batch: int, repeats: int, compiled: bool = False) -> 
             "flops_per_forward": float(flops), "flops_per_s": flops / seconds, "compile_s": compile_s}
 
 
-def batched_vs_single(pipe, n_expressions: int, steps: int) -> dict[str, float]:
-    """Sampling ``n_expressions`` (neutral + units) in batches of 16 vs one at a time, same steps, from pure noise
-    (``FULL_CHAIN``)."""
+def sampling_inputs(pipe, n_expressions: int):
+    """(expressions: neutral + the first units, made-up neutral latents (M, C, h, w)) to sample from."""
     from expdiff_core import facs
     from expdiff_core.build import expression_list
 
     exprs = expression_list(list(facs.UNIT_NAMES)[:n_expressions - 1])
     z0 = torch.randn(len(pipe.config.kinds) * len(pipe.config.udims), pipe.denoiser.config.latent_channels,
                      *pipe.denoiser.config.latent_size, generator=torch.Generator().manual_seed(0))
+    return exprs, z0
+
+
+def batched_vs_single(pipe, n_expressions: int, steps: int) -> dict[str, float]:
+    """Sampling ``n_expressions`` (neutral + units) in batches of 16 vs one at a time, same steps, from pure noise
+    (``FULL_CHAIN``)."""
+    exprs, z0 = sampling_inputs(pipe, n_expressions)
     t = {}
     for name, size in (("batched", 16), ("one_at_a_time", 1)):
         start = time.perf_counter()
@@ -157,12 +163,7 @@ def batched_vs_single(pipe, n_expressions: int, steps: int) -> dict[str, float]:
 def decode_vs_diffuse(pipe, n_expressions: int, steps: int | None) -> dict[str, float]:
     """Seconds to sample ``n_expressions`` from pure noise (batches of 16, the model's steps) and to decode all
     their maps (``ExpDiffPipeline.decode``, as the build's decode stage does when sampling changed them)."""
-    from expdiff_core import facs
-    from expdiff_core.build import expression_list
-
-    exprs = expression_list(list(facs.UNIT_NAMES)[:n_expressions - 1])
-    z0 = torch.randn(len(pipe.config.kinds) * len(pipe.config.udims), pipe.denoiser.config.latent_channels,
-                     *pipe.denoiser.config.latent_size, generator=torch.Generator().manual_seed(0))
+    exprs, z0 = sampling_inputs(pipe, n_expressions)
     start = time.perf_counter()
     latents = pipe.sample(z0, exprs, steps=steps, strength=FULL_CHAIN, progress=False)
     diffuse = time.perf_counter() - start
