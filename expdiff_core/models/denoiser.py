@@ -373,6 +373,10 @@ class ExpDiffDenoiser(ModelMixin, ConfigMixin):
     def n_maps(self) -> int:
         return self.config.n_udims * len(self.config.kinds)
 
+    def diffused_shape(self) -> tuple[int, ...]:
+        """Shape of one expression's diffused target: its latents' (M, C, h, w)."""
+        return (self.n_maps, int(self.config.latent_channels), *self.latent_hw)
+
     def _residual_scale(self, like: torch.Tensor) -> torch.Tensor:
         return torch.tensor(self.config.residual_scale, dtype=like.dtype, device=like.device)[:, None, None, None]
 
@@ -464,3 +468,30 @@ class ExpDiffDenoiser(ModelMixin, ConfigMixin):
         kwargs["use_safetensors"] = True
         kwargs.setdefault("local_files_only", True)
         return super().from_pretrained(folder, **kwargs)
+
+
+def denoiser_class(class_name: str | None) -> type:
+    """The denoiser class a config's ``_class_name`` names (None: :class:`ExpDiffDenoiser`)."""
+    from .subspace_denoiser import CLASS_NAME, SubspaceDenoiser
+
+    classes = {"ExpDiffDenoiser": ExpDiffDenoiser, CLASS_NAME: SubspaceDenoiser}
+    if class_name is None:
+        return ExpDiffDenoiser
+    if class_name not in classes:
+        raise ExpDiffInputError(None, f"denoiser class {class_name!r} is not one of {sorted(classes)}")
+    return classes[class_name]
+
+
+def load_denoiser(folder: str | Path) -> Any:
+    """The denoiser saved in ``folder`` (an :class:`ExpDiffDenoiser` or a ``SubspaceDenoiser``, by its config)."""
+    import json
+
+    folder = Path(folder)
+    try:
+        class_name = json.loads((folder / "config.json").read_text()).get("_class_name")
+    except FileNotFoundError:
+        raise ExpDiffInputError(folder, "not a denoiser folder (config.json missing); models load from local "
+                                "folders only, never from a hub") from None
+    except (json.JSONDecodeError, AttributeError) as exc:
+        raise ExpDiffInputError(folder / "config.json", f"unreadable denoiser config: {exc}") from None
+    return denoiser_class(class_name).from_pretrained(folder)

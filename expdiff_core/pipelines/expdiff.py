@@ -45,7 +45,7 @@ from ..errors import ExpDiffInputError
 from ..fileio import atomic_dir
 from ..io.mesh import FaceMesh, read_obj, write_obj
 from ..io.template import check_template
-from ..models.denoiser import ExpDiffDenoiser, encode_prompts, fit_prompt_tokens
+from ..models.denoiser import ExpDiffDenoiser, encode_prompts, fit_prompt_tokens, load_denoiser
 from ..models.prior import ExpressionPrior
 from ..models.patch_codec import PatchChangeCodec, load_codec
 from ..models.vae import LatentCodec, map_kind
@@ -206,7 +206,7 @@ class ExpDiffPipeline:
         config = PipelineConfig.load(folder / CONFIG_NAME)
         device = device if isinstance(device, torch.device) else resolve_device(device)
         codec = LatentCodec.from_pretrained(folder / "vae", device=device)
-        denoiser = ExpDiffDenoiser.from_pretrained(folder / "denoiser")
+        denoiser = load_denoiser(folder / "denoiser")
         scheduler = load_noise_scheduler(folder / "denoiser")
         template = read_obj(folder / TEMPLATE_NAME)
         text_encoder = None
@@ -524,7 +524,7 @@ class ExpDiffPipeline:
                 timesteps = timesteps[first:]
                 if hasattr(scheduler, "set_begin_index"):
                     scheduler.set_begin_index(first * getattr(scheduler, "order", 1))
-            shape = self.target_shape(neutral)
+            shape = tuple(self.denoiser.diffused_shape())
             noise = _seeded_noise(seed, shape)[None].expand(n, *shape)
             cond = neutral[None].expand(n, *neutral.shape).to(self.device)
             noise = noise.to(self.device)

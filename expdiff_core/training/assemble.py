@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..errors import ExpDiffInputError
 from ..io.dataset import Dataset
-from ..models.denoiser import ExpDiffDenoiser
+from ..models.denoiser import load_denoiser
 from ..pipelines.expdiff import ExpDiffPipeline, PipelineConfig
 from .latents import NEUTRAL_PROMPT
 
@@ -72,7 +72,7 @@ def assemble_pipeline(dataset_root: str | os.PathLike, vae_dir: str | os.PathLik
     if int(denoiser_config["n_udims"]) != len(dataset.udims):
         raise ExpDiffInputError(denoiser_dir, f"denoiser was built for {denoiser_config['n_udims']} tiles; the dataset "
                                 f"has {dataset.udims}")
-    ExpDiffDenoiser.from_pretrained(denoiser_dir)  # loads: safetensors present, config valid
+    load_denoiser(denoiser_dir)  # loads: safetensors present, config valid
     encoding = _encoding_of(run)
     if (denoiser_config.get("target") == "change") != (change_vae_dir is not None):
         raise ExpDiffInputError(denoiser_dir, "a denoiser of target 'change' is assembled with its change codec "

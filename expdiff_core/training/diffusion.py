@@ -42,7 +42,9 @@ from safetensors.torch import load_file, save_file
 
 from ..errors import ExpDiffInputError, PublishError
 from ..fileio import atomic_dir, atomic_path
-from ..models.denoiser import ExpDiffDenoiser, PromptTokens, denoiser_config, encode_prompts
+from ..models.denoiser import (ExpDiffDenoiser, PromptTokens, denoiser_class, denoiser_config, encode_prompts,
+                               load_denoiser)
+from ..models.subspace_denoiser import SubspaceDenoiser
 from ..schedulers import training_noise_scheduler
 from .diffusion_config import (FLAG_CHOICES, FLAG_HELP, LR_SCHEDULES, MIXED_PRECISIONS, PREDICTION_TYPES,  # noqa: F401
                                DiffusionTrainConfig, build_arg_parser)
@@ -156,7 +158,7 @@ def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
 
 def load_checkpoint_model(checkpoint: str | os.PathLike, ema: bool = True) -> ExpDiffDenoiser:
     """A checkpoint's denoiser: the EMA weights (for sampling) or the raw training weights."""
-    return ExpDiffDenoiser.from_pretrained(Path(checkpoint) / ("ema" if ema else "model"))
+    return load_denoiser(Path(checkpoint) / ("ema" if ema else "model"))
 
 
 def _optimizer_to_files(state: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -194,20 +196,23 @@ def _json_default(value: Any) -> Any:
 
 
 def _save_ema_folder(ema, model: ExpDiffDenoiser, folder: Path) -> None:
-    copy = ExpDiffDenoiser.from_config(model.config)
+    copy = type(model).from_config(model.config)
+    copy.load_state_dict(model.state_dict())  # buffers (a subspace denoiser's bases) are not averaged
     ema.copy_to(copy.parameters())
     copy.save_pretrained(folder, safe_serialization=True)
 
 
 # ---------------------------------------------------------------------------------------- the run
 def _resolve_model_config(manifest, model_config: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Constructor keyword arguments of the denoiser ``model_config`` asks for (its ``_class_name`` is kept: it
+    selects the class, see :func:`denoiser_class`), with the dataset's layout filled in and checked."""
     layout = dict(kinds=list(manifest.kinds), n_udims=len(manifest.udims), latent_channels=manifest.latent_shape[0],
                   latent_size=list(manifest.latent_shape[1:]), condition_channels=manifest.condition_shape[0])
     if model_config is None:
         return denoiser_config(manifest.kinds, len(manifest.udims), manifest.latent_shape[0],
                                manifest.latent_shape[1:], "offline", condition_channels=manifest.condition_shape[0])
     config = dict(model_config)
-    for key in ("_class_name", "_diffusers_version", "_name_or_path", "_use_default_values"):
+    for key in ("_diffusers_version", "_name_or_path", "_use_default_values"):
         config.pop(key, None)
     if config.get("condition_channels") is None:  # None means "as many as the latents"
         config.pop("condition_channels", None)
@@ -222,14 +227,20 @@ def _resolve_model_config(manifest, model_config: Mapping[str, Any] | None) -> d
 
 
 def _model_config_json(model: ExpDiffDenoiser) -> dict[str, Any]:
-    return {k: v for k, v in dict(model.config).items() if not k.startswith("_")}
+    config = {k: v for k, v in dict(model.config).items() if not k.startswith("_")}
+    if not isinstance(model, ExpDiffDenoiser):
+        config["_class_name"] = type(model).__name__
+    return config
 
 
 def _full_model_config(model_kwargs: Mapping[str, Any]) -> dict[str, Any]:
-    """``model_kwargs`` completed with ExpDiffDenoiser's defaults (what its config.json would say)."""
-    params = inspect.signature(ExpDiffDenoiser.__init__).parameters
+    """``model_kwargs`` completed with its class's defaults (what its config.json would say)."""
+    cls = denoiser_class(model_kwargs.get("_class_name"))
+    params = inspect.signature(cls.__init__).parameters
     full = {name: p.default for name, p in params.items() if name != "self"}
     full.update(model_kwargs)
+    if cls is ExpDiffDenoiser:
+        full.pop("_class_name", None)
     return full
 
 
@@ -237,16 +248,17 @@ def _same_config(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
     return json.loads(json.dumps(a, default=_json_default)) == json.loads(json.dumps(b, default=_json_default))
 
 
-def _sample_skip_schedule(cfg: DiffusionTrainConfig, given: Any) -> dict[str, Any]:
-    """A ``sample_skip`` denoiser's noise schedule: the training run's (``given`` True), or ``given`` if it is it."""
+def _sample_skip_schedule(cfg: DiffusionTrainConfig, given: Any, key: str = "sample_skip") -> dict[str, Any]:
+    """The noise schedule a ``sample_skip`` / ``mean_skip`` path needs: the training run's (``given`` True), or
+    ``given`` if it is it."""
     if cfg.prediction_type != "v_prediction":
-        raise ExpDiffInputError(None, "model config sample_skip needs --prediction-type v_prediction (its gate "
-                                f"scales the noisy sample into a v prediction), got {cfg.prediction_type!r}")
+        raise ExpDiffInputError(None, f"model config {key} needs --prediction-type v_prediction (the path scales "
+                                f"into a v prediction), got {cfg.prediction_type!r}")
     schedule = dict(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule,
                     beta_start=cfg.beta_start, beta_end=cfg.beta_end, rescale_betas_zero_snr=cfg.zero_terminal_snr)
     if given is not True and dict(given) != schedule:
-        raise ExpDiffInputError(None, f"model config sample_skip {dict(given)} is not this run's noise schedule "
-                                f"{schedule}; give `\"sample_skip\": true` to use the run's")
+        raise ExpDiffInputError(None, f"model config {key} {dict(given)} is not this run's noise schedule "
+                                f"{schedule}; give `\"{key}\": true` to use the run's")
     return schedule
 
 
@@ -340,21 +352,24 @@ def train_diffusion(
     model_dir, scheduler_dir, log_path = out_dir / "model", out_dir / "scheduler", out_dir / LOG_NAME
     dataset = LatentDataset(latents_root, cfg.split, include_neutral=cfg.include_neutral,
                             repeat_albedo=cfg.repeat_albedo)
-    if (model_kwargs.get("target") == "change") != manifest.encodes_change:
+    if (_full_model_config(model_kwargs).get("target") == "change") != manifest.encodes_change:
         raise ExpDiffInputError(latents_root / "manifest.json", "a denoiser of target 'change' trains on a change "
                                 "encoding (`expdiff data encode --change-vae`), and only it does")
-    if model_kwargs.get("sample_skip"):
-        model_kwargs = {**model_kwargs, "sample_skip": _sample_skip_schedule(cfg, model_kwargs["sample_skip"])}
-    else:
-        model_kwargs.pop("sample_skip", None)
-    if model_kwargs.get("target") in ("residual", "change") and not model_kwargs.get("residual_scale"):
+    for skip in ("sample_skip", "mean_skip"):  # paths that need the run's noise schedule
+        if model_kwargs.get(skip):
+            model_kwargs = {**model_kwargs, skip: _sample_skip_schedule(cfg, model_kwargs[skip], skip)}
+        else:
+            model_kwargs.pop(skip, None)
+    model_cls = denoiser_class(model_kwargs.get("_class_name"))
+    if (model_cls is ExpDiffDenoiser and model_kwargs.get("target") in ("residual", "change")
+            and not model_kwargs.get("residual_scale")):
         model_kwargs = {**model_kwargs, "residual_scale": residual_scale(dataset)}
     finished = _finished_run(out_dir, cfg, model_kwargs)
     if finished is not None:
         return finished
 
     torch.manual_seed(cfg.seed)
-    model = ExpDiffDenoiser(**model_kwargs)
+    model = model_cls(**{k: v for k, v in model_kwargs.items() if k != "_class_name"})
     prompt_tokens: PromptTokens = encode_prompts(model.config, dataset.prompts, text_encoder)
     noise_scheduler = training_noise_scheduler(cfg.num_train_timesteps, cfg.beta_schedule, cfg.beta_start,
                                                cfg.beta_end, cfg.prediction_type, cfg.zero_terminal_snr)
@@ -365,10 +380,15 @@ def train_diffusion(
 
     start_step = 0
     resume_from = latest_checkpoint(out_dir)
+    subspace = None
+    if isinstance(model, SubspaceDenoiser):
+        subspace = SubspaceTrainingSet(dataset, model, fit=resume_from is None, seed=cfg.seed, progress=progress)
     if resume_from is not None:
         start_step = _load_checkpoint(resume_from, model, optimizer, lr_scheduler, ema, model_kwargs, rank)
         if start_step > cfg.steps:
             raise ExpDiffInputError(resume_from, f"checkpoint is at step {start_step}, past the {cfg.steps} steps asked for")
+    if subspace is not None:
+        subspace.project(model)  # with the checkpoint's bases when resuming
     model, optimizer = accelerator.prepare(model, optimizer)
     raw_model: ExpDiffDenoiser = accelerator.unwrap_model(model)
     ema.to(accelerator.device)
@@ -387,10 +407,14 @@ def train_diffusion(
     model.train()
     for step in range(start_step, cfg.steps):
         rows = order.indices(step)[rank * local_batch:(rank + 1) * local_batch]
-        items = [dataset[i] for i in rows]
-        neutral = torch.stack([it["neutral"] for it in items])
-        target0 = raw_model.diffusion_target(torch.stack([it["target"] for it in items]), neutral)
-        tokens, mask = prompt_tokens.index([it["prompt_index"] for it in items])
+        if subspace is not None:
+            target0, neutral, prompt_index = subspace.batch(rows)
+        else:
+            items = [dataset[i] for i in rows]
+            neutral = torch.stack([it["neutral"] for it in items])
+            target0 = raw_model.diffusion_target(torch.stack([it["target"] for it in items]), neutral)
+            prompt_index = [it["prompt_index"] for it in items]
+        tokens, mask = prompt_tokens.index(prompt_index)
 
         gen = _generator(cfg.seed, step, 2)
         noise = torch.randn((cfg.batch_size, *target0.shape[1:]), generator=gen)
@@ -442,6 +466,43 @@ def train_diffusion(
     return TrainResult(out_dir=out_dir, model_dir=model_dir, scheduler_dir=scheduler_dir, log_path=log_path,
                        step=cfg.steps, start_step=start_step, losses=losses, last_checkpoint=last_checkpoint,
                        seconds=time.perf_counter() - started, num_processes=n_proc, prompts=list(dataset.prompts))
+
+
+class SubspaceTrainingSet:
+    """A :class:`SubspaceDenoiser`'s training samples held in memory: every sample's diffused coefficients
+    (computed once, not per step: the projection costs more than the network) and each identity's neutral.
+
+    ``fit``: fit the model's subspaces on ``dataset`` first (a fresh run; a resumed one has them in its
+    checkpoint). Loading holds all change latents once (N x 1.6e5 float32: ~4.7 GB for 128 identities x 56
+    units); :meth:`project` keeps only the (N, K) coefficients.
+    """
+
+    def __init__(self, dataset: LatentDataset, model: SubspaceDenoiser, *, fit: bool, seed: int = 0,
+                 progress: bool = True):
+        from tqdm.auto import tqdm
+
+        self.subject_index = torch.tensor([dataset.subjects.index(s) for s, _ in dataset.samples])
+        self.prompt_index = [e for _, e in dataset.samples]
+        self.neutrals = torch.stack([dataset.neutral(s) for s in dataset.subjects])
+        self._changes: torch.Tensor | None = torch.stack([
+            dataset.target(s, dataset.expressions[e])
+            for s, e in tqdm(dataset.samples, desc="load changes", unit="sample", disable=not progress)])
+        self.kept: dict[str, float] = {}
+        if fit:
+            self.kept = model.fit_subspace(self._changes, self.neutrals, seed=seed)
+        self.targets: torch.Tensor | None = None
+
+    @torch.no_grad()
+    def project(self, model: SubspaceDenoiser, chunk: int = 512) -> None:
+        """Compute every sample's coefficients with ``model``'s bases, then drop the change latents."""
+        changes, self._changes = self._changes, None
+        self.targets = torch.cat([model.diffusion_target(changes[s:s + chunk]) for s in range(0, len(changes), chunk)])
+
+    def batch(self, rows: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        """(coefficients (B, K), neutral latents (B, M, Cn, h, w), prompt indices) of sample ``rows``."""
+        rows = torch.as_tensor(list(rows))
+        return (self.targets[rows], self.neutrals[self.subject_index[rows]],
+                [self.prompt_index[int(r)] for r in rows])
 
 
 def _finished_run(out_dir: Path, cfg: DiffusionTrainConfig, model_kwargs: Mapping[str, Any]) -> TrainResult | None:
@@ -564,7 +625,8 @@ def configs_from_args(args: argparse.Namespace, default_device: str = "auto"
     if args.model_config:
         path = Path(args.model_config)
         try:
-            overrides.update({k: v for k, v in json.loads(path.read_text()).items() if not k.startswith("_")})
+            overrides.update({k: v for k, v in json.loads(path.read_text()).items()
+                              if not k.startswith("_") or k == "_class_name"})
         except (FileNotFoundError, json.JSONDecodeError) as exc:
             raise ExpDiffInputError(path, f"unreadable model config: {exc}") from None
     if args.no_attention:
@@ -573,9 +635,12 @@ def configs_from_args(args: argparse.Namespace, default_device: str = "auto"
         overrides["text_conditioning"] = args.text_conditioning
     if args.target:
         overrides["target"] = args.target
-    model_config = denoiser_config(manifest.kinds, len(manifest.udims), manifest.latent_shape[0],
-                                   manifest.latent_shape[1:], args.preset,
-                                   condition_channels=manifest.condition_shape[0], **overrides)
+    if denoiser_class(overrides.get("_class_name")) is ExpDiffDenoiser:
+        model_config = denoiser_config(manifest.kinds, len(manifest.udims), manifest.latent_shape[0],
+                                       manifest.latent_shape[1:], args.preset,
+                                       condition_channels=manifest.condition_shape[0], **overrides)
+    else:  # the size presets are the transformer's; other classes take their config file as it is
+        model_config = overrides
     cfg = DiffusionTrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(DiffusionTrainConfig)})
     cfg.device = args.device or default_device
     return model_config, cfg

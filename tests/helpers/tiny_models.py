@@ -67,7 +67,7 @@ def tiny_map_change(unit: str, layout, identity: int = 0) -> np.ndarray:
 
 
 def tiny_pipeline_folder(root, text_conditioning: str = "encoder", target: str = "absolute", prior: bool = False,
-                         map_prior: bool = False, change_codec: str = "vae"):
+                         map_prior: bool = False, change_codec: str = "vae", denoiser: str = "transformer"):
     """Write a pipeline folder under ``root / "model"`` (random weights, 4 sampling steps); returns it.
 
     target="residual": the denoiser diffuses (expression - neutral) latents, every map scaled by 4.
@@ -75,6 +75,8 @@ def tiny_pipeline_folder(root, text_conditioning: str = "encoder", target: str =
     prior: also an expression prior (``tiny_prior_folder``), sampled from at strength 0; map_prior: with a map part.
     change_codec="patch": the change codec is a linear patch codec (8 latent channels against the VAE's 4),
     its bases the principal directions of a random second moment.
+    denoiser="subspace": a ``SubspaceDenoiser`` (target "change", patch codec), its subspaces fitted on random
+    low-rank changes of 12 identities x 5 expressions.
     """
     template = template_mesh()
     config = PipelineConfig(kinds=KINDS, udims=[1001, 1002], resolution=RESOLUTION,
@@ -83,10 +85,13 @@ def tiny_pipeline_folder(root, text_conditioning: str = "encoder", target: str =
                                     seed=0, device="cpu")
     vae_dir = codec.save_pretrained(root / "parts" / "vae")
     channels = 8 if change_codec == "patch" else 4
-    denoiser = ExpDiffDenoiser(**denoiser_config(KINDS, 2, channels, RESOLUTION // 8, width=32, depth=1, heads=2,
-                                                 condition_channels=4,
-                                                 text_conditioning=text_conditioning, target=target,
-                                                 residual_scale=None if target == "absolute" else [4.0] * 2 * len(KINDS)))
+    if denoiser == "subspace":
+        denoiser = tiny_subspace_denoiser(channels)
+    else:
+        denoiser = ExpDiffDenoiser(**denoiser_config(KINDS, 2, channels, RESOLUTION // 8, width=32, depth=1, heads=2,
+                                                     condition_channels=4, text_conditioning=text_conditioning,
+                                                     target=target, residual_scale=None if target == "absolute"
+                                                     else [4.0] * 2 * len(KINDS)))
     den_dir = root / "parts" / "denoiser"
     denoiser.save_pretrained(den_dir)
     training_noise_scheduler().save_pretrained(den_dir)
@@ -107,6 +112,24 @@ def tiny_pipeline_folder(root, text_conditioning: str = "encoder", target: str =
         change_dir = change.save_pretrained(root / "parts" / "change_vae")
     return ExpDiffPipeline.assemble(root / "model", config, vae_dir, den_dir, template, "# tiny test model\n",
                                     prior_folder=prior_dir, change_vae_folder=change_dir)
+
+
+def tiny_subspace_denoiser(channels: int):
+    """A SubspaceDenoiser on the tiny layout, fitted on random changes of rank 4 per kind (scale 0.1)."""
+    import torch
+
+    from expdiff_core.models.subspace_denoiser import SubspaceDenoiser
+
+    size = RESOLUTION // 8
+    gen = torch.Generator().manual_seed(0)
+    samples, maps = 60, 2 * len(KINDS)
+    changes = (torch.randn(samples, 4, generator=gen) @ torch.randn(4, maps * channels * size * size, generator=gen)
+               ).view(samples, maps, channels, size, size) * 0.1
+    neutrals = torch.randn(12, maps, 4, size, size, generator=gen)
+    model = SubspaceDenoiser(kinds=KINDS, n_udims=2, latent_channels=channels, latent_size=size, condition_channels=4,
+                             components=[4] * len(KINDS), neutral_components=3, width=32, depth=1)
+    model.fit_subspace(changes, neutrals)
+    return model
 
 
 # map units: position 0.3 of the 6 cm scale (1.8 cm), textures a tenth of their range

@@ -333,3 +333,40 @@ def test_in_a_change_encoding_the_neutral_target_is_no_change(latents):
     # the scale a change denoiser gets: each map's RMS of the stored changes themselves, not minus the neutral
     squares = [data.target(s, e).double().pow(2).flatten(1).mean(1) for s in data.subjects for e in EXPRESSIONS]
     assert torch.allclose(data.residual_rms(), torch.stack(squares).mean(0).sqrt())
+
+
+SUBSPACE_MODEL = dict(_class_name="SubspaceDenoiser", components=[3, 2, 2, 2, 2], neutral_components=2, width=32,
+                      depth=2, text_conditioning="one-hot", text_dim=16, text_len=4)
+
+
+@pytest.fixture
+def change_latents(latents) -> Path:
+    manifest = read_manifest(latents)
+    manifest.codec = {**manifest.codec, "representation": "change"}
+    write_manifest(latents, manifest, overwrite=True)
+    return latents
+
+
+def test_a_subspace_denoiser_trains_on_its_fitted_coefficients_and_resumes_exactly(change_latents, tmp_path):
+    from expdiff_core.models.denoiser import load_denoiser
+    from expdiff_core.models.subspace_denoiser import SubspaceDenoiser
+
+    reference = train_diffusion(change_latents, tmp_path / "reference", SUBSPACE_MODEL, config(), progress=False)
+
+    def crash_at_step_10(entry):
+        if entry.step == 10:
+            raise KeyboardInterrupt("simulated kill")
+
+    with pytest.raises(KeyboardInterrupt):
+        train_diffusion(change_latents, tmp_path / "crashed", SUBSPACE_MODEL, config(), on_step=crash_at_step_10,
+                        progress=False)
+    resumed = train_diffusion(change_latents, tmp_path / "crashed", SUBSPACE_MODEL, config(), progress=False)
+    # the resumed run reads its subspace from the checkpoint, so its curve is the uninterrupted one
+    assert resumed.start_step == 8 and resumed.losses == reference.losses[8:]
+    model = load_denoiser(reference.model_dir)
+    assert isinstance(model, SubspaceDenoiser) and model.is_fitted
+    # the published (EMA) model keeps the fitted bases, which the EMA does not average
+    data = LatentDataset(change_latents)
+    changes = torch.stack([data.target(s, e) for s in data.subjects for e in data.expressions])
+    coefficients = model.diffusion_target(changes)
+    torch.testing.assert_close(coefficients.std(0), torch.ones(coefficients.shape[1]), atol=1e-3, rtol=0)

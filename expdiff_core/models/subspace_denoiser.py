@@ -1,0 +1,303 @@
+"""A denoiser that diffuses in the principal subspace of the change latents (one basis per map kind).
+
+The change codec's latents of one expression are ~1.6e5 numbers, but over a training corpus of identities x
+units they span far fewer directions: an expression's geometry change is a unit's motion modulated by who
+the face is. :class:`SubspaceDenoiser` fits, per map kind, the leading principal directions of the training
+changes (``fit_subspace``) and diffuses the *whitened coefficients* on them: Eq. 1-2 and Eq. 6 unchanged, on
+a (K,) vector instead of (M, C, h, w) maps. The neutral's latents enter through their own principal
+coefficients (who the face is), the prompt through its pooled text embedding; a residual MLP modulated by
+the prompt and the timestep (adaLN-zero) predicts the scheduler's target. The text modulates features of the
+noisy sample and of the identity multiplicatively, which is the form of a per-unit linear map from identity
+to change (what the ridge baseline fits) and lets the network learn it in minutes of CPU.
+
+``diffusion_target`` / ``latents_from_target`` convert between change latents (B, M, C, h, w) and the
+diffused coefficients (B, K); ``diffused_shape`` is (K,). Everything outside the fitted subspace is what
+this model cannot make: the model card reports that bound (the change latents projected and decoded).
+
+Map order as in :mod:`expdiff_core.models.denoiser`: ``m = udim_index * len(kinds) + kind_index``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.embeddings import TimestepEmbedding, Timesteps
+from diffusers.models.modeling_utils import ModelMixin
+from torch import nn
+
+from ..errors import ExpDiffInputError
+from .weights import require_safetensors
+
+CLASS_NAME = "SubspaceDenoiser"
+
+
+class _ModulatedMLPBlock(nn.Module):
+    """x + gate * MLP(modulate(LayerNorm(x))), shift/scale/gate from the condition (adaLN-zero)."""
+
+    def __init__(self, width: int, hidden: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.SiLU(), nn.Linear(hidden, width))
+        self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 3 * width))
+        nn.init.zeros_(self.modulation[1].weight)
+        nn.init.zeros_(self.modulation[1].bias)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        shift, scale, gate = self.modulation(cond).chunk(3, dim=-1)
+        return x + gate * self.mlp(self.norm(x) * (1 + scale) + shift)
+
+
+class SubspaceDenoiser(ModelMixin, ConfigMixin):
+    """v- or ε-prediction over the whitened principal coefficients of an expression's change latents.
+
+    ``forward(sample (B, K), timestep (B,) | scalar, neutral (B, M, Cn, h, w), text_tokens (B, L, text_dim),
+    text_mask (B, L) bool | None) -> (B, K)``, ``K = sum(components)``. An all-False ``text_mask`` row is the
+    unconditional branch (classifier-free guidance): its prompt embedding is a learned null vector.
+
+    ``components``: principal directions kept per map kind (in ``kinds`` order); ``neutral_components``: the
+    neutral latents' directions the identity is read from. ``mean_skip`` (a v-prediction noise schedule, as
+    for ``ExpDiffDenoiser``'s ``sample_skip``): add the path :meth:`expected_change`. The bases are buffers saved with the weights;
+    until :meth:`fit_subspace` runs they are empty (zero) and the model refuses to run.
+    """
+
+    _supports_gradient_checkpointing = False
+
+    @register_to_config
+    def __init__(
+        self,
+        kinds: Sequence[str] = ("position", "albedo", "normal", "roughness", "specular"),
+        n_udims: int = 2,
+        latent_channels: int = 64,
+        latent_size: int | Sequence[int] = 16,
+        condition_channels: int = 4,
+        components: Sequence[int] = (128, 32, 32, 32, 32),
+        neutral_components: int = 48,
+        width: int = 512,
+        depth: int = 4,
+        mlp_ratio: float = 2.0,
+        text_dim: int = 384,
+        text_len: int = 32,
+        text_conditioning: str = "encoder",
+        target: str = "change",
+        mean_skip: Mapping[str, Any] | None = None,
+    ):
+        super().__init__()
+        kinds = list(kinds)
+        if not kinds or len(set(kinds)) != len(kinds):
+            raise ExpDiffInputError(None, f"denoiser kinds {kinds} must be a non-empty list without repeats")
+        if len(components) != len(kinds) or not all(int(c) >= 1 for c in components):
+            raise ExpDiffInputError(None, f"components {list(components)} must give a positive count for each of "
+                                    f"the kinds {kinds}")
+        if target != "change":
+            raise ExpDiffInputError(None, f"a {CLASS_NAME} diffuses change latents (target 'change'), not {target!r}")
+        if text_conditioning not in ("encoder", "one-hot"):
+            raise ExpDiffInputError(None, f"text_conditioning {text_conditioning!r} is not 'encoder' or 'one-hot'")
+        size = (int(latent_size),) * 2 if isinstance(latent_size, int) else tuple(int(s) for s in latent_size)
+        self.latent_hw = size
+        self.condition_channels = int(condition_channels)
+        per_kind = n_udims * latent_channels * size[0] * size[1]
+        n_total = int(sum(components))
+        neutral_dim = n_udims * len(kinds) * condition_channels * size[0] * size[1]
+        if not 1 <= neutral_components <= neutral_dim:
+            raise ExpDiffInputError(None, f"neutral_components {neutral_components} must be in [1, {neutral_dim}]")
+        # Persistent buffers: the fitted subspaces travel with the weights.
+        self.register_buffer("change_mean", torch.zeros(len(kinds), per_kind))
+        self.register_buffer("change_basis", torch.zeros(n_total, per_kind))
+        self.register_buffer("change_std", torch.ones(n_total))
+        self.register_buffer("neutral_mean", torch.zeros(neutral_dim))
+        self.register_buffer("neutral_basis", torch.zeros(neutral_components, neutral_dim))
+        self.register_buffer("neutral_std", torch.ones(neutral_components))
+        offsets = [0]
+        for c in components:
+            offsets.append(offsets[-1] + int(c))
+        self.offsets = offsets
+
+        self.input_proj = nn.Linear(n_total, width)
+        self.identity_proj = nn.Linear(neutral_components, width)
+        self.time_proj = Timesteps(256, flip_sin_to_cos=True, downscale_freq_shift=0)
+        self.time_embed = TimestepEmbedding(256, width)
+        self.text_norm = nn.LayerNorm(text_dim)
+        self.text_proj = nn.Sequential(nn.Linear(text_dim, width), nn.SiLU(), nn.Linear(width, width))
+        self.null_text = nn.Parameter(torch.zeros(width))
+        hidden = int(round(width * mlp_ratio))
+        self.blocks = nn.ModuleList(_ModulatedMLPBlock(width, hidden) for _ in range(depth))
+        self.norm_out = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.modulation_out = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
+        self.proj_out = nn.Linear(width, n_total)
+        zero_init = [self.modulation_out[1], self.proj_out]
+        if mean_skip is not None:
+            from diffusers import DDPMScheduler
+
+            alphas_cumprod = DDPMScheduler(**dict(mean_skip)).alphas_cumprod
+            self.register_buffer("noise_sigma", (1.0 - alphas_cumprod).sqrt().float(), persistent=False)
+            self.mean_head = nn.Linear(width, n_total * (neutral_components + 1))
+            zero_init.append(self.mean_head)
+        for layer in zero_init:
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    # ------------------------------------------------------------------ layout
+    @property
+    def n_maps(self) -> int:
+        return self.config.n_udims * len(self.config.kinds)
+
+    def diffused_shape(self) -> tuple[int, ...]:
+        """Shape of one expression's diffused target: (K,)."""
+        return (int(self.change_basis.shape[0]),)
+
+    def _kind_maps(self, kind_index: int) -> list[int]:
+        k = len(self.config.kinds)
+        return [u * k + kind_index for u in range(self.config.n_udims)]
+
+    def _check(self, name: str, value: torch.Tensor, channels: int, batch: int | None = None) -> None:
+        expected = (self.n_maps, channels, *self.latent_hw)
+        if value.ndim != 5 or tuple(value.shape[1:]) != expected or (batch is not None and value.shape[0] != batch):
+            raise ExpDiffInputError(None, f"denoiser {name} has shape {tuple(value.shape)}; expected "
+                                    f"(B, {', '.join(map(str, expected))})")
+
+    @property
+    def is_fitted(self) -> bool:
+        return bool(self.change_std.numel()) and bool(self.change_basis.abs().sum() > 0)
+
+    def _require_fitted(self) -> None:
+        if not self.is_fitted:
+            raise ExpDiffInputError(None, f"this {CLASS_NAME} has no fitted subspace (run fit_subspace, or load a "
+                                    "trained one)")
+
+    # ------------------------------------------------------------------ the subspaces
+    @torch.no_grad()
+    def fit_subspace(self, changes: torch.Tensor, neutrals: torch.Tensor, *, seed: int = 0) -> dict[str, list[float]]:
+        """Fit the bases on training data: ``changes`` (N, M, C, h, w) change latents, ``neutrals`` (S, M, Cn, h, w)
+        one neutral per identity. Returns per kind the fraction of the changes' variance kept."""
+        self._check("changes", changes, int(self.config.latent_channels))
+        self._check("neutrals", neutrals, self.condition_channels)
+        generator_state = torch.random.get_rng_state()
+        torch.manual_seed(seed)  # svd_lowrank's random start: a fit is reproducible
+        try:
+            kept = {}
+            for i, kind in enumerate(self.config.kinds):
+                n = int(self.config.components[i])
+                x = changes[:, self._kind_maps(i)].reshape(changes.shape[0], -1).float()
+                mean = x.mean(0)
+                basis, std, fraction = _principal(x - mean, n, f"{kind} changes")
+                lo, hi = self.offsets[i], self.offsets[i + 1]
+                self.change_mean[i] = mean
+                self.change_basis[lo:hi] = basis
+                self.change_std[lo:hi] = std
+                kept[kind] = fraction
+            x = neutrals.reshape(neutrals.shape[0], -1).float()
+            mean = x.mean(0)
+            basis, std, fraction = _principal(x - mean, int(self.config.neutral_components), "neutral latents")
+            self.neutral_mean.copy_(mean)
+            self.neutral_basis.copy_(basis)
+            self.neutral_std.copy_(std)
+            kept["neutral"] = fraction
+        finally:
+            torch.random.set_rng_state(generator_state)
+        return kept
+
+    def diffusion_target(self, latents: torch.Tensor, neutral: torch.Tensor | None = None) -> torch.Tensor:
+        """Change latents (B, M, C, h, w) -> whitened coefficients (B, K) (what is diffused)."""
+        self._require_fitted()
+        self._check("latents", latents, int(self.config.latent_channels))
+        parts = []
+        for i in range(len(self.config.kinds)):
+            lo, hi = self.offsets[i], self.offsets[i + 1]
+            x = latents[:, self._kind_maps(i)].reshape(latents.shape[0], -1).to(self.change_basis.dtype)
+            parts.append((x - self.change_mean[i]) @ self.change_basis[lo:hi].T / self.change_std[lo:hi])
+        return torch.cat(parts, dim=1)
+
+    def latents_from_target(self, target: torch.Tensor, neutral: torch.Tensor | None = None) -> torch.Tensor:
+        """Inverse of :meth:`diffusion_target` on the subspace: coefficients (B, K) -> change latents (B, M, C, h, w)."""
+        self._require_fitted()
+        b = target.shape[0]
+        c, (h, w) = int(self.config.latent_channels), self.latent_hw
+        out = target.new_zeros(b, self.n_maps, c, h, w)
+        for i in range(len(self.config.kinds)):
+            lo, hi = self.offsets[i], self.offsets[i + 1]
+            x = self.change_mean[i] + (target[:, lo:hi].to(self.change_basis.dtype) * self.change_std[lo:hi]) \
+                @ self.change_basis[lo:hi]
+            out[:, self._kind_maps(i)] = x.view(b, self.config.n_udims, c, h, w).to(out.dtype)
+        return out
+
+    def identity_coefficients(self, neutral: torch.Tensor) -> torch.Tensor:
+        """Neutral latents (B, M, Cn, h, w) -> whitened principal coefficients (B, neutral_components)."""
+        self._check("neutral", neutral, self.condition_channels)
+        x = neutral.reshape(neutral.shape[0], -1).to(self.neutral_basis.dtype)
+        return (x - self.neutral_mean) @ self.neutral_basis.T / self.neutral_std
+
+    # ------------------------------------------------------------------ network
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor | float | int, neutral: torch.Tensor,
+                text_tokens: torch.Tensor, text_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Predict the noise (or v) for ``sample`` at ``timestep``; shapes in the class docstring."""
+        self._require_fitted()
+        b = sample.shape[0]
+        if sample.ndim != 2 or sample.shape[1] != self.change_basis.shape[0]:
+            raise ExpDiffInputError(None, f"denoiser sample has shape {tuple(sample.shape)}; expected "
+                                    f"(B, {self.change_basis.shape[0]})")
+        self._check("neutral", neutral, self.condition_channels, b)
+        if text_tokens.ndim != 3 or text_tokens.shape[0] != b or text_tokens.shape[2] != self.config.text_dim:
+            raise ExpDiffInputError(None, f"denoiser text_tokens has shape {tuple(text_tokens.shape)}; expected "
+                                    f"({b}, L, {self.config.text_dim})")
+        if text_mask is None:
+            text_mask = torch.ones(text_tokens.shape[:2], dtype=torch.bool, device=text_tokens.device)
+        text_mask = text_mask.to(device=sample.device, dtype=torch.bool)
+
+        timestep = torch.as_tensor(timestep, device=sample.device)
+        timestep = timestep.expand(b) if timestep.ndim == 0 else timestep
+        cond = self.time_embed(self.time_proj(timestep).to(self.dtype))
+        tokens = self.text_norm(text_tokens.to(self.dtype))
+        weights = text_mask.to(tokens.dtype)[..., None]
+        pooled = (tokens * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+        text = self.text_proj(pooled)
+        text = torch.where(text_mask.any(1, keepdim=True), text, self.null_text.to(text.dtype))
+        cond = cond + text
+
+        identity = self.identity_coefficients(neutral.float()).to(self.dtype)
+        x = self.input_proj(sample.to(self.dtype)) + self.identity_proj(identity)
+        for block in self.blocks:
+            x = block(x, cond)
+        shift, scale = self.modulation_out(cond).chunk(2, dim=-1)
+        out = self.proj_out(self.norm_out(x) * (1 + scale) + shift)
+        if self.config.mean_skip is not None:
+            out = out - self.noise_sigma[timestep.long().clamp(0, len(self.noise_sigma) - 1)].to(out.dtype)[:, None] \
+                * self.expected_change(text, identity)
+        return out
+
+    def expected_change(self, text: torch.Tensor, identity: torch.Tensor) -> torch.Tensor:
+        """The ``mean_skip`` path: a prompt-dependent linear map of the identity, (B, width), (B, Kn) -> (B, K).
+
+        In v-prediction ``v = sqrt(alpha_bar) eps - sigma_t x0``, so ``-sigma_t`` times an estimate of x0 is the
+        part of v that does not depend on the noise: at pure noise (sigma = 1) it is the whole prediction. The
+        form is the ridge baseline's (per prompt, change = A identity + b), learned by the diffusion loss itself.
+        """
+        k, kn = self.change_basis.shape[0], int(self.config.neutral_components)
+        maps = self.mean_head(text).view(-1, k, kn + 1)
+        return (maps[..., :kn] @ identity[..., None]).squeeze(-1) + maps[..., kn]
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs: Any) -> "SubspaceDenoiser":
+        """Load from a local folder with config.json + safetensors weights; pickle checkpoints are refused."""
+        folder = Path(pretrained_model_name_or_path)
+        if not (folder / "config.json").is_file():
+            raise ExpDiffInputError(folder, "not a denoiser folder (config.json missing); models load from local "
+                                    "folders only, never from a hub")
+        require_safetensors(folder)
+        kwargs["use_safetensors"] = True
+        kwargs.setdefault("local_files_only", True)
+        return super().from_pretrained(folder, **kwargs)
+
+
+def _principal(x: torch.Tensor, n: int, what: str) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Leading ``n`` principal directions of centred rows ``x`` (N, D): (basis (n, D), std (n,), kept variance)."""
+    rows, dim = x.shape
+    if n > min(rows - 1, dim):
+        raise ExpDiffInputError(None, f"cannot keep {n} principal directions of {rows} {what} of {dim} values")
+    _, s, v = torch.svd_lowrank(x, q=min(n + 16, rows, dim), niter=4)
+    std = (s[:n] / max(rows - 1, 1) ** 0.5).clamp(min=1e-8)
+    total = float(x.pow(2).sum())
+    kept = float(s[:n].pow(2).sum()) / total if total > 0 else 1.0
+    return v[:, :n].T.contiguous(), std, kept

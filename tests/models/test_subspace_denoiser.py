@@ -1,0 +1,120 @@
+"""SubspaceDenoiser: fitted per-kind subspaces, whitened coefficients, identity and prompt wiring, round trip."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from expdiff_core.errors import ExpDiffInputError
+from expdiff_core.models.denoiser import load_denoiser
+from expdiff_core.models.subspace_denoiser import SubspaceDenoiser
+
+KINDS = ("position", "albedo", "normal", "roughness", "specular")
+UDIMS, C, H, W, CN = 2, 8, 4, 4, 4
+M = UDIMS * len(KINDS)
+COMPONENTS = [6, 3, 3, 2, 2]
+TEXT_LEN, TEXT_DIM = 5, 24
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def low_rank_data(n: int = 60, subjects: int = 12, seed: int = 0):
+    """Changes of ``n`` samples whose every kind lies in an affine subspace of the dimension the model keeps,
+    and ``subjects`` neutrals."""
+    gen = torch.Generator().manual_seed(seed)
+    changes = torch.zeros(n, M, C, H, W)
+    for k, rank in enumerate(COMPONENTS):
+        directions = torch.randn(rank, UDIMS * C * H * W, generator=gen)
+        offset = torch.randn(UDIMS * C * H * W, generator=gen)
+        weights = torch.randn(n, rank, generator=gen) * torch.linspace(3, 1, rank)
+        values = (offset + weights @ directions).view(n, UDIMS, C, H, W)
+        changes[:, [u * len(KINDS) + k for u in range(UDIMS)]] = values
+    neutrals = torch.randn(subjects, M, CN, H, W, generator=gen)
+    return changes, neutrals
+
+
+def fitted_model(seed: int = 0, perturb: bool = True) -> SubspaceDenoiser:
+    torch.manual_seed(seed)
+    model = SubspaceDenoiser(kinds=KINDS, n_udims=UDIMS, latent_channels=C, latent_size=[H, W], condition_channels=CN,
+                             components=COMPONENTS, neutral_components=5, width=32, depth=2, text_dim=TEXT_DIM,
+                             text_len=TEXT_LEN).eval()
+    model.fit_subspace(*low_rank_data())
+    if perturb:  # adaLN-zero starts every gate and the output at zero: perturb to expose the wiring
+        gen = torch.Generator().manual_seed(seed + 1)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn(p.shape, generator=gen) * 0.1)
+    return model
+
+
+def inputs(seed: int = 0, batch: int = 2):
+    gen = torch.Generator().manual_seed(seed)
+    sample = torch.randn(batch, sum(COMPONENTS), generator=gen)
+    neutral = torch.randn(batch, M, CN, H, W, generator=gen)
+    tokens = torch.randn(batch, TEXT_LEN, TEXT_DIM, generator=gen)
+    return sample, torch.tensor([10, 700][:batch]), neutral, tokens, torch.ones(batch, TEXT_LEN, dtype=torch.bool)
+
+
+def test_changes_inside_the_fitted_subspace_round_trip_exactly():
+    model = fitted_model(perturb=False)
+    changes, _ = low_rank_data(n=60)
+    coefficients = model.diffusion_target(changes)
+    assert coefficients.shape == (60, sum(COMPONENTS)) == (60, *model.diffused_shape())
+    # each kind's data has exactly the rank kept, so projecting loses nothing but float32 rounding
+    torch.testing.assert_close(model.latents_from_target(coefficients), changes, atol=1e-4, rtol=1e-4)
+
+
+def test_the_diffused_coefficients_are_whitened_on_the_training_data():
+    model = fitted_model(perturb=False)
+    coefficients = model.diffusion_target(low_rank_data()[0])
+    torch.testing.assert_close(coefficients.mean(0), torch.zeros(sum(COMPONENTS)), atol=1e-4, rtol=0)
+    torch.testing.assert_close(coefficients.std(0), torch.ones(sum(COMPONENTS)), atol=1e-4, rtol=0)
+
+
+def test_changes_outside_the_subspace_are_projected_onto_it():
+    model = fitted_model(perturb=False)
+    outside = torch.randn(3, M, C, H, W)
+    projected = model.latents_from_target(model.diffusion_target(outside))
+    # a projection: applying it again changes nothing
+    torch.testing.assert_close(model.latents_from_target(model.diffusion_target(projected)), projected,
+                               atol=1e-4, rtol=1e-4)
+
+
+def test_the_output_has_the_sample_shape_and_depends_on_the_identity():
+    model = fitted_model()
+    sample, t, neutral, tokens, mask = inputs()
+    out = model(sample, t, neutral, tokens, mask)
+    assert out.shape == sample.shape
+    assert not torch.allclose(out, model(sample, t, neutral.flip(0), tokens, mask))
+
+
+def test_an_all_false_mask_is_the_unconditional_branch_whatever_the_tokens():
+    model = fitted_model()
+    sample, t, neutral, tokens, mask = inputs()
+    empty = torch.zeros_like(mask)
+    torch.testing.assert_close(model(sample, t, neutral, tokens, empty), model(sample, t, neutral, -tokens, empty))
+    assert not torch.allclose(model(sample, t, neutral, tokens, mask), model(sample, t, neutral, tokens, empty))
+
+
+def test_an_unfitted_model_refuses_to_run():
+    model = SubspaceDenoiser(kinds=KINDS, n_udims=UDIMS, latent_channels=C, latent_size=[H, W], condition_channels=CN,
+                             components=COMPONENTS, neutral_components=5, width=32, depth=1, text_dim=TEXT_DIM)
+    with pytest.raises(ExpDiffInputError, match="no fitted subspace"):
+        model.diffusion_target(torch.zeros(1, M, C, H, W))
+
+
+def test_keeping_more_directions_than_the_data_has_is_refused():
+    model = SubspaceDenoiser(kinds=KINDS, n_udims=UDIMS, latent_channels=C, latent_size=[H, W], condition_channels=CN,
+                             components=[70, 1, 1, 1, 1], neutral_components=5, width=32, depth=1)
+    with pytest.raises(ExpDiffInputError, match="cannot keep 70 principal directions of 60 position changes"):
+        model.fit_subspace(*low_rank_data(n=60))
+
+
+def test_save_and_load_keeps_the_fitted_subspace(tmp_path):
+    model = fitted_model()
+    model.save_pretrained(tmp_path / "denoiser")
+    loaded = load_denoiser(tmp_path / "denoiser").eval()
+    assert isinstance(loaded, SubspaceDenoiser)
+    torch.testing.assert_close(loaded.change_basis, model.change_basis, atol=0, rtol=0)
+    sample, t, neutral, tokens, mask = inputs()
+    torch.testing.assert_close(loaded(sample, t, neutral, tokens, mask), model(sample, t, neutral, tokens, mask))
