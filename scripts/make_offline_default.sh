@@ -33,16 +33,21 @@ expdiff data encode "$WORK/dataset$PRIOR_IDENTITIES" --vae "$WORK/vae" --out "$W
 [ -d "$OUT" ] || expdiff models assemble --dataset "$WORK/dataset" --vae "$WORK/vae" --diffusion "$WORK/diffusion" \
     --prior "$WORK/prior" --prior-strength "$PRIOR_STRENGTH" --out "$OUT"
 
-# Optional (CHANGE_MODEL=1): the expression-relative representation, not in the bundled model yet (the model
-# card says why): the linear change codec fitted in closed form on the 160-identity corpus (3.5 min; the committed
-# models/change_codec/), the corpus's change latents, and a denoiser on them (`--target change`, 25 min here): with
-# the prompt token embedding and the sample skip (offline_change_denoiser.json), a zero-terminal-SNR schedule and
-# timesteps shifted toward noise (the model card says why each).
-if [ "${CHANGE_MODEL:-0}" = 1 ]; then
+# Optional (CHANGE_MODEL=1 and/or SUBSPACE_MODEL=1): the expression-relative representation, not in the bundled
+# model yet (the model card says why): the linear change codec fitted in closed form on the 160-identity corpus
+# (3.5 min; the committed models/change_codec/) and the corpus's change latents; then
+# - CHANGE_MODEL: the dual-attention denoiser on them (`--target change`, 25 min here): with the prompt token
+#   embedding and the sample skip (offline_change_denoiser.json), a zero-terminal-SNR schedule and timesteps shifted
+#   toward noise (the model card says why each);
+# - SUBSPACE_MODEL: the subspace denoiser (offline_subspace_denoiser.json: diffusion over the principal
+#   coefficients of the change latents, ~15 min here).
+if [ "${CHANGE_MODEL:-0}" = 1 ] || [ "${SUBSPACE_MODEL:-0}" = 1 ]; then
     DATA="$WORK/dataset$PRIOR_IDENTITIES"
     [ -d "$WORK/change_codec" ] || expdiff train change-codec --dataset "$DATA" --channels 64 --out "$WORK/change_codec"
     expdiff data encode "$DATA" --vae "$WORK/vae" --change-vae "$WORK/change_codec" --out "$WORK/latents-change" \
         --splits train --device "$DEVICE"
+fi
+if [ "${CHANGE_MODEL:-0}" = 1 ]; then
     expdiff train diffusion --latents "$WORK/latents-change" --out "$WORK/diffusion-change" \
         --steps "${CHANGE_STEPS:-2000}" \
         --model-config "$(dirname "$0")/offline_change_denoiser.json" --target change --prediction-type v_prediction \
@@ -50,4 +55,12 @@ if [ "${CHANGE_MODEL:-0}" = 1 ]; then
         --checkpoint-every 250 --device "$DEVICE"
     [ -d "$WORK/expdiff-change" ] || expdiff models assemble --dataset "$DATA" --vae "$WORK/vae" \
         --diffusion "$WORK/diffusion-change" --change-vae "$WORK/change_codec" --out "$WORK/expdiff-change"
+fi
+if [ "${SUBSPACE_MODEL:-0}" = 1 ]; then
+    expdiff train diffusion --latents "$WORK/latents-change" --out "$WORK/diffusion-subspace" \
+        --steps "${SUBSPACE_STEPS:-4000}" --model-config "$(dirname "$0")/offline_subspace_denoiser.json" \
+        --prediction-type v_prediction --zero-terminal-snr true --batch-size 256 --learning-rate 1e-3 \
+        --checkpoint-every 250 --device "$DEVICE"
+    [ -d "$WORK/expdiff-subspace" ] || expdiff models assemble --dataset "$DATA" --vae "$WORK/vae" \
+        --diffusion "$WORK/diffusion-subspace" --change-vae "$WORK/change_codec" --out "$WORK/expdiff-subspace"
 fi

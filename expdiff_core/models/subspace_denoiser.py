@@ -58,7 +58,11 @@ class SubspaceDenoiser(ModelMixin, ConfigMixin):
     unconditional branch (classifier-free guidance): its prompt embedding is a learned null vector.
 
     ``components``: principal directions kept per map kind (in ``kinds`` order); ``neutral_components``: the
-    neutral latents' directions the identity is read from. ``mean_skip`` (a v-prediction noise schedule, as
+    neutral latents' directions the identity is read from. ``whiten``: every coefficient is scaled to unit
+    variance on the training data (else one scale per kind, unit mean variance, so the strong directions stay
+    strong and the noise schedule treats the weak ones as detail). ``identity_noise``: in training, Gaussian
+    noise of this std is added to the (whitened) identity coefficients: with 128 training identities the network
+    otherwise memorises each neutral's change (noise on a regression's inputs acts as its ridge). ``mean_skip`` (a v-prediction noise schedule, as
     for ``ExpDiffDenoiser``'s ``sample_skip``): add the path :meth:`expected_change`. The bases are buffers saved with the weights;
     until :meth:`fit_subspace` runs they are empty (zero) and the model refuses to run.
     """
@@ -83,6 +87,8 @@ class SubspaceDenoiser(ModelMixin, ConfigMixin):
         text_conditioning: str = "encoder",
         target: str = "change",
         mean_skip: Mapping[str, Any] | None = None,
+        whiten: bool = True,
+        identity_noise: float = 0.0,
     ):
         super().__init__()
         kinds = list(kinds)
@@ -183,6 +189,8 @@ class SubspaceDenoiser(ModelMixin, ConfigMixin):
                 x = changes[:, self._kind_maps(i)].reshape(changes.shape[0], -1).float()
                 mean = x.mean(0)
                 basis, std, fraction = _principal(x - mean, n, f"{kind} changes")
+                if not self.config.whiten:  # one scale per kind: the directions keep their relative variances
+                    std = std.pow(2).mean().sqrt().expand(n)
                 lo, hi = self.offsets[i], self.offsets[i + 1]
                 self.change_mean[i] = mean
                 self.change_basis[lo:hi] = basis
@@ -257,6 +265,8 @@ class SubspaceDenoiser(ModelMixin, ConfigMixin):
         cond = cond + text
 
         identity = self.identity_coefficients(neutral.float()).to(self.dtype)
+        if self.training and self.config.identity_noise > 0:
+            identity = identity + self.config.identity_noise * torch.randn_like(identity)
         x = self.input_proj(sample.to(self.dtype)) + self.identity_proj(identity)
         for block in self.blocks:
             x = block(x, cond)

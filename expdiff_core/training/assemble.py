@@ -29,7 +29,9 @@ def model_card(name: str, config: PipelineConfig, vae_dir: Path, denoiser_dir: P
     lines = [
         f"# {name}",
         "",
-        "ExpDiff pipeline: latent codec (AutoencoderKL) + dual-attention denoiser, trained by ExpDiff's own",
+        "ExpDiff pipeline: latent codec (AutoencoderKL) + "
+        f"{'subspace' if (denoiser or {}).get('_class_name') == 'SubspaceDenoiser' else 'dual-attention'} "
+        "denoiser, trained by ExpDiff's own",
         "trainers on the synthetic face factory's corpus. Offline default; not a production model.",
         "",
         f"- maps: {', '.join(config.kinds)} on UDIM tiles {config.udims} at {config.resolution}x{config.resolution}",
@@ -40,7 +42,13 @@ def model_card(name: str, config: PipelineConfig, vae_dir: Path, denoiser_dir: P
         f"val / {len(dataset.split('test'))} test identities x {len(dataset.expressions)} expressions",
         f"- default sampling: {config.sampler}, {config.steps} steps, strength {config.strength}",
     ]
-    if denoiser:
+    if denoiser and denoiser.get("_class_name") == "SubspaceDenoiser":
+        lines.append(f"- denoiser: diffuses the principal coefficients of the change latents ({denoiser.get('components')}"
+                     f" directions per kind, {'whitened' if denoiser.get('whiten', True) else 'one scale per kind'}); "
+                     f"identity from {denoiser.get('neutral_components')} neutral directions; text conditioning "
+                     f"{denoiser.get('text_conditioning', 'encoder')}; MLP width {denoiser.get('width')}, depth "
+                     f"{denoiser.get('depth')}")
+    elif denoiser:
         lines.append(f"- denoiser: diffuses the {denoiser.get('target', 'absolute')} latents; attention between maps "
                      f"{'on' if denoiser.get('attention', True) else 'off'}; text conditioning "
                      f"{denoiser.get('text_conditioning', 'encoder')}; width {denoiser.get('width')}, depth "

@@ -33,11 +33,11 @@ def low_rank_data(n: int = 60, subjects: int = 12, seed: int = 0):
     return changes, neutrals
 
 
-def fitted_model(seed: int = 0, perturb: bool = True) -> SubspaceDenoiser:
+def fitted_model(seed: int = 0, perturb: bool = True, **config) -> SubspaceDenoiser:
     torch.manual_seed(seed)
     model = SubspaceDenoiser(kinds=KINDS, n_udims=UDIMS, latent_channels=C, latent_size=[H, W], condition_channels=CN,
                              components=COMPONENTS, neutral_components=5, width=32, depth=2, text_dim=TEXT_DIM,
-                             text_len=TEXT_LEN).eval()
+                             text_len=TEXT_LEN, **config).eval()
     model.fit_subspace(*low_rank_data())
     if perturb:  # adaLN-zero starts every gate and the output at zero: perturb to expose the wiring
         gen = torch.Generator().manual_seed(seed + 1)
@@ -69,6 +69,17 @@ def test_the_diffused_coefficients_are_whitened_on_the_training_data():
     coefficients = model.diffusion_target(low_rank_data()[0])
     torch.testing.assert_close(coefficients.mean(0), torch.zeros(sum(COMPONENTS)), atol=1e-4, rtol=0)
     torch.testing.assert_close(coefficients.std(0), torch.ones(sum(COMPONENTS)), atol=1e-4, rtol=0)
+
+
+def test_without_whitening_each_kind_has_unit_mean_variance_and_keeps_its_directions_ranked():
+    model = fitted_model(perturb=False, whiten=False)
+    changes = low_rank_data()[0]
+    coefficients = model.diffusion_target(changes)
+    for i, n in enumerate(COMPONENTS):
+        variance = coefficients[:, model.offsets[i]:model.offsets[i + 1]].var(0)
+        torch.testing.assert_close(variance.mean(), torch.tensor(1.0), atol=1e-4, rtol=0)
+        assert variance[0] > variance[-1]  # the data's directions were drawn with decreasing weights
+    torch.testing.assert_close(model.latents_from_target(coefficients), changes, atol=1e-4, rtol=1e-4)
 
 
 def test_changes_outside_the_subspace_are_projected_onto_it():
@@ -118,3 +129,11 @@ def test_save_and_load_keeps_the_fitted_subspace(tmp_path):
     torch.testing.assert_close(loaded.change_basis, model.change_basis, atol=0, rtol=0)
     sample, t, neutral, tokens, mask = inputs()
     torch.testing.assert_close(loaded(sample, t, neutral, tokens, mask), model(sample, t, neutral, tokens, mask))
+
+
+def test_identity_noise_perturbs_the_identity_in_training_only():
+    model = fitted_model(identity_noise=0.5)
+    sample, t, neutral, tokens, mask = inputs()
+    torch.testing.assert_close(model(sample, t, neutral, tokens, mask), model(sample, t, neutral, tokens, mask))
+    model.train()
+    assert not torch.allclose(model(sample, t, neutral, tokens, mask), model(sample, t, neutral, tokens, mask))
