@@ -62,6 +62,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="a change codec (`expdiff train change-codec` or `expdiff train vae --change`): every "
                    "expression is encoded as its change from the subject's neutral with it, the neutral with --vae (the condition); for "
                    "`expdiff train diffusion --target change`")
+    e.add_argument("--condition", choices=("vae", "change"), default="vae",
+                   help="what encodes the neutral (the denoiser's condition): --vae (default), or --change-vae (for "
+                   "a subspace denoiser with condition_codec 'change': the linear codec keeps the neutral "
+                   "geometry's detail)")
     e.add_argument("--position-scale-cm", type=float, default=6.0, metavar="CM",
                    help="displacement that maps to +-1 in position maps (default %(default)s cm)")
     e.add_argument("--splits", default="train,val,test", metavar="S1,S2",
@@ -149,6 +153,6 @@ def run_encode(args: argparse.Namespace) -> int:
                     if args.change_vae else None)
     out = encode_dataset(args.dataset, codec, args.out, PositionMapConfig(scale_cm=args.position_scale_cm),
                          cache_dir=settings.cache_path / "uv", splits=tuple(args.splits.split(",")),
-                         change_codec=change_codec, identities=args.identities)
+                         change_codec=change_codec, identities=args.identities, condition=args.condition)
     print(f"wrote latents {out}")
     return 0

@@ -62,7 +62,11 @@ class SubspaceDenoiser(ModelMixin, ConfigMixin):
     variance on the training data (else one scale per kind, unit mean variance, so the strong directions stay
     strong and the noise schedule treats the weak ones as detail). ``identity_noise``: in training, Gaussian
     noise of this std is added to the (whitened) identity coefficients: with 128 training identities the network
-    otherwise memorises each neutral's change (noise on a regression's inputs acts as its ridge). ``mean_skip`` (a v-prediction noise schedule, as
+    otherwise memorises each neutral's change (noise on a regression's inputs acts as its ridge).
+    ``identity_kinds``: the neutral maps the identity is read from (default: all). ``condition_codec``: what
+    encodes the neutral maps into the condition, the pipeline's absolute ``"vae"`` or its ``"change"`` codec
+    (linear: it keeps the neutral geometry's detail that an expression's change depends on, which the small VAE's
+    4 channels lose; the training latents' neutrals must be encoded the same way). ``mean_skip`` (a v-prediction noise schedule, as
     for ``ExpDiffDenoiser``'s ``sample_skip``): add the path :meth:`expected_change`. The bases are buffers saved with the weights;
     until :meth:`fit_subspace` runs they are empty (zero) and the model refuses to run.
     """
@@ -89,6 +93,8 @@ class SubspaceDenoiser(ModelMixin, ConfigMixin):
         mean_skip: Mapping[str, Any] | None = None,
         whiten: bool = True,
         identity_noise: float = 0.0,
+        identity_kinds: Sequence[str] | None = None,
+        condition_codec: str = "vae",
     ):
         super().__init__()
         kinds = list(kinds)
@@ -106,7 +112,14 @@ class SubspaceDenoiser(ModelMixin, ConfigMixin):
         self.condition_channels = int(condition_channels)
         per_kind = n_udims * latent_channels * size[0] * size[1]
         n_total = int(sum(components))
-        neutral_dim = n_udims * len(kinds) * condition_channels * size[0] * size[1]
+        if condition_codec not in ("vae", "change"):
+            raise ExpDiffInputError(None, f"condition_codec {condition_codec!r} is not 'vae' or 'change'")
+        unknown = sorted(set(identity_kinds or ()) - set(kinds))
+        if unknown:
+            raise ExpDiffInputError(None, f"identity_kinds {unknown} are not among the kinds {kinds}")
+        self.identity_maps = [u * len(kinds) + k for u in range(n_udims) for k, kind in enumerate(kinds)
+                              if identity_kinds is None or kind in identity_kinds]
+        neutral_dim = len(self.identity_maps) * condition_channels * size[0] * size[1]
         if not 1 <= neutral_components <= neutral_dim:
             raise ExpDiffInputError(None, f"neutral_components {neutral_components} must be in [1, {neutral_dim}]")
         # Persistent buffers: the fitted subspaces travel with the weights.
@@ -196,7 +209,7 @@ class SubspaceDenoiser(ModelMixin, ConfigMixin):
                 self.change_basis[lo:hi] = basis
                 self.change_std[lo:hi] = std
                 kept[kind] = fraction
-            x = neutrals.reshape(neutrals.shape[0], -1).float()
+            x = neutrals[:, self.identity_maps].reshape(neutrals.shape[0], -1).float()
             mean = x.mean(0)
             basis, std, fraction = _principal(x - mean, int(self.config.neutral_components), "neutral latents")
             self.neutral_mean.copy_(mean)
@@ -234,7 +247,7 @@ class SubspaceDenoiser(ModelMixin, ConfigMixin):
     def identity_coefficients(self, neutral: torch.Tensor) -> torch.Tensor:
         """Neutral latents (B, M, Cn, h, w) -> whitened principal coefficients (B, neutral_components)."""
         self._check("neutral", neutral, self.condition_channels)
-        x = neutral.reshape(neutral.shape[0], -1).to(self.neutral_basis.dtype)
+        x = neutral[:, self.identity_maps].reshape(neutral.shape[0], -1).to(self.neutral_basis.dtype)
         return (x - self.neutral_mean) @ self.neutral_basis.T / self.neutral_std
 
     # ------------------------------------------------------------------ network

@@ -309,11 +309,20 @@ class ExpDiffPipeline:
     @torch.no_grad()
     def encode(self, maps: Maps) -> torch.Tensor:
         """Maps -> latents (M, C, h, w) float32 on CPU, tile-major in the denoiser's map order."""
+        codec = self.condition_codec
         out = []
         for udim in self.config.udims:
             for kind in self.config.kinds:
-                out.append(self.codec.encode(torch.from_numpy(np.asarray(maps[kind][udim])), kind).float().cpu())
+                out.append(codec.encode(torch.from_numpy(np.asarray(maps[kind][udim])), kind).float().cpu())
         return torch.stack(out)
+
+    @property
+    def condition_codec(self) -> LatentCodec | PatchChangeCodec:
+        """The codec that encodes the character's neutral maps into the denoiser's condition: the absolute one,
+        or the change codec for a denoiser configured with ``condition_codec="change"``."""
+        if getattr(self.denoiser.config, "condition_codec", "vae") == "change":
+            return self.change_codec
+        return self.codec
 
     # ------------------------------------------------------------------ stage 3: sample
     def prompt_tokens(self, expressions: Sequence[Expression]) -> tuple[torch.Tensor, torch.Tensor]:

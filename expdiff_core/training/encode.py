@@ -43,19 +43,22 @@ def subject_maps(dataset: Dataset, subject: str, expression: str, rasters: Mappi
 
 
 def encode_subject(codec: LatentCodec, maps_by_expression: Mapping[str, Mapping[str, Mapping[int, np.ndarray]]],
-                   kinds: list[str], udims: list[int], change_codec: LatentCodec | None = None
-                   ) -> dict[str, torch.Tensor]:
+                   kinds: list[str], udims: list[int], change_codec: LatentCodec | None = None,
+                   condition: str = "vae") -> dict[str, torch.Tensor]:
     """Latents ``"<expression>/<kind>/<udim>" -> (C, h, w) float32`` of one subject, one codec call per kind.
 
     With ``change_codec``: the neutral's maps with ``codec``, every other expression's change from the neutral
-    (its maps minus the neutral's) with ``change_codec`` (a change encoding, see ``training.latents``).
+    (its maps minus the neutral's) with ``change_codec`` (a change encoding, see ``training.latents``);
+    ``condition="change"``: the neutral's maps with ``change_codec`` too.
     """
     out: dict[str, torch.Tensor] = {}
     expressions = list(maps_by_expression)
     for kind in kinds:
         groups = [(codec, expressions, False)]
         if change_codec is not None:
-            groups = [(codec, [NEUTRAL], False), (change_codec, [e for e in expressions if e != NEUTRAL], True)]
+            neutral_codec = change_codec if condition == "change" else codec
+            groups = [(neutral_codec, [NEUTRAL], False),
+                      (change_codec, [e for e in expressions if e != NEUTRAL], True)]
         for group_codec, chosen, change in groups:
             keys = [(e, u) for e in chosen for u in udims]
             if not keys:
@@ -72,12 +75,15 @@ def encode_subject(codec: LatentCodec, maps_by_expression: Mapping[str, Mapping[
 def encode_dataset(dataset_root: str | os.PathLike, codec: LatentCodec, out: str | os.PathLike,
                    position: PositionMapConfig = PositionMapConfig(), *, cache_dir: str | os.PathLike | None = None,
                    splits: tuple[str, ...] = ("train", "val", "test"), progress: bool = True,
-                   change_codec: LatentCodec | None = None, identities: int | None = None) -> Path:
+                   change_codec: LatentCodec | None = None, identities: int | None = None,
+                   condition: str = "vae") -> Path:
     """Encode every sample of ``splits`` of the dataset at ``dataset_root`` into ``out``; resumes a partial ``out``.
 
     splits: which identities to encode (training needs only ``train``; evaluation reads the raw dataset).
     change_codec: a change encoding (the neutral with ``codec``, the expressions' changes with this one).
     identities: encode only the first N identities of each split (encoding is the slow step on a CPU).
+    condition: what encodes the neutral (the denoiser's condition): ``"vae"`` (``codec``) or ``"change"``
+    (``change_codec``, for a ``SubspaceDenoiser`` with ``condition_codec="change"``).
 
     The manifest is written first (so a resumed run can check it matches) and shards are atomic, so an
     interrupted run leaves only whole shards. Returns ``out``.
@@ -88,6 +94,8 @@ def encode_dataset(dataset_root: str | os.PathLike, codec: LatentCodec, out: str
     out.mkdir(parents=True, exist_ok=True)
     kinds = [POSITION, *dataset.map_kinds]
     h, w = dataset.resolution // codec.downsample_factor, dataset.resolution // codec.downsample_factor
+    if condition not in ("vae", "change") or (condition == "change" and change_codec is None):
+        raise ExpDiffInputError(None, f"condition {condition!r} must be 'vae', or 'change' with a change codec")
     if change_codec is not None:
         if not change_codec.encodes_change:
             raise ExpDiffInputError(None, "the change codec given is a codec of absolute maps (no change_scales.json)")
@@ -103,10 +111,13 @@ def encode_dataset(dataset_root: str | os.PathLike, codec: LatentCodec, out: str
             codec_info.update(change_scales=change_codec.change_scales.to_dict())
         if getattr(change_codec, "fingerprint", None):
             codec_info.update(change_fingerprint=change_codec.fingerprint)
+    if condition == "change":
+        codec_info.update(condition="change")
+    condition_channels = (change_codec if condition == "change" else codec).latent_channels
     target_channels = (change_codec or codec).latent_channels
     manifest = LatentManifest(
         kinds=kinds, udims=list(dataset.udims), latent_shape=[target_channels, h, w],
-        condition_channels=codec.latent_channels if target_channels != codec.latent_channels else None,
+        condition_channels=condition_channels if target_channels != condition_channels else None,
         scaling_factor=float((change_codec or codec).scaling_factor), expressions=list(dataset.expressions),
         subjects={s: dataset.split(s)[:identities] for s in splits if dataset.split(s)},
         codec=codec_info,
@@ -131,6 +142,6 @@ def encode_dataset(dataset_root: str | os.PathLike, codec: LatentCodec, out: str
         for subject in todo:
             maps = {e: subject_maps(dataset, subject, e, rasters, position) for e in dataset.expressions}
             write_latent_shard(out / f"{subject}.safetensors",
-                               encode_subject(codec, maps, kinds, dataset.udims, change_codec))
+                               encode_subject(codec, maps, kinds, dataset.udims, change_codec, condition))
             bar.update(1)
     return out

@@ -67,7 +67,8 @@ def tiny_map_change(unit: str, layout, identity: int = 0) -> np.ndarray:
 
 
 def tiny_pipeline_folder(root, text_conditioning: str = "encoder", target: str = "absolute", prior: bool = False,
-                         map_prior: bool = False, change_codec: str = "vae", denoiser: str = "transformer"):
+                         map_prior: bool = False, change_codec: str = "vae", denoiser: str = "transformer",
+                         condition: str = "vae"):
     """Write a pipeline folder under ``root / "model"`` (random weights, 4 sampling steps); returns it.
 
     target="residual": the denoiser diffuses (expression - neutral) latents, every map scaled by 4.
@@ -76,7 +77,8 @@ def tiny_pipeline_folder(root, text_conditioning: str = "encoder", target: str =
     change_codec="patch": the change codec is a linear patch codec (8 latent channels against the VAE's 4),
     its bases the principal directions of a random second moment.
     denoiser="subspace": a ``SubspaceDenoiser`` (target "change", patch codec), its subspaces fitted on random
-    low-rank changes of 12 identities x 5 expressions.
+    low-rank changes of 12 identities x 5 expressions; ``condition="change"``: its condition is the neutral maps
+    encoded by the change codec (``condition_codec``), its identity read from the position maps.
     """
     template = template_mesh()
     config = PipelineConfig(kinds=KINDS, udims=[1001, 1002], resolution=RESOLUTION,
@@ -86,7 +88,7 @@ def tiny_pipeline_folder(root, text_conditioning: str = "encoder", target: str =
     vae_dir = codec.save_pretrained(root / "parts" / "vae")
     channels = 8 if change_codec == "patch" else 4
     if denoiser == "subspace":
-        denoiser = tiny_subspace_denoiser(channels)
+        denoiser = tiny_subspace_denoiser(channels, condition)
     else:
         denoiser = ExpDiffDenoiser(**denoiser_config(KINDS, 2, channels, RESOLUTION // 8, width=32, depth=1, heads=2,
                                                      condition_channels=4, text_conditioning=text_conditioning,
@@ -114,7 +116,7 @@ def tiny_pipeline_folder(root, text_conditioning: str = "encoder", target: str =
                                     prior_folder=prior_dir, change_vae_folder=change_dir)
 
 
-def tiny_subspace_denoiser(channels: int):
+def tiny_subspace_denoiser(channels: int, condition: str = "vae"):
     """A SubspaceDenoiser on the tiny layout, fitted on random changes of rank 4 per kind (scale 0.1)."""
     import torch
 
@@ -125,9 +127,12 @@ def tiny_subspace_denoiser(channels: int):
     samples, maps = 60, 2 * len(KINDS)
     changes = (torch.randn(samples, 4, generator=gen) @ torch.randn(4, maps * channels * size * size, generator=gen)
                ).view(samples, maps, channels, size, size) * 0.1
-    neutrals = torch.randn(12, maps, 4, size, size, generator=gen)
-    model = SubspaceDenoiser(kinds=KINDS, n_udims=2, latent_channels=channels, latent_size=size, condition_channels=4,
-                             components=[4] * len(KINDS), neutral_components=3, width=32, depth=1)
+    condition_channels = channels if condition == "change" else 4
+    neutrals = torch.randn(12, maps, condition_channels, size, size, generator=gen)
+    model = SubspaceDenoiser(kinds=KINDS, n_udims=2, latent_channels=channels, latent_size=size,
+                             condition_channels=condition_channels, components=[4] * len(KINDS), neutral_components=3,
+                             width=32, depth=1, condition_codec=condition,
+                             identity_kinds=["position"] if condition == "change" else None)
     model.fit_subspace(changes, neutrals)
     return model
 

@@ -137,3 +137,14 @@ def test_identity_noise_perturbs_the_identity_in_training_only():
     torch.testing.assert_close(model(sample, t, neutral, tokens, mask), model(sample, t, neutral, tokens, mask))
     model.train()
     assert not torch.allclose(model(sample, t, neutral, tokens, mask), model(sample, t, neutral, tokens, mask))
+
+
+def test_the_identity_is_read_from_the_identity_kinds_only():
+    model = fitted_model(identity_kinds=["position"])
+    sample, t, neutral, tokens, mask = inputs()
+    textures = neutral.clone()
+    textures[:, [m for m in range(M) if m % len(KINDS) != 0]] += 1.0  # every non-position map of the neutral
+    torch.testing.assert_close(model(sample, t, textures, tokens, mask), model(sample, t, neutral, tokens, mask))
+    moved = neutral.clone()
+    moved[:, 0] += 1.0
+    assert not torch.allclose(model(sample, t, moved, tokens, mask), model(sample, t, neutral, tokens, mask))

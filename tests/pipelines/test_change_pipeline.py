@@ -45,10 +45,11 @@ def test_sampling_from_the_neutral_starts_from_no_change(tiny_change_pipeline):
     assert unchanged.shape == tiny_change_pipeline.target_shape(z0) and not unchanged.any()
 
 
-@pytest.fixture(scope="module")
-def tiny_subspace_pipeline(tmp_path_factory):
+@pytest.fixture(scope="module", params=["vae", "change"])
+def tiny_subspace_pipeline(request, tmp_path_factory):
+    """A subspace denoiser's pipeline, its condition encoded by the absolute VAE, then by the change codec."""
     folder = tiny_pipeline_folder(tmp_path_factory.mktemp("tiny-expdiff-subspace"), target="change",
-                                  change_codec="patch", denoiser="subspace")
+                                  change_codec="patch", denoiser="subspace", condition=request.param)
     return ExpDiffPipeline.from_pretrained(folder, device="cpu")
 
 
@@ -67,3 +68,13 @@ def test_a_subspace_model_builds_a_character_end_to_end(tiny_subspace_pipeline):
     assert np.array_equal(out.vertices["neutral"], template_mesh().vertices)
     assert np.isfinite(out.vertices["jawOpen"]).all()
     assert set(out.maps["jawOpen"]) == {"position", "albedo", "specular", "roughness", "normal"}
+
+
+def test_the_condition_is_the_neutral_encoded_by_the_codec_the_denoiser_names(tiny_subspace_pipeline):
+    pipe = tiny_subspace_pipeline
+    maps = _neutral_maps(pipe)
+    z0 = pipe.encode(maps)
+    codec = pipe.change_codec if pipe.denoiser.config.condition_codec == "change" else pipe.codec
+    assert z0.shape[1] == pipe.denoiser.condition_channels
+    expected = codec.encode(torch.from_numpy(np.asarray(maps["position"][1001])), "position").float()
+    torch.testing.assert_close(z0[0], expected)  # map 0: UDIM 1001's position

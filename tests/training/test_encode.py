@@ -94,3 +94,25 @@ def test_a_linear_change_codec_may_give_the_expressions_more_channels_than_the_n
     item = samples[0]
     assert item["target"].shape == (5, 12, 8, 8) and item["neutral"].shape == (5, 4, 8, 8)
     assert samples.target("s0", "neutral").shape == (5, 12, 8, 8)  # no change: zero, in the change's channels
+
+
+def test_the_neutral_condition_may_be_encoded_with_the_linear_change_codec(tmp_path, dataset, codec):
+    from expdiff_core.io.dataset import Dataset
+    from expdiff_core.training.encode import dataset_rasters, subject_maps
+    from expdiff_core.training.patch_codec import fit_change_codec
+    from expdiff_core.uv.position_map import PositionMapConfig
+
+    change = fit_change_codec(dataset, latent_channels=12, progress=False)
+    out = encode_dataset(dataset, codec, tmp_path / "lat", splits=("train",), progress=False, change_codec=change,
+                         condition="change")
+    manifest = read_manifest(out)
+    assert manifest.condition_shape == [12, 8, 8] and manifest.codec["condition"] == "change"
+    data = Dataset(dataset)
+    neutral = subject_maps(data, "s0", "neutral", dataset_rasters(data), PositionMapConfig())["position"][1001]
+    shard = read_latent_shard(out / "s0.safetensors")
+    assert torch.equal(shard["neutral/position/1001"], change.encode(torch.from_numpy(neutral), "position"))
+
+
+def test_a_change_condition_needs_a_change_codec(tmp_path, dataset, codec):
+    with pytest.raises(ExpDiffInputError, match="'change' with a change codec"):
+        encode_dataset(dataset, codec, tmp_path / "lat", progress=False, condition="change")
