@@ -35,19 +35,19 @@ expdiff data encode "$WORK/dataset$PRIOR_IDENTITIES" --vae "$WORK/vae" --out "$W
 
 # Optional (CHANGE_MODEL=1 and/or SUBSPACE_MODEL=1): the expression-relative representation, not in the bundled
 # model yet (the model card says why): the linear change codec fitted in closed form on the 160-identity corpus
-# (3.5 min; the committed models/change_codec/) and the corpus's change latents; then
+# (3.5 min; the committed models/change_codec/); then, on the corpus's change latents,
 # - CHANGE_MODEL: the dual-attention denoiser on them (`--target change`, 25 min here): with the prompt token
 #   embedding and the sample skip (offline_change_denoiser.json), a zero-terminal-SNR schedule and timesteps shifted
 #   toward noise (the model card says why each);
 # - SUBSPACE_MODEL: the subspace denoiser (offline_subspace_denoiser.json: diffusion over the principal
-#   coefficients of the change latents, ~15 min here).
+#   coefficients of the change latents, identity from the neutral geometry through the change codec; ~15 min here).
 if [ "${CHANGE_MODEL:-0}" = 1 ] || [ "${SUBSPACE_MODEL:-0}" = 1 ]; then
     DATA="$WORK/dataset$PRIOR_IDENTITIES"
     [ -d "$WORK/change_codec" ] || expdiff train change-codec --dataset "$DATA" --channels 64 --out "$WORK/change_codec"
-    expdiff data encode "$DATA" --vae "$WORK/vae" --change-vae "$WORK/change_codec" --out "$WORK/latents-change" \
-        --splits train --device "$DEVICE"
 fi
 if [ "${CHANGE_MODEL:-0}" = 1 ]; then
+    expdiff data encode "$DATA" --vae "$WORK/vae" --change-vae "$WORK/change_codec" --out "$WORK/latents-change" \
+        --splits train --device "$DEVICE"
     expdiff train diffusion --latents "$WORK/latents-change" --out "$WORK/diffusion-change" \
         --steps "${CHANGE_STEPS:-2000}" \
         --model-config "$(dirname "$0")/offline_change_denoiser.json" --target change --prediction-type v_prediction \
@@ -57,7 +57,10 @@ if [ "${CHANGE_MODEL:-0}" = 1 ]; then
         --diffusion "$WORK/diffusion-change" --change-vae "$WORK/change_codec" --out "$WORK/expdiff-change"
 fi
 if [ "${SUBSPACE_MODEL:-0}" = 1 ]; then
-    expdiff train diffusion --latents "$WORK/latents-change" --out "$WORK/diffusion-subspace" \
+    # the neutral (the condition) encoded by the change codec as well
+    expdiff data encode "$DATA" --vae "$WORK/vae" --change-vae "$WORK/change_codec" --condition change \
+        --out "$WORK/latents-subspace" --splits train --device "$DEVICE"
+    expdiff train diffusion --latents "$WORK/latents-subspace" --out "$WORK/diffusion-subspace" \
         --steps "${SUBSPACE_STEPS:-4000}" --model-config "$(dirname "$0")/offline_subspace_denoiser.json" \
         --prediction-type v_prediction --zero-terminal-snr true --batch-size 256 --learning-rate 1e-3 \
         --checkpoint-every 250 --device "$DEVICE"
