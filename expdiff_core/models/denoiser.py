@@ -408,15 +408,7 @@ class ExpDiffDenoiser(ModelMixin, ConfigMixin):
         b = sample.shape[0]
         self._check("sample", sample, None)
         self._check("neutral", neutral, b, self.condition_channels)
-        if text_tokens.ndim != 3 or text_tokens.shape[0] != b or text_tokens.shape[2] != self.config.text_dim:
-            raise ExpDiffInputError(None, f"denoiser text_tokens has shape {tuple(text_tokens.shape)}; expected "
-                                    f"({b}, L, {self.config.text_dim})")
-        if text_mask is None:
-            text_mask = torch.ones(text_tokens.shape[:2], dtype=torch.bool, device=text_tokens.device)
-        text_mask = text_mask.to(device=sample.device, dtype=torch.bool)
-
-        timestep = torch.as_tensor(timestep, device=sample.device)
-        timestep = timestep.expand(b) if timestep.ndim == 0 else timestep
+        timestep, text_mask = conditioning_inputs(self.config.text_dim, sample, timestep, text_tokens, text_mask)
         cond = self.time_embed(self.time_proj(timestep).to(self.dtype))
 
         text = self.text_proj(self.text_norm(text_tokens.to(self.dtype)))
@@ -460,14 +452,35 @@ class ExpDiffDenoiser(ModelMixin, ConfigMixin):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs: Any) -> "ExpDiffDenoiser":
         """Load from a local folder with config.json + safetensors weights; pickle checkpoints are refused."""
-        folder = Path(pretrained_model_name_or_path)
-        if not (folder / "config.json").is_file():
-            raise ExpDiffInputError(folder, "not a denoiser folder (config.json missing); models load from local "
-                                    "folders only, never from a hub")
-        require_safetensors(folder)
-        kwargs["use_safetensors"] = True
-        kwargs.setdefault("local_files_only", True)
-        return super().from_pretrained(folder, **kwargs)
+        return super().from_pretrained(local_denoiser_folder(pretrained_model_name_or_path, kwargs), **kwargs)
+
+
+def conditioning_inputs(text_dim: int, sample: torch.Tensor, timestep: torch.Tensor | float | int,
+                        text_tokens: torch.Tensor, text_mask: torch.Tensor | None
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """A denoiser's checked prompt and timestep inputs: (timesteps (B,), text mask (B, L) bool), on the sample's
+    device; ``text_tokens`` must be (B, L, text_dim), a missing mask means every token counts."""
+    b = sample.shape[0]
+    if text_tokens.ndim != 3 or text_tokens.shape[0] != b or text_tokens.shape[2] != text_dim:
+        raise ExpDiffInputError(None, f"denoiser text_tokens has shape {tuple(text_tokens.shape)}; expected "
+                                f"({b}, L, {text_dim})")
+    if text_mask is None:
+        text_mask = torch.ones(text_tokens.shape[:2], dtype=torch.bool, device=text_tokens.device)
+    timestep = torch.as_tensor(timestep, device=sample.device)
+    return (timestep.expand(b) if timestep.ndim == 0 else timestep), text_mask.to(device=sample.device, dtype=torch.bool)
+
+
+def local_denoiser_folder(path: str | Path, kwargs: dict[str, Any]) -> Path:
+    """``path`` checked as a local denoiser folder with safetensors weights; sets ``from_pretrained``'s loading
+    ``kwargs`` (safetensors only, local files only). Pickle checkpoints and hub names are refused."""
+    folder = Path(path)
+    if not (folder / "config.json").is_file():
+        raise ExpDiffInputError(folder, "not a denoiser folder (config.json missing); models load from local "
+                                "folders only, never from a hub")
+    require_safetensors(folder)
+    kwargs["use_safetensors"] = True
+    kwargs.setdefault("local_files_only", True)
+    return folder
 
 
 def denoiser_class(class_name: str | None) -> type:

@@ -29,7 +29,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 from ..errors import ExpDiffInputError
-from .weights import require_safetensors
+from .denoiser import conditioning_inputs, local_denoiser_folder
 
 CLASS_NAME = "SubspaceDenoiser"
 
@@ -66,9 +66,10 @@ class SubspaceDenoiser(ModelMixin, ConfigMixin):
     ``identity_kinds``: the neutral maps the identity is read from (default: all). ``condition_codec``: what
     encodes the neutral maps into the condition, the pipeline's absolute ``"vae"`` or its ``"change"`` codec
     (linear: it keeps the neutral geometry's detail that an expression's change depends on, which the small VAE's
-    4 channels lose; the training latents' neutrals must be encoded the same way). ``mean_skip`` (a v-prediction noise schedule, as
-    for ``ExpDiffDenoiser``'s ``sample_skip``): add the path :meth:`expected_change`. The bases are buffers saved with the weights;
-    until :meth:`fit_subspace` runs they are empty (zero) and the model refuses to run.
+    4 channels lose; the training latents' neutrals must be encoded the same way). ``mean_skip`` (a v-prediction
+    noise schedule, as for ``ExpDiffDenoiser``'s ``sample_skip``): add the path :meth:`expected_change`. The bases
+    are buffers saved with the weights; until :meth:`fit_subspace` runs they are empty (zero) and the model
+    refuses to run.
     """
 
     _supports_gradient_checkpointing = False
@@ -260,15 +261,7 @@ class SubspaceDenoiser(ModelMixin, ConfigMixin):
             raise ExpDiffInputError(None, f"denoiser sample has shape {tuple(sample.shape)}; expected "
                                     f"(B, {self.change_basis.shape[0]})")
         self._check("neutral", neutral, self.condition_channels, b)
-        if text_tokens.ndim != 3 or text_tokens.shape[0] != b or text_tokens.shape[2] != self.config.text_dim:
-            raise ExpDiffInputError(None, f"denoiser text_tokens has shape {tuple(text_tokens.shape)}; expected "
-                                    f"({b}, L, {self.config.text_dim})")
-        if text_mask is None:
-            text_mask = torch.ones(text_tokens.shape[:2], dtype=torch.bool, device=text_tokens.device)
-        text_mask = text_mask.to(device=sample.device, dtype=torch.bool)
-
-        timestep = torch.as_tensor(timestep, device=sample.device)
-        timestep = timestep.expand(b) if timestep.ndim == 0 else timestep
+        timestep, text_mask = conditioning_inputs(self.config.text_dim, sample, timestep, text_tokens, text_mask)
         cond = self.time_embed(self.time_proj(timestep).to(self.dtype))
         tokens = self.text_norm(text_tokens.to(self.dtype))
         weights = text_mask.to(tokens.dtype)[..., None]
@@ -304,14 +297,7 @@ class SubspaceDenoiser(ModelMixin, ConfigMixin):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs: Any) -> "SubspaceDenoiser":
         """Load from a local folder with config.json + safetensors weights; pickle checkpoints are refused."""
-        folder = Path(pretrained_model_name_or_path)
-        if not (folder / "config.json").is_file():
-            raise ExpDiffInputError(folder, "not a denoiser folder (config.json missing); models load from local "
-                                    "folders only, never from a hub")
-        require_safetensors(folder)
-        kwargs["use_safetensors"] = True
-        kwargs.setdefault("local_files_only", True)
-        return super().from_pretrained(folder, **kwargs)
+        return super().from_pretrained(local_denoiser_folder(pretrained_model_name_or_path, kwargs), **kwargs)
 
 
 def _principal(x: torch.Tensor, n: int, what: str) -> tuple[torch.Tensor, torch.Tensor, float]:
