@@ -359,10 +359,7 @@ class ExpDiffDenoiser(ModelMixin, ConfigMixin):
                                                     nn.Linear(width, n_tokens * width))
             zero_init.append(self.prompt_token_embed[2])
         if sample_skip is not None:
-            from diffusers import DDPMScheduler
-
-            alphas_cumprod = DDPMScheduler(**dict(sample_skip)).alphas_cumprod
-            self.register_buffer("noise_sigma", (1.0 - alphas_cumprod).sqrt().float(), persistent=False)
+            self.register_buffer("noise_sigma", noise_sigmas(sample_skip), persistent=False)
             self.skip_gate = nn.Linear(width, patch_size * patch_size * latent_channels)
             zero_init.append(self.skip_gate)
         for layer in zero_init:
@@ -453,6 +450,13 @@ class ExpDiffDenoiser(ModelMixin, ConfigMixin):
     def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs: Any) -> "ExpDiffDenoiser":
         """Load from a local folder with config.json + safetensors weights; pickle checkpoints are refused."""
         return super().from_pretrained(local_denoiser_folder(pretrained_model_name_or_path, kwargs), **kwargs)
+
+
+def noise_sigmas(schedule: Mapping[str, Any]) -> torch.Tensor:
+    """(T,) float32 noise level sqrt(1 - alpha_bar_t) of the DDPM schedule given as scheduler config values."""
+    from diffusers import DDPMScheduler
+
+    return (1.0 - DDPMScheduler(**dict(schedule)).alphas_cumprod).sqrt().float()
 
 
 def conditioning_inputs(text_dim: int, sample: torch.Tensor, timestep: torch.Tensor | float | int,

@@ -29,7 +29,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 from ..errors import ExpDiffInputError
-from .denoiser import conditioning_inputs, local_denoiser_folder
+from .denoiser import conditioning_inputs, local_denoiser_folder, noise_sigmas
 
 CLASS_NAME = "SubspaceDenoiser"
 
@@ -149,10 +149,7 @@ class SubspaceDenoiser(ModelMixin, ConfigMixin):
         self.proj_out = nn.Linear(width, n_total)
         zero_init = [self.modulation_out[1], self.proj_out]
         if mean_skip is not None:
-            from diffusers import DDPMScheduler
-
-            alphas_cumprod = DDPMScheduler(**dict(mean_skip)).alphas_cumprod
-            self.register_buffer("noise_sigma", (1.0 - alphas_cumprod).sqrt().float(), persistent=False)
+            self.register_buffer("noise_sigma", noise_sigmas(mean_skip), persistent=False)
             self.mean_head = nn.Linear(width, n_total * (neutral_components + 1))
             zero_init.append(self.mean_head)
         for layer in zero_init:
