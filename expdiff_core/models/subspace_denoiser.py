@@ -27,6 +27,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
+from torch.nn import functional as F
 
 from ..errors import ExpDiffInputError
 from .denoiser import conditioning_inputs, local_denoiser_folder, noise_sigmas
@@ -35,19 +36,50 @@ CLASS_NAME = "SubspaceDenoiser"
 
 
 class _ModulatedMLPBlock(nn.Module):
-    """x + gate * MLP(modulate(LayerNorm(x))), shift/scale/gate from the condition (adaLN-zero)."""
+    """x + gate * MLP(modulate(norm(x))), shift/scale/gate from the condition (adaLN-zero).
 
-    def __init__(self, width: int, hidden: int):
+    ``streams`` (the "w/o attention" ablation): the features are split into independent streams (one per map
+    kind); the MLP's weights are block-diagonal over them and each stream is normalised on its own.
+    """
+
+    def __init__(self, width: int, hidden: int, streams: int = 1):
         super().__init__()
         self.norm = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
         self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.SiLU(), nn.Linear(hidden, width))
         self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 3 * width))
         nn.init.zeros_(self.modulation[1].weight)
         nn.init.zeros_(self.modulation[1].bias)
+        self.streams = int(streams)
+        if self.streams > 1:
+            width_streams, hidden_streams = _stream_matrix(width, streams), _stream_matrix(hidden, streams)
+            self.register_buffer("width_streams", width_streams, persistent=False)
+            self.register_buffer("hidden_mask", hidden_streams @ width_streams.T, persistent=False)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         shift, scale, gate = self.modulation(cond).chunk(3, dim=-1)
-        return x + gate * self.mlp(self.norm(x) * (1 + scale) + shift)
+        if self.streams == 1:
+            return x + gate * self.mlp(self.norm(x) * (1 + scale) + shift)
+        h = _stream_norm(x, self.width_streams) * (1 + scale) + shift
+        h = F.silu(_masked_linear(self.mlp[0], h, self.hidden_mask))
+        return x + gate * _masked_linear(self.mlp[2], h, self.hidden_mask.T)
+
+
+def _stream_matrix(size: int, streams: int) -> torch.Tensor:
+    """(size, streams) one-hot: which of ``streams`` near-equal contiguous slices each feature belongs to."""
+    owner = torch.arange(size) * streams // size
+    return torch.nn.functional.one_hot(owner, streams).float()
+
+
+def _stream_norm(x: torch.Tensor, streams: torch.Tensor) -> torch.Tensor:
+    """Layer normalisation of each stream's features on its own: x (B, D), streams (D, S) one-hot."""
+    counts = streams.sum(0)
+    mean = (x @ streams / counts) @ streams.T
+    var = ((x - mean).pow(2) @ streams / counts) @ streams.T
+    return (x - mean) * torch.rsqrt(var + 1e-6)
+
+
+def _masked_linear(layer: nn.Linear, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    return layer(x) if mask is None else F.linear(x, layer.weight * mask.to(layer.weight.dtype), layer.bias)
 
 
 class SubspaceDenoiser(ModelMixin, ConfigMixin):
@@ -70,6 +102,15 @@ class SubspaceDenoiser(ModelMixin, ConfigMixin):
     noise schedule, as for ``ExpDiffDenoiser``'s ``sample_skip``): add the path :meth:`expected_change`. The bases
     are buffers saved with the weights; until :meth:`fit_subspace` runs they are empty (zero) and the model
     refuses to run.
+
+    ``unit_directions``: each kind's basis starts with the span of the units' mean changes (so the subspace holds
+    every unit's mean exactly, whatever its variance: the fine texture changes, which vary per identity more than
+    per unit, otherwise crowd the units' means out of the leading directions), completed by the leading principal
+    directions of the changes around their unit's mean.
+
+    ``attention=False`` (the paper's "w/o attention" ablation, for an MLP): the map kinds do not exchange
+    information; each kind's noisy coefficients are denoised in a stream of its own (its share of ``width``,
+    block-diagonal weights), all streams seeing the same identity, prompt and timestep.
     """
 
     _supports_gradient_checkpointing = False
@@ -96,6 +137,8 @@ class SubspaceDenoiser(ModelMixin, ConfigMixin):
         identity_noise: float = 0.0,
         identity_kinds: Sequence[str] | None = None,
         condition_codec: str = "vae",
+        attention: bool = True,
+        unit_directions: bool = False,
     ):
         super().__init__()
         kinds = list(kinds)
@@ -143,7 +186,16 @@ class SubspaceDenoiser(ModelMixin, ConfigMixin):
         self.text_proj = nn.Sequential(nn.Linear(text_dim, width), nn.SiLU(), nn.Linear(width, width))
         self.null_text = nn.Parameter(torch.zeros(width))
         hidden = int(round(width * mlp_ratio))
-        self.blocks = nn.ModuleList(_ModulatedMLPBlock(width, hidden) for _ in range(depth))
+        streams = 1 if attention else len(kinds)
+        self.blocks = nn.ModuleList(_ModulatedMLPBlock(width, hidden, streams) for _ in range(depth))
+        input_mask = width_streams = None
+        if streams > 1:  # kind k's coefficients enter and leave through stream k only
+            coefficient_streams = torch.cat([torch.eye(streams)[k].expand(int(c), streams)
+                                             for k, c in enumerate(components)])
+            width_streams = _stream_matrix(width, streams)
+            input_mask = width_streams @ coefficient_streams.T
+        self.register_buffer("input_mask", input_mask, persistent=False)
+        self.register_buffer("width_streams", width_streams, persistent=False)
         self.norm_out = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
         self.modulation_out = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
         self.proj_out = nn.Linear(width, n_total)
@@ -186,10 +238,14 @@ class SubspaceDenoiser(ModelMixin, ConfigMixin):
 
     # ------------------------------------------------------------------ the subspaces
     @torch.no_grad()
-    def fit_subspace(self, changes: torch.Tensor, neutrals: torch.Tensor, *, seed: int = 0) -> dict[str, list[float]]:
+    def fit_subspace(self, changes: torch.Tensor, neutrals: torch.Tensor, *, units: torch.Tensor | None = None,
+                     seed: int = 0) -> dict[str, list[float]]:
         """Fit the bases on training data: ``changes`` (N, M, C, h, w) change latents, ``neutrals`` (S, M, Cn, h, w)
-        one neutral per identity. Returns per kind the fraction of the changes' variance kept."""
+        one neutral per identity, ``units`` (N,) int: each change's expression (required with ``unit_directions``).
+        Returns per kind the fraction of the changes' variance kept."""
         self._check("changes", changes, int(self.config.latent_channels))
+        if self.config.unit_directions and (units is None or len(units) != len(changes)):
+            raise ExpDiffInputError(None, "unit_directions: fit_subspace needs every change's unit (units=)")
         self._check("neutrals", neutrals, self.condition_channels)
         generator_state = torch.random.get_rng_state()
         torch.manual_seed(seed)  # svd_lowrank's random start: a fit is reproducible
@@ -199,7 +255,10 @@ class SubspaceDenoiser(ModelMixin, ConfigMixin):
                 n = int(self.config.components[i])
                 x = changes[:, self._kind_maps(i)].reshape(changes.shape[0], -1).float()
                 mean = x.mean(0)
-                basis, std, fraction = _principal(x - mean, n, f"{kind} changes")
+                if self.config.unit_directions:
+                    basis, std, fraction = _unit_and_principal(x - mean, torch.as_tensor(units), n, f"{kind} changes")
+                else:
+                    basis, std, fraction = _principal(x - mean, n, f"{kind} changes")
                 if not self.config.whiten:  # one scale per kind: the directions keep their relative variances
                     std = std.pow(2).mean().sqrt().expand(n)
                 lo, hi = self.offsets[i], self.offsets[i + 1]
@@ -270,11 +329,13 @@ class SubspaceDenoiser(ModelMixin, ConfigMixin):
         identity = self.identity_coefficients(neutral.float()).to(self.dtype)
         if self.training and self.config.identity_noise > 0:
             identity = identity + self.config.identity_noise * torch.randn_like(identity)
-        x = self.input_proj(sample.to(self.dtype)) + self.identity_proj(identity)
+        x = _masked_linear(self.input_proj, sample.to(self.dtype), self.input_mask) + self.identity_proj(identity)
         for block in self.blocks:
             x = block(x, cond)
         shift, scale = self.modulation_out(cond).chunk(2, dim=-1)
-        out = self.proj_out(self.norm_out(x) * (1 + scale) + shift)
+        normed = self.norm_out(x) if self.input_mask is None else _stream_norm(x, self.width_streams)
+        out = _masked_linear(self.proj_out, normed * (1 + scale) + shift,
+                             None if self.input_mask is None else self.input_mask.T)
         if self.config.mean_skip is not None:
             out = out - self.noise_sigma[timestep.long().clamp(0, len(self.noise_sigma) - 1)].to(out.dtype)[:, None] \
                 * self.expected_change(text, identity)
@@ -288,7 +349,11 @@ class SubspaceDenoiser(ModelMixin, ConfigMixin):
         form is the ridge baseline's (per prompt, change = A identity + b), learned by the diffusion loss itself.
         """
         k, kn = self.change_basis.shape[0], int(self.config.neutral_components)
-        maps = self.mean_head(text).view(-1, k, kn + 1)
+        # A batch holds few distinct prompts (the units, the null): the (K, Kn + 1) map is made once per prompt.
+        _, inverse = torch.unique(text.detach(), dim=0, return_inverse=True)
+        first = torch.full((int(inverse.max()) + 1,), len(inverse), device=inverse.device)
+        first = first.scatter_reduce(0, inverse, torch.arange(len(inverse), device=inverse.device), "amin")
+        maps = self.mean_head(text[first]).view(-1, k, kn + 1)[inverse]
         return (maps[..., :kn] @ identity[..., None]).squeeze(-1) + maps[..., kn]
 
     @classmethod
@@ -307,3 +372,25 @@ def _principal(x: torch.Tensor, n: int, what: str) -> tuple[torch.Tensor, torch.
     total = float(x.pow(2).sum())
     kept = float(s[:n].pow(2).sum()) / total if total > 0 else 1.0
     return v[:, :n].T.contiguous(), std, kept
+
+
+def _unit_and_principal(x: torch.Tensor, units: torch.Tensor, n: int, what: str
+                        ) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Like :func:`_principal`, the basis led by the span of the per-unit means of ``x`` (N, D) (``units`` (N,))."""
+    labels, index = torch.unique(units, return_inverse=True)
+    means = torch.zeros(len(labels), x.shape[1], dtype=x.dtype).index_add_(0, index, x)
+    means /= torch.bincount(index, minlength=len(labels)).to(x.dtype)[:, None]
+    _, s, v = torch.linalg.svd(means, full_matrices=False)
+    rank = min(int((s > s[0] * 1e-6).sum()) if len(s) and s[0] > 0 else 0, n)
+    unit_basis = v[:rank]
+    basis = unit_basis
+    if n > rank:
+        residual = x - means[index]
+        residual = residual - (residual @ unit_basis.T) @ unit_basis
+        rest, _, _ = _principal(residual, n - rank, what)
+        basis = torch.cat([unit_basis, rest])
+    coefficients = x @ basis.T
+    std = coefficients.std(0).clamp(min=1e-8)
+    total = float(x.pow(2).sum())
+    kept = float(coefficients.pow(2).sum()) / total if total > 0 else 1.0
+    return basis.contiguous(), std, kept

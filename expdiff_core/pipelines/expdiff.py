@@ -74,6 +74,9 @@ class PipelineConfig:
     production text encoder the denoiser was trained with. prior_strength: SDEdit strength from the prior
     (0: the prior's expression as it is; used only when the folder has a prior). prompt_temperature: softmax
     temperature over the cosine similarities of a free prompt to the units' prompts (its prior's mix).
+    noise_scale: sampling temperature, the start noise's standard deviation relative to the schedule's (1: a
+    draw from the model; below 1 trades variety for accuracy, 0 follows the sampler's path from the mean of
+    the noise; DDPM's per-step noise is not scaled).
     """
 
     kinds: list[str]
@@ -89,6 +92,7 @@ class PipelineConfig:
     guidance_scale: float = 1.0
     prior_strength: float = 0.0
     prompt_temperature: float = 0.02
+    noise_scale: float = 1.0
     format: str = "expdiff-pipeline/1"
 
     @property
@@ -492,7 +496,7 @@ class ExpDiffPipeline:
     @torch.no_grad()
     def sample(self, neutral_latents: torch.Tensor, expressions: Sequence[Expression], *, seed: int = 0,
                steps: int | None = None, sampler: str | None = None, strength: float | None = None,
-               guidance_scale: float | None = None, batch_size: int = 16,
+               guidance_scale: float | None = None, noise_scale: float | None = None, batch_size: int = 16,
                on_progress: Callable[[int, int], None] | None = None, progress: bool = True,
                start_latents: torch.Tensor | None = None) -> torch.Tensor:
         """Denoise every expression's latents -> (N, M, C, h, w) float32 on CPU.
@@ -509,12 +513,15 @@ class ExpDiffPipeline:
         steps = int(steps or cfg.steps)
         strength = float(cfg.strength if strength is None else strength)
         guidance = float(cfg.guidance_scale if guidance_scale is None else guidance_scale)
+        temperature = float(cfg.noise_scale if noise_scale is None else noise_scale)
         if start_latents is not None and strength == 0.0:
             return start_latents.float().cpu().clone()
         if not 0.0 < strength <= 1.0:
             raise ExpDiffInputError(None, f"strength must be in (0, 1], got {strength}")
         if steps < 1:
             raise ExpDiffInputError(None, f"steps must be at least 1, got {steps}")
+        if not 0.0 <= temperature <= 1.0:
+            raise ExpDiffInputError(None, f"noise_scale must be in [0, 1], got {temperature}")
         tokens, mask = self.prompt_tokens(expressions)
         neutral = neutral_latents.float()
         results = []
@@ -534,7 +541,7 @@ class ExpDiffPipeline:
                 if hasattr(scheduler, "set_begin_index"):
                     scheduler.set_begin_index(first * getattr(scheduler, "order", 1))
             shape = tuple(self.denoiser.diffused_shape())
-            noise = _seeded_noise(seed, shape)[None].expand(n, *shape)
+            noise = temperature * _seeded_noise(seed, shape)[None].expand(n, *shape)
             cond = neutral[None].expand(n, *neutral.shape).to(self.device)
             noise = noise.to(self.device)
             if strength < 1.0:

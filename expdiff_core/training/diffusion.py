@@ -489,7 +489,8 @@ class SubspaceTrainingSet:
             for s, e in tqdm(dataset.samples, desc="load changes", unit="sample", disable=not progress)])
         self.kept: dict[str, float] = {}
         if fit:
-            self.kept = model.fit_subspace(self._changes, self.neutrals, seed=seed)
+            self.kept = model.fit_subspace(self._changes, self.neutrals, units=torch.tensor(self.prompt_index),
+                                           seed=seed)
         self.targets: torch.Tensor | None = None
 
     @torch.no_grad()

@@ -148,3 +148,49 @@ def test_the_identity_is_read_from_the_identity_kinds_only():
     moved = neutral.clone()
     moved[:, 0] += 1.0
     assert not torch.allclose(model(sample, t, moved, tokens, mask), model(sample, t, neutral, tokens, mask))
+
+
+def test_without_attention_each_kind_is_denoised_from_its_own_coefficients_only():
+    model = fitted_model(attention=False)
+    sample, t, neutral, tokens, mask = inputs()
+    others = sample.clone()
+    others[:, COMPONENTS[0]:] = torch.randn(2, sum(COMPONENTS[1:]))  # every kind but position changes
+    out, out_others = model(sample, t, neutral, tokens, mask), model(others, t, neutral, tokens, mask)
+    torch.testing.assert_close(out[:, :COMPONENTS[0]], out_others[:, :COMPONENTS[0]])
+    assert not torch.allclose(out[:, COMPONENTS[0]:], out_others[:, COMPONENTS[0]:])
+
+
+def test_with_attention_the_kinds_inform_each_other():
+    model = fitted_model()
+    sample, t, neutral, tokens, mask = inputs()
+    others = sample.clone()
+    others[:, COMPONENTS[0]:] = torch.randn(2, sum(COMPONENTS[1:]))
+    assert not torch.allclose(model(sample, t, neutral, tokens, mask)[:, :COMPONENTS[0]],
+                              model(others, t, neutral, tokens, mask)[:, :COMPONENTS[0]])
+
+
+def test_with_unit_directions_every_units_mean_change_lies_in_the_subspace():
+    torch.manual_seed(0)
+    model = SubspaceDenoiser(kinds=KINDS, n_udims=UDIMS, latent_channels=C, latent_size=[H, W], condition_channels=CN,
+                             components=[4] * len(KINDS), neutral_components=5, width=32, depth=2, text_dim=TEXT_DIM,
+                             text_len=TEXT_LEN, unit_directions=True).eval()
+    # 3 units whose means are small next to a rank-6 per-sample spread: plain principal directions would keep
+    # the spread and lose the means
+    gen = torch.Generator().manual_seed(3)
+    units = torch.arange(90) % 3
+    means = 0.05 * torch.randn(3, M, C, H, W, generator=gen)
+    spread = torch.randn(90, 6, generator=gen) @ torch.randn(6, M * C * H * W, generator=gen)
+    changes = means[units] + spread.view(90, M, C, H, W)
+    model.fit_subspace(changes, torch.randn(12, M, CN, H, W, generator=gen), units=units)
+    unit_means = torch.stack([changes[units == u].mean(0) for u in range(3)])
+    # the basis holds the means' span exactly: only float32 rounding is lost
+    torch.testing.assert_close(model.latents_from_target(model.diffusion_target(unit_means)), unit_means,
+                               atol=1e-4, rtol=1e-4)
+
+
+def test_unit_directions_need_each_changes_unit():
+    model = SubspaceDenoiser(kinds=KINDS, n_udims=UDIMS, latent_channels=C, latent_size=[H, W], condition_channels=CN,
+                             components=COMPONENTS, neutral_components=5, width=32, depth=2, text_dim=TEXT_DIM,
+                             text_len=TEXT_LEN, unit_directions=True)
+    with pytest.raises(ExpDiffInputError, match="units"):
+        model.fit_subspace(*low_rank_data())

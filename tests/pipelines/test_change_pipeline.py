@@ -63,6 +63,25 @@ def test_a_subspace_denoiser_samples_changes_inside_its_fitted_subspace(tiny_sub
     torch.testing.assert_close(again, latents, atol=1e-5, rtol=1e-4)
 
 
+def test_at_noise_scale_zero_sampling_follows_one_path_whatever_the_seed(tiny_subspace_pipeline):
+    pipe = tiny_subspace_pipeline
+    z0 = pipe.encode(_neutral_maps(pipe))
+    expressions = [Expression.parse("jawOpen")]
+
+    def draw(seed, scale):
+        return pipe.sample(z0, expressions, steps=3, seed=seed, noise_scale=scale, progress=False)
+
+    torch.testing.assert_close(draw(0, 0.0), draw(1, 0.0), atol=0, rtol=0)
+    assert not torch.allclose(draw(0, 1.0), draw(1, 1.0))
+
+
+def test_a_noise_scale_outside_zero_to_one_is_refused(tiny_subspace_pipeline):
+    pipe = tiny_subspace_pipeline
+    with pytest.raises(ExpDiffInputError, match="noise_scale"):
+        pipe.sample(pipe.encode(_neutral_maps(pipe)), [Expression.parse("jawOpen")], steps=2, noise_scale=1.5,
+                    progress=False)
+
+
 def test_a_subspace_model_builds_a_character_end_to_end(tiny_subspace_pipeline):
     out = tiny_subspace_pipeline(template_mesh(), neutral_textures(), ["jawOpen"], seed=0, steps=2, progress=False)
     assert np.array_equal(out.vertices["neutral"], template_mesh().vertices)

@@ -370,3 +370,16 @@ def test_a_subspace_denoiser_trains_on_its_fitted_coefficients_and_resumes_exact
     changes = torch.stack([data.target(s, e) for s in data.subjects for e in data.expressions])
     coefficients = model.diffusion_target(changes)
     torch.testing.assert_close(coefficients.std(0), torch.ones(coefficients.shape[1]), atol=1e-3, rtol=0)
+
+
+def test_a_subspace_denoiser_with_unit_directions_holds_each_trained_units_mean_change(change_latents, tmp_path):
+    from expdiff_core.models.denoiser import load_denoiser
+
+    data = LatentDataset(change_latents)
+    units = len(data.expressions)  # their means, centred, span units - 1 directions: all of them are kept
+    model_config = {**SUBSPACE_MODEL, "unit_directions": True, "components": [units - 1] * len(data.manifest.kinds)}
+    result = train_diffusion(change_latents, tmp_path / "run", model_config, config(), progress=False)
+    model = load_denoiser(result.model_dir)
+    means = torch.stack([torch.stack([data.target(s, e) for s in data.subjects]).mean(0) for e in data.expressions])
+    # the trainer told the fit which unit each change is, so the units' means survive the projection
+    torch.testing.assert_close(model.latents_from_target(model.diffusion_target(means)), means, atol=1e-4, rtol=1e-4)
