@@ -40,7 +40,8 @@ def model_card(name: str, config: PipelineConfig, vae_dir: Path, denoiser_dir: P
         f"- text encoder: {config.text_encoder}",
         f"- training data: {dataset.root.name}, {len(dataset.split('train'))} train / {len(dataset.split('val'))} "
         f"val / {len(dataset.split('test'))} test identities x {len(dataset.expressions)} expressions",
-        f"- default sampling: {config.sampler}, {config.steps} steps, strength {config.strength}",
+        f"- default sampling: {config.sampler}, {config.steps} steps, strength {config.strength}, noise scale "
+        f"{config.noise_scale}",
     ]
     if denoiser and denoiser.get("_class_name") == "SubspaceDenoiser":
         lines.append(f"- denoiser: diffuses the principal coefficients of the change latents ({denoiser.get('components')}"
@@ -62,15 +63,19 @@ def model_card(name: str, config: PipelineConfig, vae_dir: Path, denoiser_dir: P
 
 def assemble_pipeline(dataset_root: str | os.PathLike, vae_dir: str | os.PathLike, diffusion_run: str | os.PathLike,
                       out: str | os.PathLike, *, name: str = "expdiff-offline", steps: int = 30,
-                      sampler: str = "ddim", strength: float = 1.0, prior_dir: str | os.PathLike | None = None,
-                      prior_strength: float = 0.0, change_vae_dir: str | os.PathLike | None = None) -> Path:
+                      sampler: str = "ddim", strength: float = 1.0, noise_scale: float = 1.0,
+                      prior_dir: str | os.PathLike | None = None, prior_strength: float = 0.0,
+                      change_vae_dir: str | os.PathLike | None = None) -> Path:
     """A new pipeline folder ``out`` from a trained VAE and a finished diffusion run on ``dataset_root``'s template.
 
     diffusion_run: the trainer's output folder (``model/`` EMA weights, ``scheduler/``, ``latents_manifest.json``).
     prior_dir: an expression prior (``expdiff train prior``) fitted on the same dataset and codec, with its
     latents; prior_strength: the SDEdit strength from it. change_vae_dir: the change codec of a
-    target="change" denoiser (required for one, refused otherwise).
+    target="change" denoiser (required for one, refused otherwise). noise_scale: the default sampling
+    temperature (``PipelineConfig.noise_scale``).
     """
+    if not 0.0 <= float(noise_scale) <= 1.0:
+        raise ExpDiffInputError(None, f"noise_scale must be in [0, 1], got {noise_scale}")
     dataset = Dataset(dataset_root)
     run = Path(diffusion_run)
     vae_dir, denoiser_dir = Path(vae_dir), run / "model"
@@ -103,7 +108,8 @@ def assemble_pipeline(dataset_root: str | os.PathLike, vae_dir: str | os.PathLik
         kinds=list(denoiser_config["kinds"]), udims=list(dataset.udims), resolution=dataset.resolution,
         skin_groups=list(dataset.manifest["template"].get("skin_groups") or []),
         position=encoding.get("position_map", {"scale_cm": 6.0}), neutral_prompt=NEUTRAL_PROMPT,
-        sampler=sampler, steps=steps, strength=strength, prior_strength=float(prior_strength))
+        sampler=sampler, steps=steps, strength=strength, prior_strength=float(prior_strength),
+        noise_scale=float(noise_scale))
     if prior_dir is not None:
         from ..models.prior import ExpressionPrior
 
