@@ -108,6 +108,10 @@ class SubspaceDenoiser(ModelMixin, ConfigMixin):
     per unit, otherwise crowd the units' means out of the leading directions), completed by the leading principal
     directions of the changes around their unit's mean.
 
+    ``kind_loss_weights``: per map kind, the weight of its coefficients in the training loss (normalised to a
+    mean of 1 over the coefficients; default: equal): whitened, a kind's many unpredictable texture directions
+    otherwise outweigh the geometry in the loss.
+
     ``attention=False`` (the paper's "w/o attention" ablation, for an MLP): the map kinds do not exchange
     information; each kind's noisy coefficients are denoised in a stream of its own (its share of ``width``,
     block-diagonal weights), all streams seeing the same identity, prompt and timestep.
@@ -139,6 +143,7 @@ class SubspaceDenoiser(ModelMixin, ConfigMixin):
         condition_codec: str = "vae",
         attention: bool = True,
         unit_directions: bool = False,
+        kind_loss_weights: Sequence[float] | None = None,
     ):
         super().__init__()
         kinds = list(kinds)
@@ -177,6 +182,12 @@ class SubspaceDenoiser(ModelMixin, ConfigMixin):
         for c in components:
             offsets.append(offsets[-1] + int(c))
         self.offsets = offsets
+        weights = [1.0] * len(kinds) if kind_loss_weights is None else [float(w) for w in kind_loss_weights]
+        if len(weights) != len(kinds) or not all(w > 0 for w in weights):
+            raise ExpDiffInputError(None, f"kind_loss_weights {list(weights)} must give a positive weight for each of "
+                                    f"the kinds {kinds}")
+        loss_weight = torch.cat([torch.full((int(c),), w) for c, w in zip(components, weights)])
+        self.register_buffer("loss_weight", loss_weight / loss_weight.mean(), persistent=False)
 
         self.input_proj = nn.Linear(n_total, width)
         self.identity_proj = nn.Linear(neutral_components, width)

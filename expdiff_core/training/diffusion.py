@@ -284,7 +284,8 @@ def diffusion_loss(model: torch.nn.Module, noise_scheduler, x0: torch.Tensor, ne
                    text_tokens: torch.Tensor, text_mask: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor,
                    snr_gamma: float | None = None) -> torch.Tensor:
     """Per-sample (B,) loss of Eq. 6: noise ``x0`` (B, M, C, h, w) to ``timesteps`` and regress the scheduler's
-    prediction target (ε, or v for ``prediction_type="v_prediction"``), optionally min-SNR-γ weighted."""
+    prediction target (ε, or v for ``prediction_type="v_prediction"``), optionally min-SNR-γ weighted; a model
+    with a ``loss_weight`` buffer (shaped like one sample) weights each value by it."""
     from diffusers.training_utils import compute_snr
 
     noisy = noise_scheduler.add_noise(x0, noise, timesteps)
@@ -293,7 +294,11 @@ def diffusion_loss(model: torch.nn.Module, noise_scheduler, x0: torch.Tensor, ne
     else:
         target = noise_scheduler.get_velocity(x0, noise, timesteps)
     pred = model(noisy, timesteps, neutral, text_tokens, text_mask)
-    per_sample = (pred.float() - target.float()).pow(2).flatten(1).mean(1)
+    error = (pred.float() - target.float()).pow(2)
+    weight = getattr(getattr(model, "module", model), "loss_weight", None)  # per diffused value, if the model has one
+    if weight is not None:
+        error = error * weight.to(error.device)
+    per_sample = error.flatten(1).mean(1)
     if snr_gamma is not None:
         snr = compute_snr(noise_scheduler, timesteps)
         clipped = snr.clamp(max=snr_gamma)

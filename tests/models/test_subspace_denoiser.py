@@ -194,3 +194,31 @@ def test_unit_directions_need_each_changes_unit():
                              text_len=TEXT_LEN, unit_directions=True)
     with pytest.raises(ExpDiffInputError, match="units"):
         model.fit_subspace(*low_rank_data())
+
+
+def test_kind_loss_weights_weight_each_kinds_coefficients_in_the_training_loss():
+    from diffusers import DDPMScheduler
+
+    from expdiff_core.training.diffusion import diffusion_loss
+
+    weighted = fitted_model(kind_loss_weights=[3, 1, 1, 1, 1])
+    plain = fitted_model()
+    sample, t, neutral, tokens, mask = inputs()
+    noise = torch.randn(sample.shape, generator=torch.Generator().manual_seed(5))
+    scheduler = DDPMScheduler(num_train_timesteps=1000)
+    target = noise  # epsilon prediction
+    pred = plain(scheduler.add_noise(sample, noise, t), t, neutral, tokens, mask)
+    error = (pred - target).pow(2)
+    position = COMPONENTS[0]
+    # the same network (same seed) under weights 3:1, normalised to a mean of 1 over the coefficients
+    scale = sum(COMPONENTS) / (3 * position + sum(COMPONENTS[1:]))
+    expected = (scale * (3 * error[:, :position].sum(1) + error[:, position:].sum(1))) / sum(COMPONENTS)
+    loss = diffusion_loss(weighted, scheduler, sample, neutral, tokens, mask, noise, t)
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(diffusion_loss(plain, scheduler, sample, neutral, tokens, mask, noise, t),
+                               error.mean(1), rtol=1e-5, atol=1e-6)
+
+
+def test_a_loss_weight_per_kind_is_required():
+    with pytest.raises(ExpDiffInputError, match="kind_loss_weights"):
+        SubspaceDenoiser(kinds=KINDS, components=COMPONENTS, kind_loss_weights=[1, 2])
