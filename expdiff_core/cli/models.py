@@ -40,6 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     asm.add_argument("--noise-scale", type=float, default=1.0, metavar="T",
                      help="sampling temperature: the start noise's scale, 1 = a draw from the model, 0 = the sampler's "
                      "path from the noise's mean (default %(default)s)")
+    asm.add_argument("--half-weights", action="store_true",
+                     help="store the denoiser's weights as float16: half the folder's size, computed in float32")
     asm.add_argument("--change-vae", default=None, metavar="PATH",
                      help="the change codec (`expdiff train change-codec` or `expdiff train vae --change`) a --target "
                      "change denoiser's latents were encoded with; its decoded changes are added to the character's "
@@ -116,7 +118,7 @@ def _assemble(args: argparse.Namespace) -> int:
 
     out = assemble_pipeline(args.dataset, args.vae, args.diffusion, args.out, name=args.name, steps=args.steps,
                             sampler=args.sampler, strength=args.strength, noise_scale=args.noise_scale,
-                            prior_dir=args.prior,
+                            prior_dir=args.prior, half_weights=args.half_weights,
                             prior_strength=args.prior_strength, change_vae_dir=args.change_vae)
     print(f"wrote pipeline {out}")
     if args.register:

@@ -44,3 +44,19 @@ def weights_digest(files: list[Path], chunk_size: int = 1 << 20) -> str:
             while chunk := fh.read(chunk_size):
                 digest.update(chunk)
     return digest.hexdigest()
+
+
+def store_float16(folder: str | os.PathLike) -> list[Path]:
+    """Rewrite every ``*.safetensors`` file in ``folder`` with its float32 tensors as float16 (half the bytes;
+    ``from_pretrained`` casts them back to the model's float32). Returns the files rewritten."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    files = require_safetensors(folder)
+    for path in files:
+        tensors = load_file(str(path))
+        half = {k: (v.half() if v.dtype == torch.float32 else v).contiguous() for k, v in tensors.items()}
+        tmp = path.with_name(path.name + ".tmp")
+        save_file(half, str(tmp), metadata={"format": "pt"})
+        os.replace(tmp, path)
+    return files

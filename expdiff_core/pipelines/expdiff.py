@@ -49,6 +49,7 @@ from ..models.denoiser import ExpDiffDenoiser, encode_prompts, fit_prompt_tokens
 from ..models.prior import ExpressionPrior
 from ..models.patch_codec import PatchChangeCodec, load_codec
 from ..models.vae import LatentCodec, map_kind
+from ..models.weights import store_float16
 from ..schedulers import load_noise_scheduler, sampling_scheduler
 from ..uv.position_map import PositionMapConfig, position_maps
 from ..uv.raster import UVRaster, VertexSampler, uv_raster
@@ -242,12 +243,13 @@ class ExpDiffPipeline:
                  denoiser_folder: str | os.PathLike, template: FaceMesh, model_card: str,
                  scheduler_folder: str | os.PathLike | None = None,
                  prior_folder: str | os.PathLike | None = None,
-                 change_vae_folder: str | os.PathLike | None = None) -> Path:
+                 change_vae_folder: str | os.PathLike | None = None, half_weights: bool = False) -> Path:
         """Write a new pipeline folder from trained parts (copies; ``folder`` must not exist).
 
         scheduler_folder: where the training noise schedule's ``scheduler_config.json`` is, when it is not
         in ``denoiser_folder`` already. change_vae_folder: the change codec a target="change" denoiser's
-        latents decode with.
+        latents decode with. half_weights: store the denoiser's float32 weights as float16 (half the size; it
+        still computes in float32).
         """
         import shutil
 
@@ -257,6 +259,8 @@ class ExpDiffPipeline:
             write_obj(template, tmp / TEMPLATE_NAME)
             shutil.copytree(vae_folder, tmp / "vae")
             shutil.copytree(denoiser_folder, tmp / "denoiser")
+            if half_weights:
+                store_float16(tmp / "denoiser")
             if scheduler_folder is not None:
                 shutil.copy2(Path(scheduler_folder) / "scheduler_config.json", tmp / "denoiser")
             if prior_folder is not None:

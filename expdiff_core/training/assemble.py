@@ -65,14 +65,14 @@ def assemble_pipeline(dataset_root: str | os.PathLike, vae_dir: str | os.PathLik
                       out: str | os.PathLike, *, name: str = "expdiff-offline", steps: int = 30,
                       sampler: str = "ddim", strength: float = 1.0, noise_scale: float = 1.0,
                       prior_dir: str | os.PathLike | None = None, prior_strength: float = 0.0,
-                      change_vae_dir: str | os.PathLike | None = None) -> Path:
+                      change_vae_dir: str | os.PathLike | None = None, half_weights: bool = False) -> Path:
     """A new pipeline folder ``out`` from a trained VAE and a finished diffusion run on ``dataset_root``'s template.
 
     diffusion_run: the trainer's output folder (``model/`` EMA weights, ``scheduler/``, ``latents_manifest.json``).
     prior_dir: an expression prior (``expdiff train prior``) fitted on the same dataset and codec, with its
     latents; prior_strength: the SDEdit strength from it. change_vae_dir: the change codec of a
     target="change" denoiser (required for one, refused otherwise). noise_scale: the default sampling
-    temperature (``PipelineConfig.noise_scale``).
+    temperature (``PipelineConfig.noise_scale``). half_weights: store the denoiser's weights as float16.
     """
     if not 0.0 <= float(noise_scale) <= 1.0:
         raise ExpDiffInputError(None, f"noise_scale must be in [0, 1], got {noise_scale}")
@@ -141,7 +141,7 @@ def assemble_pipeline(dataset_root: str | os.PathLike, vae_dir: str | os.PathLik
                  f"Each expression starts from it; SDEdit strength {prior_strength}.\n")
     return ExpDiffPipeline.assemble(out, config, vae_dir, denoiser_dir, dataset.template(), card,
                                     scheduler_folder=run / "scheduler", prior_folder=prior_dir,
-                                    change_vae_folder=change_vae_dir)
+                                    change_vae_folder=change_vae_dir, half_weights=half_weights)
 
 
 def _encoding_of(run: Path) -> dict:

@@ -222,3 +222,20 @@ def test_kind_loss_weights_weight_each_kinds_coefficients_in_the_training_loss()
 def test_a_loss_weight_per_kind_is_required():
     with pytest.raises(ExpDiffInputError, match="kind_loss_weights"):
         SubspaceDenoiser(kinds=KINDS, components=COMPONENTS, kind_loss_weights=[1, 2])
+
+
+def test_weights_stored_as_float16_halve_the_file_and_load_back_as_float32(tmp_path):
+    from expdiff_core.models.weights import store_float16
+
+    model = fitted_model()
+    model.save_pretrained(tmp_path / "m")
+    (path,) = (tmp_path / "m").glob("*.safetensors")
+    before = path.stat().st_size
+    store_float16(tmp_path / "m")
+    assert path.stat().st_size < 0.6 * before
+    loaded = load_denoiser(tmp_path / "m").eval()
+    assert loaded.dtype == torch.float32 and loaded.change_basis.dtype == torch.float32
+    sample, t, neutral, tokens, mask = inputs()
+    # float16 keeps ~3 significant digits of every weight
+    torch.testing.assert_close(loaded(sample, t, neutral, tokens, mask), model(sample, t, neutral, tokens, mask),
+                               rtol=2e-2, atol=2e-2)
