@@ -103,7 +103,7 @@ class SubspaceDenoiser(ModelMixin, ConfigMixin):
     are buffers saved with the weights; until :meth:`fit_subspace` runs they are empty (zero) and the model
     refuses to run.
 
-    ``unit_directions``: each kind's basis starts with the span of the units' mean changes (so the subspace holds
+    ``unit_directions`` (True: every kind; or a list of kinds): each such kind's basis starts with the span of the units' mean changes (so the subspace holds
     every unit's mean exactly, whatever its variance: the fine texture changes, which vary per identity more than
     per unit, otherwise crowd the units' means out of the leading directions), completed by the leading principal
     directions of the changes around their unit's mean.
@@ -142,7 +142,7 @@ class SubspaceDenoiser(ModelMixin, ConfigMixin):
         identity_kinds: Sequence[str] | None = None,
         condition_codec: str = "vae",
         attention: bool = True,
-        unit_directions: bool = False,
+        unit_directions: bool | Sequence[str] = False,
         kind_loss_weights: Sequence[float] | None = None,
     ):
         super().__init__()
@@ -163,6 +163,11 @@ class SubspaceDenoiser(ModelMixin, ConfigMixin):
         n_total = int(sum(components))
         if condition_codec not in ("vae", "change"):
             raise ExpDiffInputError(None, f"condition_codec {condition_codec!r} is not 'vae' or 'change'")
+        self.unit_kinds = (list(kinds) if unit_directions is True
+                           else [] if unit_directions is False else list(unit_directions))
+        unknown = sorted(set(self.unit_kinds) - set(kinds))
+        if unknown:
+            raise ExpDiffInputError(None, f"unit_directions {unknown} are not among the kinds {kinds}")
         unknown = sorted(set(identity_kinds or ()) - set(kinds))
         if unknown:
             raise ExpDiffInputError(None, f"identity_kinds {unknown} are not among the kinds {kinds}")
@@ -255,7 +260,7 @@ class SubspaceDenoiser(ModelMixin, ConfigMixin):
         one neutral per identity, ``units`` (N,) int: each change's expression (required with ``unit_directions``).
         Returns per kind the fraction of the changes' variance kept."""
         self._check("changes", changes, int(self.config.latent_channels))
-        if self.config.unit_directions and (units is None or len(units) != len(changes)):
+        if self.unit_kinds and (units is None or len(units) != len(changes)):
             raise ExpDiffInputError(None, "unit_directions: fit_subspace needs every change's unit (units=)")
         self._check("neutrals", neutrals, self.condition_channels)
         generator_state = torch.random.get_rng_state()
@@ -266,7 +271,7 @@ class SubspaceDenoiser(ModelMixin, ConfigMixin):
                 n = int(self.config.components[i])
                 x = changes[:, self._kind_maps(i)].reshape(changes.shape[0], -1).float()
                 mean = x.mean(0)
-                if self.config.unit_directions:
+                if kind in self.unit_kinds:
                     basis, std, fraction = _unit_and_principal(x - mean, torch.as_tensor(units), n, f"{kind} changes")
                 else:
                     basis, std, fraction = _principal(x - mean, n, f"{kind} changes")

@@ -173,7 +173,7 @@ def test_with_unit_directions_every_units_mean_change_lies_in_the_subspace():
     torch.manual_seed(0)
     model = SubspaceDenoiser(kinds=KINDS, n_udims=UDIMS, latent_channels=C, latent_size=[H, W], condition_channels=CN,
                              components=[4] * len(KINDS), neutral_components=5, width=32, depth=2, text_dim=TEXT_DIM,
-                             text_len=TEXT_LEN, unit_directions=True).eval()
+                             text_len=TEXT_LEN, unit_directions=list(KINDS)).eval()  # = True: every kind
     # 3 units whose means are small next to a rank-6 per-sample spread: plain principal directions would keep
     # the spread and lose the means
     gen = torch.Generator().manual_seed(3)
@@ -239,3 +239,8 @@ def test_weights_stored_as_float16_halve_the_file_and_load_back_as_float32(tmp_p
     # float16 keeps ~3 significant digits of every weight
     torch.testing.assert_close(loaded(sample, t, neutral, tokens, mask), model(sample, t, neutral, tokens, mask),
                                rtol=2e-2, atol=2e-2)
+
+
+def test_unit_directions_name_map_kinds_of_the_model():
+    with pytest.raises(ExpDiffInputError, match="unit_directions"):
+        SubspaceDenoiser(kinds=KINDS, components=COMPONENTS, unit_directions=["albedo", "displacement"])
