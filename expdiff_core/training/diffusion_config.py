@@ -137,7 +137,8 @@ def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
     parser.add_argument("--out", required=True, help="run folder: checkpoints, log, final model/")
     parser.add_argument("--preset", default="offline", choices=["offline", "production"], help="denoiser size preset")
     parser.add_argument("--model-config", metavar="JSON", help="denoiser config.json whose values override the preset")
-    parser.add_argument("--no-attention", action="store_true", help="ablation: no attention between maps")
+    parser.add_argument("--no-attention", action="store_true",
+                        help="ablation: no attention between maps (a subspace denoiser: one stream per map kind)")
     parser.add_argument("--text-conditioning", choices=["encoder", "one-hot"], default=None,
                         help="ablation 'one-hot': fixed random prompt embeddings instead of the text encoder")
     parser.add_argument("--target", choices=["absolute", "residual", "change"], default=None,
