@@ -44,24 +44,23 @@ class _ModulatedMLPBlock(nn.Module):
 
     def __init__(self, width: int, hidden: int, streams: int = 1):
         super().__init__()
-        self.norm = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
         self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.SiLU(), nn.Linear(hidden, width))
         self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 3 * width))
         nn.init.zeros_(self.modulation[1].weight)
         nn.init.zeros_(self.modulation[1].bias)
-        self.streams = int(streams)
-        if self.streams > 1:
-            width_streams, hidden_streams = _stream_matrix(width, streams), _stream_matrix(hidden, streams)
-            self.register_buffer("width_streams", width_streams, persistent=False)
-            self.register_buffer("hidden_mask", hidden_streams @ width_streams.T, persistent=False)
+        width_streams = hidden_mask = None
+        if streams > 1:
+            width_streams = _stream_matrix(width, streams)
+            hidden_mask = _stream_matrix(hidden, streams) @ width_streams.T
+        self.register_buffer("width_streams", width_streams, persistent=False)
+        self.register_buffer("hidden_mask", hidden_mask, persistent=False)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         shift, scale, gate = self.modulation(cond).chunk(3, dim=-1)
-        if self.streams == 1:
-            return x + gate * self.mlp(self.norm(x) * (1 + scale) + shift)
         h = _stream_norm(x, self.width_streams) * (1 + scale) + shift
         h = F.silu(_masked_linear(self.mlp[0], h, self.hidden_mask))
-        return x + gate * _masked_linear(self.mlp[2], h, self.hidden_mask.T)
+        mask = None if self.hidden_mask is None else self.hidden_mask.T
+        return x + gate * _masked_linear(self.mlp[2], h, mask)
 
 
 def _stream_matrix(size: int, streams: int) -> torch.Tensor:
@@ -70,8 +69,11 @@ def _stream_matrix(size: int, streams: int) -> torch.Tensor:
     return torch.nn.functional.one_hot(owner, streams).float()
 
 
-def _stream_norm(x: torch.Tensor, streams: torch.Tensor) -> torch.Tensor:
-    """Layer normalisation of each stream's features on its own: x (B, D), streams (D, S) one-hot."""
+def _stream_norm(x: torch.Tensor, streams: torch.Tensor | None) -> torch.Tensor:
+    """Layer normalisation (no affine) of each stream's features on its own: x (B, D), streams (D, S) one-hot;
+    None: one stream, plain layer normalisation."""
+    if streams is None:
+        return F.layer_norm(x, x.shape[-1:], eps=1e-6)
     counts = streams.sum(0)
     mean = (x @ streams / counts) @ streams.T
     var = ((x - mean).pow(2) @ streams / counts) @ streams.T
@@ -212,7 +214,6 @@ class SubspaceDenoiser(ModelMixin, ConfigMixin):
             input_mask = width_streams @ coefficient_streams.T
         self.register_buffer("input_mask", input_mask, persistent=False)
         self.register_buffer("width_streams", width_streams, persistent=False)
-        self.norm_out = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
         self.modulation_out = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
         self.proj_out = nn.Linear(width, n_total)
         zero_init = [self.modulation_out[1], self.proj_out]
@@ -349,8 +350,7 @@ class SubspaceDenoiser(ModelMixin, ConfigMixin):
         for block in self.blocks:
             x = block(x, cond)
         shift, scale = self.modulation_out(cond).chunk(2, dim=-1)
-        normed = self.norm_out(x) if self.input_mask is None else _stream_norm(x, self.width_streams)
-        out = _masked_linear(self.proj_out, normed * (1 + scale) + shift,
+        out = _masked_linear(self.proj_out, _stream_norm(x, self.width_streams) * (1 + scale) + shift,
                              None if self.input_mask is None else self.input_mask.T)
         if self.config.mean_skip is not None:
             out = out - self.noise_sigma[timestep.long().clamp(0, len(self.noise_sigma) - 1)].to(out.dtype)[:, None] \
