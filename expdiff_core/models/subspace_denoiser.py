@@ -38,11 +38,12 @@ CLASS_NAME = "SubspaceDenoiser"
 class _ModulatedMLPBlock(nn.Module):
     """x + gate * MLP(modulate(norm(x))), shift/scale/gate from the condition (adaLN-zero).
 
-    ``streams`` (the "w/o attention" ablation): the features are split into independent streams (one per map
-    kind); the MLP's weights are block-diagonal over them and each stream is normalised on its own.
+    ``streams`` (one per map kind): the features are split into streams; the MLP's weights are block-diagonal
+    over them and each stream is normalised on its own. ``kind_attention`` (with streams): first, each stream is
+    a token and the tokens attend to each other (:class:`_KindAttention`), the only path between map kinds.
     """
 
-    def __init__(self, width: int, hidden: int, streams: int = 1):
+    def __init__(self, width: int, hidden: int, streams: int = 1, kind_attention: bool = False):
         super().__init__()
         self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.SiLU(), nn.Linear(hidden, width))
         self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 3 * width))
@@ -54,13 +55,48 @@ class _ModulatedMLPBlock(nn.Module):
             hidden_mask = _stream_matrix(hidden, streams) @ width_streams.T
         self.register_buffer("width_streams", width_streams, persistent=False)
         self.register_buffer("hidden_mask", hidden_mask, persistent=False)
+        self.kind_attention = _KindAttention(width, streams) if kind_attention else None
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        if self.kind_attention is not None:
+            x = self.kind_attention(x, cond)
         shift, scale, gate = self.modulation(cond).chunk(3, dim=-1)
         h = _stream_norm(x, self.width_streams) * (1 + scale) + shift
         h = F.silu(_masked_linear(self.mlp[0], h, self.hidden_mask))
         mask = None if self.hidden_mask is None else self.hidden_mask.T
         return x + gate * _masked_linear(self.mlp[2], h, mask)
+
+
+class _KindAttention(nn.Module):
+    """Attention across the map kinds: x (B, width) in ``streams`` slices, one token per kind -> (B, width).
+
+    Each stream has its own query/key/value and output weights (block-diagonal over the streams, so streams of
+    unequal size work); heads of ``head_dim`` features. Gated by the condition, zero at initialisation (adaLN-zero).
+    """
+
+    def __init__(self, width: int, streams: int, head_dim: int = 32, heads: int = 2):
+        super().__init__()
+        self.streams, self.heads, self.head_dim = streams, heads, head_dim
+        inner = streams * heads * head_dim
+        self.qkv = nn.Linear(width, 3 * inner)
+        self.out = nn.Linear(inner, width)
+        self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 3 * width))
+        nn.init.zeros_(self.modulation[1].weight)
+        nn.init.zeros_(self.modulation[1].bias)
+        width_streams = _stream_matrix(width, streams)
+        inner_streams = torch.eye(streams).repeat_interleave(heads * head_dim, dim=0)  # (inner, streams)
+        self.register_buffer("width_streams", width_streams, persistent=False)
+        self.register_buffer("qkv_mask", (inner_streams @ width_streams.T).repeat(3, 1), persistent=False)
+        self.register_buffer("out_mask", width_streams @ inner_streams.T, persistent=False)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        shift, scale, gate = self.modulation(cond).chunk(3, dim=-1)
+        h = _stream_norm(x, self.width_streams) * (1 + scale) + shift
+        q, k, v = _masked_linear(self.qkv, h, self.qkv_mask).chunk(3, dim=-1)
+        # (B, streams * heads * head_dim) -> (B, heads, streams, head_dim): the streams are the tokens
+        q, k, v = (t.view(t.shape[0], self.streams, self.heads, self.head_dim).transpose(1, 2) for t in (q, k, v))
+        attended = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(x.shape[0], -1)
+        return x + gate * _masked_linear(self.out, attended, self.out_mask)
 
 
 def _stream_matrix(size: int, streams: int) -> torch.Tensor:
@@ -114,9 +150,12 @@ class SubspaceDenoiser(ModelMixin, ConfigMixin):
     mean of 1 over the coefficients; default: equal): whitened, a kind's many unpredictable texture directions
     otherwise outweigh the geometry in the loss.
 
-    ``attention=False`` (the paper's "w/o attention" ablation, for an MLP): the map kinds do not exchange
-    information; each kind's noisy coefficients are denoised in a stream of its own (its share of ``width``,
-    block-diagonal weights), all streams seeing the same identity, prompt and timestep.
+    ``kind_tokens``: each map kind's noisy coefficients are denoised in a stream of its own (its share of
+    ``width``, block-diagonal weights; all streams see the same identity, prompt and timestep), and the streams
+    exchange information only by attention across the kinds (one token per kind) in every block: the paper's
+    joint/cross attention between maps, for an MLP. Otherwise (default) one stream holds every kind and the
+    MLP mixes them. ``attention=False`` (the paper's "w/o attention" ablation): kind streams that do not
+    exchange information at all.
     """
 
     _supports_gradient_checkpointing = False
@@ -144,6 +183,7 @@ class SubspaceDenoiser(ModelMixin, ConfigMixin):
         identity_kinds: Sequence[str] | None = None,
         condition_codec: str = "vae",
         attention: bool = True,
+        kind_tokens: bool = False,
         unit_directions: bool | Sequence[str] = False,
         kind_loss_weights: Sequence[float] | None = None,
     ):
@@ -204,8 +244,9 @@ class SubspaceDenoiser(ModelMixin, ConfigMixin):
         self.text_proj = nn.Sequential(nn.Linear(text_dim, width), nn.SiLU(), nn.Linear(width, width))
         self.null_text = nn.Parameter(torch.zeros(width))
         hidden = int(round(width * mlp_ratio))
-        streams = 1 if attention else len(kinds)
-        self.blocks = nn.ModuleList(_ModulatedMLPBlock(width, hidden, streams) for _ in range(depth))
+        streams = len(kinds) if kind_tokens or not attention else 1
+        self.blocks = nn.ModuleList(_ModulatedMLPBlock(width, hidden, streams, kind_attention=kind_tokens and attention)
+                                    for _ in range(depth))
         input_mask = width_streams = None
         if streams > 1:  # kind k's coefficients enter and leave through stream k only
             coefficient_streams = torch.cat([torch.eye(streams)[k].expand(int(c), streams)

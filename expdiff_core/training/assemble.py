@@ -46,7 +46,8 @@ def model_card(name: str, config: PipelineConfig, vae_dir: Path, denoiser_dir: P
     if denoiser and denoiser.get("_class_name") == "SubspaceDenoiser":
         lines.append(f"- denoiser: diffuses the principal coefficients of the change latents ({denoiser.get('components')}"
                      f" directions per kind, {'whitened' if denoiser.get('whiten', True) else 'one scale per kind'}); "
-                     f"identity from {denoiser.get('neutral_components')} neutral directions; text conditioning "
+                     f"identity from {denoiser.get('neutral_components')} neutral directions; map kinds "
+                     f"{_kind_exchange(denoiser)}; text conditioning "
                      f"{denoiser.get('text_conditioning', 'encoder')}; MLP width {denoiser.get('width')}, depth "
                      f"{denoiser.get('depth')}")
     elif denoiser:
@@ -158,3 +159,12 @@ def _training_summary(run: Path) -> dict:
         return {}
     info = json.loads(path.read_text())
     return {k: info.get(k) for k in ("step", "seconds_last_run", "num_processes", "train_config")}
+
+
+def _kind_exchange(denoiser: dict) -> str:
+    """How a subspace denoiser's map kinds inform each other, in words."""
+    if not denoiser.get("attention", True):
+        return "in separate streams (no exchange: the w/o attention ablation)"
+    if denoiser.get("kind_tokens", False):
+        return "as tokens of their own that attend to each other"
+    return "mixed in one MLP stream"

@@ -169,6 +169,27 @@ def test_with_attention_the_kinds_inform_each_other():
                               model(others, t, neutral, tokens, mask)[:, :COMPONENTS[0]])
 
 
+def test_with_kind_tokens_the_kinds_inform_each_other_through_attention_only():
+    model = fitted_model(kind_tokens=True)
+    sample, t, neutral, tokens, mask = inputs()
+    others = sample.clone()
+    others[:, COMPONENTS[0]:] = torch.randn(2, sum(COMPONENTS[1:]))
+    assert not torch.allclose(model(sample, t, neutral, tokens, mask)[:, :COMPONENTS[0]],
+                              model(others, t, neutral, tokens, mask)[:, :COMPONENTS[0]])
+    with torch.no_grad():  # the attention's gates closed: the streams are separate again
+        for block in model.blocks:
+            block.kind_attention.modulation[1].weight.zero_()
+            block.kind_attention.modulation[1].bias.zero_()
+    torch.testing.assert_close(model(sample, t, neutral, tokens, mask)[:, :COMPONENTS[0]],
+                               model(others, t, neutral, tokens, mask)[:, :COMPONENTS[0]])
+
+
+def test_kind_tokens_without_attention_is_the_stream_model_with_the_same_weights():
+    with_tokens, without = fitted_model(kind_tokens=True, attention=False), fitted_model(attention=False)
+    assert not any(b.kind_attention for b in with_tokens.blocks)
+    torch.testing.assert_close(with_tokens(*inputs()), without(*inputs()))
+
+
 def test_with_unit_directions_every_units_mean_change_lies_in_the_subspace():
     torch.manual_seed(0)
     model = SubspaceDenoiser(kinds=KINDS, n_udims=UDIMS, latent_channels=C, latent_size=[H, W], condition_channels=CN,
