@@ -46,9 +46,7 @@ class _ModulatedMLPBlock(nn.Module):
     def __init__(self, width: int, hidden: int, streams: int = 1, kind_attention: bool = False):
         super().__init__()
         self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.SiLU(), nn.Linear(hidden, width))
-        self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 3 * width))
-        nn.init.zeros_(self.modulation[1].weight)
-        nn.init.zeros_(self.modulation[1].bias)
+        self.modulation = _zero_modulation(width)
         width_streams = hidden_mask = None
         if streams > 1:
             width_streams = _stream_matrix(width, streams)
@@ -80,9 +78,7 @@ class _KindAttention(nn.Module):
         inner = streams * heads * head_dim
         self.qkv = nn.Linear(width, 3 * inner)
         self.out = nn.Linear(inner, width)
-        self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 3 * width))
-        nn.init.zeros_(self.modulation[1].weight)
-        nn.init.zeros_(self.modulation[1].bias)
+        self.modulation = _zero_modulation(width)
         width_streams = _stream_matrix(width, streams)
         inner_streams = torch.eye(streams).repeat_interleave(heads * head_dim, dim=0)  # (inner, streams)
         self.register_buffer("width_streams", width_streams, persistent=False)
@@ -97,6 +93,14 @@ class _KindAttention(nn.Module):
         q, k, v = (t.view(t.shape[0], self.streams, self.heads, self.head_dim).transpose(1, 2) for t in (q, k, v))
         attended = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(x.shape[0], -1)
         return x + gate * _masked_linear(self.out, attended, self.out_mask)
+
+
+def _zero_modulation(width: int) -> nn.Sequential:
+    """condition (B, width) -> shift, scale, gate (B, 3 * width), all zero at initialisation (adaLN-zero)."""
+    modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 3 * width))
+    nn.init.zeros_(modulation[1].weight)
+    nn.init.zeros_(modulation[1].bias)
+    return modulation
 
 
 def _stream_matrix(size: int, streams: int) -> torch.Tensor:
