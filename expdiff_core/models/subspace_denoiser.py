@@ -132,9 +132,10 @@ class SubspaceDenoiser(ModelMixin, ConfigMixin):
     unconditional branch (classifier-free guidance): its prompt embedding is a learned null vector.
 
     ``components``: principal directions kept per map kind (in ``kinds`` order); ``neutral_components``: the
-    neutral latents' directions the identity is read from. ``whiten``: every coefficient is scaled to unit
-    variance on the training data (else one scale per kind, unit mean variance, so the strong directions stay
-    strong and the noise schedule treats the weak ones as detail). ``identity_noise``: in training, Gaussian
+    neutral latents' directions the identity is read from. ``whiten`` (True: every kind; False: none; or a list of
+    kinds): such a kind's coefficients are each scaled to unit variance on the training data; any other kind gets
+    one scale (unit mean variance), so its strong directions stay strong and its weak ones -- for textures mostly
+    identity-random detail nothing predicts -- weigh little in the loss and are treated by the noise as detail. ``identity_noise``: in training, Gaussian
     noise of this std is added to the (whitened) identity coefficients: with 128 training identities the network
     otherwise memorises each neutral's change (noise on a regression's inputs acts as its ridge).
     ``identity_kinds``: the neutral maps the identity is read from (default: all). ``condition_codec``: what
@@ -182,7 +183,7 @@ class SubspaceDenoiser(ModelMixin, ConfigMixin):
         text_conditioning: str = "encoder",
         target: str = "change",
         mean_skip: Mapping[str, Any] | None = None,
-        whiten: bool = True,
+        whiten: bool | Sequence[str] = True,
         identity_noise: float = 0.0,
         identity_kinds: Sequence[str] | None = None,
         condition_codec: str = "vae",
@@ -214,6 +215,10 @@ class SubspaceDenoiser(ModelMixin, ConfigMixin):
         unknown = sorted(set(self.unit_kinds) - set(kinds))
         if unknown:
             raise ExpDiffInputError(None, f"unit_directions {unknown} are not among the kinds {kinds}")
+        self.whitened_kinds = list(kinds) if whiten is True else [] if whiten is False else list(whiten)
+        unknown = sorted(set(self.whitened_kinds) - set(kinds))
+        if unknown:
+            raise ExpDiffInputError(None, f"whiten {unknown} are not among the kinds {kinds}")
         unknown = sorted(set(identity_kinds or ()) - set(kinds))
         if unknown:
             raise ExpDiffInputError(None, f"identity_kinds {unknown} are not among the kinds {kinds}")
@@ -321,7 +326,7 @@ class SubspaceDenoiser(ModelMixin, ConfigMixin):
                     basis, std, fraction = _unit_and_principal(x - mean, torch.as_tensor(units), n, f"{kind} changes")
                 else:
                     basis, std, fraction = _principal(x - mean, n, f"{kind} changes")
-                if not self.config.whiten:  # one scale per kind: the directions keep their relative variances
+                if kind not in self.whitened_kinds:  # one scale: the directions keep their relative variances
                     std = std.pow(2).mean().sqrt().expand(n)
                 lo, hi = self.offsets[i], self.offsets[i + 1]
                 self.change_mean[i] = mean

@@ -45,7 +45,7 @@ def model_card(name: str, config: PipelineConfig, vae_dir: Path, denoiser_dir: P
     ]
     if denoiser and denoiser.get("_class_name") == "SubspaceDenoiser":
         lines.append(f"- denoiser: diffuses the principal coefficients of the change latents ({denoiser.get('components')}"
-                     f" directions per kind, {'whitened' if denoiser.get('whiten', True) else 'one scale per kind'}); "
+                     f" directions per kind, {_whitening(denoiser)}); "
                      f"identity from {denoiser.get('neutral_components')} neutral directions; map kinds "
                      f"{_kind_exchange(denoiser)}; text conditioning "
                      f"{denoiser.get('text_conditioning', 'encoder')}; MLP width {denoiser.get('width')}, depth "
@@ -168,3 +168,13 @@ def _kind_exchange(denoiser: dict) -> str:
     if denoiser.get("kind_tokens", False):
         return "as tokens of their own that attend to each other"
     return "mixed in one MLP stream"
+
+
+def _whitening(denoiser: dict) -> str:
+    """Which of a subspace denoiser's kinds have whitened coefficients, in words."""
+    whiten = denoiser.get("whiten", True)
+    if whiten is True:
+        return "whitened"
+    if not whiten:
+        return "one scale per kind"
+    return f"whitened for {', '.join(whiten)}, one scale for the other kinds"

@@ -82,6 +82,23 @@ def test_without_whitening_each_kind_has_unit_mean_variance_and_keeps_its_direct
     torch.testing.assert_close(model.latents_from_target(coefficients), changes, atol=1e-4, rtol=1e-4)
 
 
+def test_whitening_can_be_chosen_per_kind():
+    model = fitted_model(perturb=False, whiten=["position"])
+    coefficients = model.diffusion_target(low_rank_data()[0])
+    variance = coefficients.var(0)
+    position = slice(model.offsets[0], model.offsets[1])
+    torch.testing.assert_close(variance[position], torch.ones(COMPONENTS[0]), atol=1e-4, rtol=0)
+    for i in range(1, len(COMPONENTS)):
+        kind = variance[model.offsets[i]:model.offsets[i + 1]]
+        torch.testing.assert_close(kind.mean(), torch.tensor(1.0), atol=1e-4, rtol=0)
+        assert kind[0] > kind[-1]  # one scale: the kind's directions keep their ranking
+
+
+def test_whitening_an_unknown_kind_is_refused():
+    with pytest.raises(ExpDiffInputError, match="whiten"):
+        SubspaceDenoiser(whiten=["wrinkles"])
+
+
 def test_changes_outside_the_subspace_are_projected_onto_it():
     model = fitted_model(perturb=False)
     outside = torch.randn(3, M, C, H, W)
