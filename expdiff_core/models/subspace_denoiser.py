@@ -138,7 +138,8 @@ class SubspaceDenoiser(ModelMixin, ConfigMixin):
     identity-random detail nothing predicts -- weigh little in the loss and are treated by the noise as detail. ``identity_noise``: in training, Gaussian
     noise of this std is added to the (whitened) identity coefficients: with 128 training identities the network
     otherwise memorises each neutral's change (noise on a regression's inputs acts as its ridge).
-    ``identity_kinds``: the neutral maps the identity is read from (default: all). ``condition_codec``: what
+    ``identity_kinds``: the neutral maps the identity is read from (default: all; each kind weighs the same in
+    the identity's principal directions, whatever the scale of its latents). ``condition_codec``: what
     encodes the neutral maps into the condition, the pipeline's absolute ``"vae"`` or its ``"change"`` codec
     (linear: it keeps the neutral geometry's detail that an expression's change depends on, which the small VAE's
     4 channels lose; the training latents' neutrals must be encoded the same way). ``mean_skip`` (a v-prediction
@@ -333,11 +334,22 @@ class SubspaceDenoiser(ModelMixin, ConfigMixin):
                 self.change_basis[lo:hi] = basis
                 self.change_std[lo:hi] = std
                 kept[kind] = fraction
-            x = neutrals[:, self.identity_maps].reshape(neutrals.shape[0], -1).float()
-            mean = x.mean(0)
-            basis, std, fraction = _principal(x - mean, int(self.config.neutral_components), "neutral latents")
+            x = neutrals[:, self.identity_maps].float()
+            mean = x.reshape(len(x), -1).mean(0)
+            # Each identity kind weighs the same in the identity's principal directions (as the ridge baseline's
+            # blocks): unscaled, the kind with the largest latents would take them all. The scale is folded into
+            # the stored basis, so identity_coefficients stays one projection.
+            kind_of_map = torch.tensor([m % len(self.config.kinds) for m in self.identity_maps])
+            scale = torch.ones(len(self.identity_maps))
+            centred = x - mean.view(x.shape[1:])
+            for k in kind_of_map.unique():
+                block = kind_of_map == k
+                scale[block] = centred[:, block].pow(2).sum(dim=(1, 2, 3, 4)).mean().clamp(min=1e-12).rsqrt()
+            scale = scale.view(-1, 1, 1, 1).expand(x.shape[1:]).reshape(-1)
+            basis, std, fraction = _principal(centred.reshape(len(x), -1) * scale,
+                                              int(self.config.neutral_components), "neutral latents")
             self.neutral_mean.copy_(mean)
-            self.neutral_basis.copy_(basis)
+            self.neutral_basis.copy_(basis * scale)
             self.neutral_std.copy_(std)
             kept["neutral"] = fraction
         finally:

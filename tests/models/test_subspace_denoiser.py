@@ -99,6 +99,25 @@ def test_whitening_an_unknown_kind_is_refused():
         SubspaceDenoiser(whiten=["wrinkles"])
 
 
+def test_every_identity_kind_weighs_the_same_whatever_its_scale():
+    model = SubspaceDenoiser(kinds=KINDS, n_udims=UDIMS, latent_channels=C, latent_size=[H, W], condition_channels=CN,
+                             components=COMPONENTS, neutral_components=5, width=32, depth=2, text_dim=TEXT_DIM,
+                             text_len=TEXT_LEN, identity_kinds=["position", "albedo"]).eval()
+    changes, neutrals = low_rank_data()
+    albedo = [u * len(KINDS) + 1 for u in range(UDIMS)]
+    neutrals[:, albedo] *= 1000.0  # albedo latents three orders of magnitude larger than position's
+    model.fit_subspace(changes, neutrals)
+    position = [u * len(KINDS) for u in range(UDIMS)]
+
+    def response(maps: list[int]) -> float:  # identity change when those maps move by one std
+        moved = neutrals[:1].clone()
+        moved[:, maps] += neutrals[:, maps].std(0)
+        return float((model.identity_coefficients(moved) - model.identity_coefficients(neutrals[:1])).norm())
+
+    # unbalanced, position would move the identity ~1000x less than albedo; balanced, the same order
+    assert 0.2 < response(position) / response(albedo) < 5
+
+
 def test_changes_outside_the_subspace_are_projected_onto_it():
     model = fitted_model(perturb=False)
     outside = torch.randn(3, M, C, H, W)
