@@ -135,9 +135,10 @@ class SubspaceDenoiser(ModelMixin, ConfigMixin):
     neutral latents' directions the identity is read from. ``whiten`` (True: every kind; False: none; or a list of
     kinds): such a kind's coefficients are each scaled to unit variance on the training data; any other kind gets
     one scale (unit mean variance), so its strong directions stay strong and its weak ones -- for textures mostly
-    identity-random detail nothing predicts -- weigh little in the loss and are treated by the noise as detail. ``identity_noise``: in training, Gaussian
-    noise of this std is added to the (whitened) identity coefficients: with 128 training identities the network
-    otherwise memorises each neutral's change (noise on a regression's inputs acts as its ridge).
+    identity-random detail nothing predicts -- weigh little in the loss and are treated by the noise as detail.
+    ``identity_noise``: in training, Gaussian noise of this std is added to the (whitened) identity coefficients:
+    with 128 training identities the network otherwise memorises each neutral's change (noise on a regression's
+    inputs acts as its ridge).
     ``identity_kinds``: the neutral maps the identity is read from (default: all; each kind weighs the same in
     the identity's principal directions, whatever the scale of its latents). ``condition_codec``: what
     encodes the neutral maps into the condition, the pipeline's absolute ``"vae"`` or its ``"change"`` codec
