@@ -148,10 +148,10 @@ class SubspaceDenoiser(ModelMixin, ConfigMixin):
     are buffers saved with the weights; until :meth:`fit_subspace` runs they are empty (zero) and the model
     refuses to run.
 
-    ``unit_directions`` (True: every kind; or a list of kinds): each such kind's basis starts with the span of the units' mean changes (so the subspace holds
-    every unit's mean exactly, whatever its variance: the fine texture changes, which vary per identity more than
-    per unit, otherwise crowd the units' means out of the leading directions), completed by the leading principal
-    directions of the changes around their unit's mean.
+    ``unit_directions`` (True: every kind; or a list of kinds): each such kind's basis starts with the span of the
+    units' mean changes (so the subspace holds every unit's mean exactly, whatever its variance: the fine texture
+    changes, which vary per identity more than per unit, otherwise crowd the units' means out of the leading
+    directions), completed by the leading principal directions of the changes around their unit's mean.
 
     ``kind_loss_weights``: per map kind, the weight of its coefficients in the training loss (normalised to a
     mean of 1 over the coefficients; default: equal): whitened, a kind's many unpredictable texture directions
