@@ -120,6 +120,15 @@ def _stream_norm(x: torch.Tensor, streams: torch.Tensor | None) -> torch.Tensor:
     return (x - mean) * torch.rsqrt(var + 1e-6)
 
 
+def _chosen_kinds(option: str, value: bool | Sequence[str], kinds: list[str]) -> list[str]:
+    """The kinds a per-kind switch names: True every kind, False none, else the listed ones (checked)."""
+    chosen = list(kinds) if value is True else [] if value is False else list(value)
+    unknown = sorted(set(chosen) - set(kinds))
+    if unknown:
+        raise ExpDiffInputError(None, f"{option} {unknown} are not among the kinds {kinds}")
+    return chosen
+
+
 def _masked_linear(layer: nn.Linear, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     return layer(x) if mask is None else F.linear(x, layer.weight * mask.to(layer.weight.dtype), layer.bias)
 
@@ -212,15 +221,8 @@ class SubspaceDenoiser(ModelMixin, ConfigMixin):
         n_total = int(sum(components))
         if condition_codec not in ("vae", "change"):
             raise ExpDiffInputError(None, f"condition_codec {condition_codec!r} is not 'vae' or 'change'")
-        self.unit_kinds = (list(kinds) if unit_directions is True
-                           else [] if unit_directions is False else list(unit_directions))
-        unknown = sorted(set(self.unit_kinds) - set(kinds))
-        if unknown:
-            raise ExpDiffInputError(None, f"unit_directions {unknown} are not among the kinds {kinds}")
-        self.whitened_kinds = list(kinds) if whiten is True else [] if whiten is False else list(whiten)
-        unknown = sorted(set(self.whitened_kinds) - set(kinds))
-        if unknown:
-            raise ExpDiffInputError(None, f"whiten {unknown} are not among the kinds {kinds}")
+        self.unit_kinds = _chosen_kinds("unit_directions", unit_directions, kinds)
+        self.whitened_kinds = _chosen_kinds("whiten", whiten, kinds)
         unknown = sorted(set(identity_kinds or ()) - set(kinds))
         if unknown:
             raise ExpDiffInputError(None, f"identity_kinds {unknown} are not among the kinds {kinds}")

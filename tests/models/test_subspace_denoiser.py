@@ -100,13 +100,11 @@ def test_whitening_an_unknown_kind_is_refused():
 
 
 def test_every_identity_kind_weighs_the_same_whatever_its_scale():
-    model = SubspaceDenoiser(kinds=KINDS, n_udims=UDIMS, latent_channels=C, latent_size=[H, W], condition_channels=CN,
-                             components=COMPONENTS, neutral_components=5, width=32, depth=2, text_dim=TEXT_DIM,
-                             text_len=TEXT_LEN, identity_kinds=["position", "albedo"]).eval()
+    model = fitted_model(perturb=False, identity_kinds=["position", "albedo"])
     changes, neutrals = low_rank_data()
     albedo = [u * len(KINDS) + 1 for u in range(UDIMS)]
     neutrals[:, albedo] *= 1000.0  # albedo latents three orders of magnitude larger than position's
-    model.fit_subspace(changes, neutrals)
+    model.fit_subspace(changes, neutrals)  # refit on the rescaled neutrals
     position = [u * len(KINDS) for u in range(UDIMS)]
 
     def response(maps: list[int]) -> float:  # identity change when those maps move by one std
