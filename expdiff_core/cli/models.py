@@ -51,6 +51,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     asm.add_argument("--prior-strength", type=float, default=0.0, metavar="S",
                      help="SDEdit strength from the prior: 0 keeps the prior's expression, 1 ignores it "
                      "(default %(default)s)")
+    asm.add_argument("--support", default=None, metavar="PATH",
+                     help="expression support folder (`expdiff train support`): each expression changes only the "
+                     "vertices and texels its units change in training")
     asm.add_argument("--register", action="store_true",
                      help="register the pipeline in MLflow as a new version of 'expdiff' (or --registered-name) "
                      "with alias 'candidate', with a sample contact sheet of a held-out subject")
@@ -119,7 +122,8 @@ def _assemble(args: argparse.Namespace) -> int:
     out = assemble_pipeline(args.dataset, args.vae, args.diffusion, args.out, name=args.name, steps=args.steps,
                             sampler=args.sampler, strength=args.strength, noise_scale=args.noise_scale,
                             prior_dir=args.prior, half_weights=args.half_weights,
-                            prior_strength=args.prior_strength, change_vae_dir=args.change_vae)
+                            prior_strength=args.prior_strength, change_vae_dir=args.change_vae,
+                            support_dir=args.support)
     print(f"wrote pipeline {out}")
     if args.register:
         from ..training.samples import render_sample_sheet

@@ -21,9 +21,13 @@ in map space instead: the character's neutral + the prior's map change + ``D(z_n
 codec where sampling changed nothing (:meth:`ExpDiffPipeline.apply_map_prior`). Without a prior (or ``use_prior=False``)
 every expression is read against the generated neutral, as in the paper.
 
+With an expression support (``support/``, :class:`~expdiff_core.models.support.ExpressionSupport`), each
+expression's vertex and BRDF changes are kept only where its units changed some training identity
+(:meth:`ExpDiffPipeline.restrict_to_support`): no drift where an expression does nothing.
+
 A pretrained pipeline is a folder: ``pipeline_config.json``, ``template.obj`` (topology + the reference
 shape position maps are measured from), ``vae/``, ``denoiser/`` (+ ``scheduler_config.json``), optionally
-``prior/``, ``README.md``.
+``prior/``, ``support/``, ``README.md``.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from ..io.mesh import FaceMesh, read_obj, write_obj
 from ..io.template import check_template
 from ..models.denoiser import ExpDiffDenoiser, encode_prompts, fit_prompt_tokens, load_denoiser
 from ..models.prior import ExpressionPrior
+from ..models.support import ExpressionSupport
 from ..models.patch_codec import PatchChangeCodec, load_codec
 from ..models.vae import LatentCodec, map_kind
 from ..models.weights import store_float16
@@ -173,9 +178,11 @@ class ExpDiffPipeline:
     def __init__(self, config: PipelineConfig, codec: LatentCodec, denoiser: ExpDiffDenoiser, noise_scheduler,
                  template: FaceMesh, text_encoder: Any = None, device: str | torch.device = "auto",
                  prior: ExpressionPrior | None = None,
-                 change_codec: LatentCodec | PatchChangeCodec | None = None):
+                 change_codec: LatentCodec | PatchChangeCodec | None = None,
+                 support: ExpressionSupport | None = None):
         self.config = config
         self.prior = prior
+        self.support = support
         self.use_prior = prior is not None
         self.denoiser_compiled = False
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
@@ -236,20 +243,32 @@ class ExpDiffPipeline:
                 raise ExpDiffInputError(folder / "prior", f"its map part is for {c.map_resolution}^2 maps"
                                         f"{' with ' + ', '.join(foreign) if foreign else ''}; the model makes "
                                         f"{config.resolution}^2 maps of {config.kinds} on {config.udims}")
-        return cls(config, codec, denoiser, scheduler, template, text_encoder, device, prior, change_codec)
+        support = None
+        if (folder / "support").is_dir():
+            support = ExpressionSupport.from_pretrained(folder / "support")
+            s = support.config
+            tiles = sorted({(k, u) for k, u, _ in s.map_layout})
+            if (s.vertex_count != template.n_vertices or s.map_resolution != config.resolution
+                    or any(k not in config.kinds or u not in config.udims for k, u in tiles)):
+                raise ExpDiffInputError(folder / "support", f"is for {s.vertex_count} vertices and "
+                                        f"{s.map_resolution}^2 maps of {tiles}; the model has {template.n_vertices} "
+                                        f"vertices and makes {config.resolution}^2 maps of {config.kinds} on "
+                                        f"{config.udims}")
+        return cls(config, codec, denoiser, scheduler, template, text_encoder, device, prior, change_codec, support)
 
     @staticmethod
     def assemble(folder: str | os.PathLike, config: PipelineConfig, vae_folder: str | os.PathLike,
                  denoiser_folder: str | os.PathLike, template: FaceMesh, model_card: str,
                  scheduler_folder: str | os.PathLike | None = None,
                  prior_folder: str | os.PathLike | None = None,
-                 change_vae_folder: str | os.PathLike | None = None, half_weights: bool = False) -> Path:
+                 change_vae_folder: str | os.PathLike | None = None, half_weights: bool = False,
+                 support_folder: str | os.PathLike | None = None) -> Path:
         """Write a new pipeline folder from trained parts (copies; ``folder`` must not exist).
 
         scheduler_folder: where the training noise schedule's ``scheduler_config.json`` is, when it is not
         in ``denoiser_folder`` already. change_vae_folder: the change codec a target="change" denoiser's
         latents decode with. half_weights: store the denoiser's float32 weights as float16 (half the size; it
-        still computes in float32).
+        still computes in float32). support_folder: an expression support (``expdiff train support``).
         """
         import shutil
 
@@ -267,6 +286,8 @@ class ExpDiffPipeline:
                 shutil.copytree(prior_folder, tmp / "prior")
             if change_vae_folder is not None:
                 shutil.copytree(change_vae_folder, tmp / "change_vae")
+            if support_folder is not None:
+                shutil.copytree(support_folder, tmp / "support")
             (tmp / "README.md").write_text(model_card)
         return folder
 
@@ -355,16 +376,19 @@ class ExpDiffPipeline:
 
     # ------------------------------------------------------------------ the prior
     def prior_mix(self, expressions: Sequence[Expression]) -> np.ndarray:
-        """(N, E) weights of the prior's units for each expression.
+        """(N, E) weights of the prior's units for each expression (:meth:`unit_mix`)."""
+        if self.prior is None:
+            raise ExpDiffInputError(None, "this model has no expression prior")
+        return self.prior.weights_for(self.unit_mix(expressions, self.prior.expressions))
+
+    def unit_mix(self, expressions: Sequence[Expression], units: Sequence[str]) -> list[dict[str, float]]:
+        """Per expression, {unit: weight} over ``units``.
 
         A unit's own prompt is that unit; ``neutral`` is no unit; a blend mixes its two sides' weights; a free
         prompt mixes the units whose prompts it resembles (softmax of the text encoder's pooled cosine
-        similarity over ``prompt_temperature``, weights under 1% dropped), and gets no prior from a model
+        similarity over ``prompt_temperature``, weights under 1% dropped), and gets no unit from a model
         without a text encoder.
         """
-        if self.prior is None:
-            raise ExpDiffInputError(None, "this model has no expression prior")
-        units = self.prior.expressions
         by_prompt = {expression_prompt(u): u for u in units}
         free = sorted({p for e in expressions for p in (e.prompt, e.prompt_b)
                        if p is not None and p not in by_prompt and p != self.config.neutral_prompt})
@@ -393,7 +417,24 @@ class ExpDiffPipeline:
                 for u, x in mix(prompt).items():
                     row[u] = row.get(u, 0.0) + w * x
             rows.append(row)
-        return self.prior.weights_for(rows)
+        return rows
+
+    def restrict_to_support(self, expressions: Sequence[Expression], mesh: FaceMesh,
+                            vertices: Mapping[str, np.ndarray], maps: Mapping[str, Maps],
+                            references: Mapping[str, Maps]) -> tuple[dict[str, np.ndarray], dict[str, Maps]]:
+        """Each expression's vertex change from ``mesh`` and BRDF change from its reference kept where its
+        units change some training identity (:class:`~expdiff_core.models.support.ExpressionSupport`); as
+        they are without a support."""
+        if self.support is None:
+            return dict(vertices), dict(maps)
+        labels = [e.label for e in expressions]
+        mix = self.support.weights_for(self.unit_mix(expressions, self.support.expressions))
+        changes = np.stack([vertices[label] - mesh.vertices for label in labels])
+        kept = mesh.vertices[None] + self.support.restrict_vertices(changes, mix)
+        restricted = self.support.restrict_maps([maps[label] for label in labels],
+                                                [references[label] for label in labels], mix)
+        return ({label: v.astype(vertices[label].dtype) for label, v in zip(labels, kept)},
+                dict(zip(labels, restricted)))
 
     def prior_scores(self, mesh: FaceMesh, textures: Mapping[str, Mapping[int, np.ndarray]]) -> np.ndarray:
         """(K,) the neutral's identity scores under the prior.
@@ -671,8 +712,10 @@ class ExpDiffPipeline:
             neutral_maps = decoded[labels.index(NEUTRAL)]
             vertices = {label: self.recover(mesh, maps[POSITION], neutral_maps[POSITION], sampler_).vertices
                         for label, maps in zip(labels, decoded)}
-            return ExpDiffOutput(labels, vertices, dict(zip(labels, decoded)), latents,
-                                 {label: neutral_maps for label in labels})
+            references = {label: neutral_maps for label in labels}
+            vertices, maps_out = self.restrict_to_support(exprs, mesh, vertices, dict(zip(labels, decoded)),
+                                                          references)
+            return ExpDiffOutput(labels, vertices, maps_out, latents, references)
         scores, mix = self.prior_scores(mesh, textures), self.prior_mix(exprs)
         prior_vertices, prior_latents = self.prior_changes(scores, mix, mesh.units)
         start = self.unchanged_latents(z0)[None] + prior_latents
@@ -692,7 +735,8 @@ class ExpDiffPipeline:
         for i, label in enumerate(labels):
             base = mesh.with_vertices(mesh.vertices + prior_vertices[i])
             vertices[label] = self.recover(base, decoded[i][POSITION], starts[i][POSITION], sampler_).vertices
-        return ExpDiffOutput(labels, vertices, dict(zip(labels, decoded)), latents, references)
+        vertices, maps_out = self.restrict_to_support(exprs, mesh, vertices, dict(zip(labels, decoded)), references)
+        return ExpDiffOutput(labels, vertices, maps_out, latents, references)
 
 
 # ---------------------------------------------------------------------- helpers

@@ -66,7 +66,8 @@ def assemble_pipeline(dataset_root: str | os.PathLike, vae_dir: str | os.PathLik
                       out: str | os.PathLike, *, name: str = "expdiff-offline", steps: int = 30,
                       sampler: str = "ddim", strength: float = 1.0, noise_scale: float = 1.0,
                       prior_dir: str | os.PathLike | None = None, prior_strength: float = 0.0,
-                      change_vae_dir: str | os.PathLike | None = None, half_weights: bool = False) -> Path:
+                      change_vae_dir: str | os.PathLike | None = None, half_weights: bool = False,
+                      support_dir: str | os.PathLike | None = None) -> Path:
     """A new pipeline folder ``out`` from a trained VAE and a finished diffusion run on ``dataset_root``'s template.
 
     diffusion_run: the trainer's output folder (``model/`` EMA weights, ``scheduler/``, ``latents_manifest.json``).
@@ -74,6 +75,7 @@ def assemble_pipeline(dataset_root: str | os.PathLike, vae_dir: str | os.PathLik
     latents; prior_strength: the SDEdit strength from it. change_vae_dir: the change codec of a
     target="change" denoiser (required for one, refused otherwise). noise_scale: the default sampling
     temperature (``PipelineConfig.noise_scale``). half_weights: store the denoiser's weights as float16.
+    support_dir: an expression support (``expdiff train support``) fitted on the same dataset.
     """
     if not 0.0 <= float(noise_scale) <= 1.0:
         raise ExpDiffInputError(None, f"noise_scale must be in [0, 1], got {noise_scale}")
@@ -130,6 +132,14 @@ def assemble_pipeline(dataset_root: str | os.PathLike, vae_dir: str | os.PathLik
                                     f"denoiser's are {'change' if change_vae_dir else 'absolute'} latents")
         if not 0.0 <= prior_strength <= 1.0:
             raise ExpDiffInputError(None, f"prior strength must be in [0, 1], got {prior_strength}")
+    if support_dir is not None:
+        from ..models.support import ExpressionSupport
+
+        support = ExpressionSupport.from_pretrained(support_dir)
+        if support.config.vertex_count != dataset.vertex_count or support.config.map_resolution != dataset.resolution:
+            raise ExpDiffInputError(Path(support_dir), f"is for {support.config.vertex_count} vertices and "
+                                    f"{support.config.map_resolution}^2 maps; the dataset has {dataset.vertex_count} "
+                                    f"and {dataset.resolution}^2")
     card = model_card(name, config, vae_dir, run, dataset, denoiser_config)
     if prior_dir is not None:
         c = prior.config
@@ -140,9 +150,16 @@ def assemble_pipeline(dataset_root: str | os.PathLike, vae_dir: str | os.PathLik
         card += (f"\n## Expression prior\n\nRidge regression from the neutral's identity coefficients to each unit's "
                  f"change: {c.n_components} components, ridge {c.ridge}{maps}; fitted on {json.dumps(fitted)}. "
                  f"Each expression starts from it; SDEdit strength {prior_strength}.\n")
+    if support_dir is not None:
+        c = support.config
+        card += (f"\n## Expression support\n\nEach expression keeps its change only where its units change some "
+                 f"training identity (vertices moved > {c.vertex_threshold:g} cm, texels changed > "
+                 f"{c.map_threshold:g}); on average a unit's support is {support.vertices.mean():.1%} of the "
+                 f"vertices and {support.maps.mean():.1%} of the texels; fitted on {json.dumps(c.fitted_on)}.\n")
     return ExpDiffPipeline.assemble(out, config, vae_dir, denoiser_dir, dataset.template(), card,
                                     scheduler_folder=run / "scheduler", prior_folder=prior_dir,
-                                    change_vae_folder=change_vae_dir, half_weights=half_weights)
+                                    change_vae_folder=change_vae_dir, half_weights=half_weights,
+                                    support_folder=support_dir)
 
 
 def _encoding_of(run: Path) -> dict:

@@ -82,3 +82,16 @@ def test_train_change_codec_registers_the_codec_in_mlflow(make_tiny_dataset, tmp
     assert main(["train", "change-codec", "--dataset", str(dataset), "--out", str(tmp_path / "codec"),
                  "--channels", "8", "--val-identities", "0"]) == 0
     assert "registered expdiff-change-codec version 1 (alias candidate)" in capsys.readouterr().out
+
+
+def test_train_support_writes_the_units_supports_and_says_how_large_they_are(make_tiny_dataset, tmp_path, capsys):
+    from expdiff_core.models.support import ExpressionSupport
+
+    dataset = make_tiny_dataset(tmp_path / "data", resolution=32)
+    out = tmp_path / "support"
+    assert main(["train", "support", "--dataset", str(dataset), "--out", str(out)]) == 0
+    support = ExpressionSupport.from_pretrained(out)
+    assert support.expressions == ["jawOpen", "mouthSmile_L"]
+    assert f"moves on average {support.vertices.mean():.1%} of the vertices" in capsys.readouterr().out
+    assert main(["train", "support", "--dataset", str(dataset), "--out", str(out)]) == 2
+    assert "never overwritten" in capsys.readouterr().err
