@@ -157,7 +157,9 @@ def diffuse(encoded: Mapping[str, Any], model_dir: str | os.PathLike, expression
     labels = [e.label for e in exprs]
     if pipe.change_codec is not None and not tensors:  # the generated neutral is no change, exactly
         latents[labels.index(NEUTRAL)] = pipe.unchanged_latents(z0)
-    path = _save_tensors(Path(work_dir) / "expression_latents.safetensors", {"latents": latents, **tensors})
+    support_mix = pipe.support_mix(exprs)
+    extra = {} if support_mix is None else {"support_mix": torch.from_numpy(support_mix)}
+    path = _save_tensors(Path(work_dir) / "expression_latents.safetensors", {"latents": latents, **tensors, **extra})
     cfg = pipe.config
     return {"latents": str(path), "neutral_latents": encoded["latents"], "labels": labels,
             "prompts": [e.prompt for e in exprs],
@@ -171,7 +173,8 @@ def decode(diffused: Mapping[str, Any], model_dir: str | os.PathLike, work_dir: 
            device: str = "auto", expressions_per_pass: int = 16) -> dict[str, Any]:
     """Latents -> model-resolution maps ``<work>/decoded/<label>/<kind>.<udim>.exr`` (float EXR).
 
-    With a prior, also what each expression is read against (see ``pipelines.expdiff``): for ``position`` its
+    With an expression support, each expression's BRDF change is kept where its units act
+    (``ExpDiffPipeline.restrict_to_support``). With a prior, also what each expression is read against (see ``pipelines.expdiff``): for ``position`` its
     decoded prior latents (``<work>/references/<label>/``; at strength 0 those are its decoded maps), for the
     BRDF kinds the decoded neutral latents, one set for all (``<work>/references/<kind>.<udim>.exr``; with the
     prior's map part, the character's neutral maps, which its BRDF maps are built on). Without a prior, every
@@ -207,10 +210,15 @@ def decode(diffused: Mapping[str, Any], model_dir: str | os.PathLike, work_dir: 
             starts = None if kept else pipe.decode(tensors["start"][part], neutral_maps=neutral_maps)
             chunk = pipe.apply_map_prior(chunk, starts, own_character, saved["prior_scores"].numpy(),
                                          tensors["prior_mix"][part].numpy())
+        if "support_mix" in tensors:  # a change model's: its BRDF maps are read against the character's own
+            chunk = pipe.support.restrict_maps(chunk, [own_character] * len(chunk),
+                                               tensors["support_mix"][part].numpy())
         for label, maps in zip(labels[part], chunk):
             write(root, label, maps, kinds)
         del chunk
     out = {"decoded": str(root), "labels": labels, "kinds": kinds, "udims": list(pipe.config.udims)}
+    if "support_mix" in tensors:
+        out["support_mix"] = diffused["latents"]
     if "start" in tensors:
         references = Path(work_dir) / "references"
         # the neutral's prior change is zero, so its start is the neutral latents z0
@@ -252,7 +260,8 @@ def recover(decoded: Mapping[str, Any], ingested: Mapping[str, Any], model_dir: 
             work_dir: str | os.PathLike) -> dict[str, Any]:
     """Eq. 9 for every expression on the user's mesh -> ``<work>/vertices.safetensors`` + per-expression figures.
 
-    figures: mean and max vertex displacement from the neutral, in mm.
+    figures: mean and max vertex displacement from the neutral, in mm. With an expression support, each
+    expression's vertex change is kept where its units act.
     """
     pipe = load_pipeline(str(model_dir), "cpu")
     mesh = read_mesh(ingested["mesh"])
@@ -265,8 +274,14 @@ def recover(decoded: Mapping[str, Any], ingested: Mapping[str, Any], model_dir: 
         base = mesh if prior is None else mesh.with_vertices(mesh.vertices + prior[i])
         v = pipe.recover(base, {u: _decoded_map(decoded, label, POSITION, u) for u in udims},
                          {u: _reference_map(decoded, label, POSITION, u) for u in udims}, sampler).vertices
-        d = np.linalg.norm(v - mesh.vertices, axis=1) * to_mm
         vertices[label] = v
+    if "support_mix" in decoded:
+        mix = load_file(decoded["support_mix"])["support_mix"].numpy()
+        labels = list(decoded["labels"])
+        kept, _ = pipe.restrict_to_support(mix, mesh, [vertices[label] for label in labels], [], [])
+        vertices = dict(zip(labels, kept))
+    for label, v in vertices.items():
+        d = np.linalg.norm(v - mesh.vertices, axis=1) * to_mm
         figures[label] = {"mean_displacement_mm": float(d.mean()), "max_displacement_mm": float(d.max())}
     path = _save_tensors(Path(work_dir) / "vertices.safetensors", vertices)
     return {"vertices": str(path), "labels": list(decoded["labels"]), "figures": figures}

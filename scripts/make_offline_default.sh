@@ -39,8 +39,10 @@ expdiff data encode "$WORK/dataset$PRIOR_IDENTITIES" --vae "$WORK/vae" --out "$W
 # - CHANGE_MODEL: the dual-attention denoiser on them (`--target change`, 25 min here): with the prompt token
 #   embedding and the sample skip (offline_change_denoiser.json), a zero-terminal-SNR schedule and timesteps shifted
 #   toward noise (the model card says why each);
-# - SUBSPACE_MODEL: the subspace denoiser (offline_subspace_denoiser.json: diffusion over the principal
-#   coefficients of the change latents, identity from the neutral geometry through the change codec; ~15 min here).
+# - SUBSPACE_MODEL: the subspace denoiser (offline_subspace_denoiser.json, recipe N of the model card: diffusion over
+#   the principal coefficients of the change latents, identity from the neutral geometry through the change codec;
+#   ~25 min here), assembled with the expression support (each unit changes only what it changes in training) and
+#   sampled at noise scale 0.
 if [ "${CHANGE_MODEL:-0}" = 1 ] || [ "${SUBSPACE_MODEL:-0}" = 1 ]; then
     DATA="$WORK/dataset$PRIOR_IDENTITIES"
     [ -d "$WORK/change_codec" ] || expdiff train change-codec --dataset "$DATA" --channels 64 --out "$WORK/change_codec"
@@ -64,6 +66,8 @@ if [ "${SUBSPACE_MODEL:-0}" = 1 ]; then
         --steps "${SUBSPACE_STEPS:-4000}" --model-config "$(dirname "$0")/offline_subspace_denoiser.json" \
         --prediction-type v_prediction --zero-terminal-snr true --batch-size 256 --learning-rate 1e-3 \
         --checkpoint-every 250 --device "$DEVICE"
+    [ -d "$WORK/support" ] || expdiff train support --dataset "$DATA" --out "$WORK/support"
     [ -d "$WORK/expdiff-subspace" ] || expdiff models assemble --dataset "$DATA" --vae "$WORK/vae" \
-        --diffusion "$WORK/diffusion-subspace" --change-vae "$WORK/change_codec" --out "$WORK/expdiff-subspace"
+        --diffusion "$WORK/diffusion-subspace" --change-vae "$WORK/change_codec" --support "$WORK/support" \
+        --noise-scale 0 --half-weights --out "$WORK/expdiff-subspace"
 fi

@@ -203,6 +203,9 @@ class ExpDiffPipeline:
                                     f"it uses one; this one's target is {denoiser.config.target!r}")
         if change_codec is not None and not change_codec.encodes_change:
             raise ExpDiffInputError(None, "change_vae/ is a codec of absolute maps (no change_scales.json)")
+        if support is not None and change_codec is None:
+            raise ExpDiffInputError(None, "an expression support (support/) restricts the changes of a change model; "
+                                    "this model has no change codec (change_vae/)")
         if change_codec is not None and change_codec.latent_channels != int(denoiser.config.latent_channels):
             raise ExpDiffInputError(None, f"change_vae/ makes {change_codec.latent_channels}-channel latents, the "
                                     f"denoiser diffuses {denoiser.config.latent_channels}")
@@ -419,22 +422,22 @@ class ExpDiffPipeline:
             rows.append(row)
         return rows
 
-    def restrict_to_support(self, expressions: Sequence[Expression], mesh: FaceMesh,
-                            vertices: Mapping[str, np.ndarray], maps: Mapping[str, Maps],
-                            references: Mapping[str, Maps]) -> tuple[dict[str, np.ndarray], dict[str, Maps]]:
-        """Each expression's vertex change from ``mesh`` and BRDF change from its reference kept where its
-        units change some training identity (:class:`~expdiff_core.models.support.ExpressionSupport`); as
-        they are without a support."""
+    def support_mix(self, expressions: Sequence[Expression]) -> np.ndarray | None:
+        """(N, E) weights of the support's units for each expression (:meth:`unit_mix`); None without a support."""
         if self.support is None:
-            return dict(vertices), dict(maps)
-        labels = [e.label for e in expressions]
-        mix = self.support.weights_for(self.unit_mix(expressions, self.support.expressions))
-        changes = np.stack([vertices[label] - mesh.vertices for label in labels])
+            return None
+        return self.support.weights_for(self.unit_mix(expressions, self.support.expressions))
+
+    def restrict_to_support(self, mix: np.ndarray | None, mesh: FaceMesh, vertices: Sequence[np.ndarray],
+                            maps: Sequence[Maps], references: Sequence[Maps]) -> tuple[list[np.ndarray], list[Maps]]:
+        """Each expression's vertex change from ``mesh`` and BRDF change from its reference kept where its units
+        change some training identity (``mix``: :meth:`support_mix`); as they are without a support."""
+        if self.support is None or mix is None:
+            return list(vertices), list(maps)
+        changes = np.stack([v - mesh.vertices for v in vertices])
         kept = mesh.vertices[None] + self.support.restrict_vertices(changes, mix)
-        restricted = self.support.restrict_maps([maps[label] for label in labels],
-                                                [references[label] for label in labels], mix)
-        return ({label: v.astype(vertices[label].dtype) for label, v in zip(labels, kept)},
-                dict(zip(labels, restricted)))
+        return ([k.astype(v.dtype) for k, v in zip(kept, vertices)],
+                self.support.restrict_maps(maps, references, mix))
 
     def prior_scores(self, mesh: FaceMesh, textures: Mapping[str, Mapping[int, np.ndarray]]) -> np.ndarray:
         """(K,) the neutral's identity scores under the prior.
@@ -712,10 +715,10 @@ class ExpDiffPipeline:
             neutral_maps = decoded[labels.index(NEUTRAL)]
             vertices = {label: self.recover(mesh, maps[POSITION], neutral_maps[POSITION], sampler_).vertices
                         for label, maps in zip(labels, decoded)}
-            references = {label: neutral_maps for label in labels}
-            vertices, maps_out = self.restrict_to_support(exprs, mesh, vertices, dict(zip(labels, decoded)),
-                                                          references)
-            return ExpDiffOutput(labels, vertices, maps_out, latents, references)
+            kept_vertices, kept_maps = self.restrict_to_support(self.support_mix(exprs), mesh, list(vertices.values()),
+                                                                decoded, [neutral_maps] * len(labels))
+            return ExpDiffOutput(labels, dict(zip(labels, kept_vertices)), dict(zip(labels, kept_maps)), latents,
+                                 {label: neutral_maps for label in labels})
         scores, mix = self.prior_scores(mesh, textures), self.prior_mix(exprs)
         prior_vertices, prior_latents = self.prior_changes(scores, mix, mesh.units)
         start = self.unchanged_latents(z0)[None] + prior_latents
@@ -735,8 +738,11 @@ class ExpDiffPipeline:
         for i, label in enumerate(labels):
             base = mesh.with_vertices(mesh.vertices + prior_vertices[i])
             vertices[label] = self.recover(base, decoded[i][POSITION], starts[i][POSITION], sampler_).vertices
-        vertices, maps_out = self.restrict_to_support(exprs, mesh, vertices, dict(zip(labels, decoded)), references)
-        return ExpDiffOutput(labels, vertices, maps_out, latents, references)
+        kept_vertices, kept_maps = self.restrict_to_support(self.support_mix(exprs), mesh,
+                                                            [vertices[label] for label in labels], decoded,
+                                                            [references[label] for label in labels])
+        return ExpDiffOutput(labels, dict(zip(labels, kept_vertices)), dict(zip(labels, kept_maps)), latents,
+                             references)
 
 
 # ---------------------------------------------------------------------- helpers

@@ -6,6 +6,7 @@ import numpy as np
 
 from expdiff_core.models.denoiser import ExpDiffDenoiser, denoiser_config
 from expdiff_core.models.patch_codec import PatchChangeCodec
+from expdiff_core.models.support import ExpressionSupport, ExpressionSupportConfig
 from expdiff_core.models.vae import ChangeScales, LatentCodec, offline_vae_config
 from expdiff_core.pipelines.expdiff import ExpDiffPipeline, PipelineConfig
 from expdiff_core.schedulers import training_noise_scheduler
@@ -68,7 +69,7 @@ def tiny_map_change(unit: str, layout, identity: int = 0) -> np.ndarray:
 
 def tiny_pipeline_folder(root, text_conditioning: str = "encoder", target: str = "absolute", prior: bool = False,
                          map_prior: bool = False, change_codec: str = "vae", denoiser: str = "transformer",
-                         condition: str = "vae"):
+                         condition: str = "vae", support: bool = False):
     """Write a pipeline folder under ``root / "model"`` (random weights, 4 sampling steps); returns it.
 
     target="residual": the denoiser diffuses (expression - neutral) latents, every map scaled by 4.
@@ -79,6 +80,7 @@ def tiny_pipeline_folder(root, text_conditioning: str = "encoder", target: str =
     denoiser="subspace": a ``SubspaceDenoiser`` (target "change", patch codec), its subspaces fitted on random
     low-rank changes of 12 identities x 5 expressions; ``condition="change"``: its condition is the neutral maps
     encoded by the change codec (``condition_codec``), its identity read from the position maps.
+    support: also an expression support (:func:`tiny_support`; a change model's).
     """
     template = template_mesh()
     config = PipelineConfig(kinds=KINDS, udims=[1001, 1002], resolution=RESOLUTION,
@@ -112,8 +114,29 @@ def tiny_pipeline_folder(root, text_conditioning: str = "encoder", target: str =
         change = LatentCodec.from_config(offline_vae_config(block_out_channels=[8, 8, 16, 16], norm_num_groups=8),
                                          seed=1, device="cpu", change_scales=ChangeScales(TINY_CHANGE_SCALES))
         change_dir = change.save_pretrained(root / "parts" / "change_vae")
+    support_dir = (tiny_support(config, template.n_vertices).save_pretrained(root / "parts" / "support")
+                   if support else None)
     return ExpDiffPipeline.assemble(root / "model", config, vae_dir, den_dir, template, "# tiny test model\n",
-                                    prior_folder=prior_dir, change_vae_folder=change_dir)
+                                    prior_folder=prior_dir, change_vae_folder=change_dir, support_folder=support_dir)
+
+
+def tiny_support(config: PipelineConfig, n_vertices: int) -> ExpressionSupport:
+    """jawOpen may move every other vertex (:func:`tiny_support_vertices`) and change the albedo of the first tile,
+    nothing else; mouthSmile_L anything."""
+    layout = [[k, u, 3 if k in ("albedo", "normal") else 1]
+              for k in config.kinds if k != "position" for u in config.udims]
+    size = sum(ch for _, _, ch in layout) * config.resolution ** 2
+    maps = np.zeros((2, size), bool)
+    maps[0, :3 * config.resolution ** 2] = True  # the layout starts with albedo on the first tile
+    maps[1] = True
+    vertices = np.stack([tiny_support_vertices(n_vertices), np.ones(n_vertices, bool)])
+    return ExpressionSupport(ExpressionSupportConfig(["jawOpen", "mouthSmile_L"], n_vertices, layout,
+                                                     config.resolution), vertices, maps)
+
+
+def tiny_support_vertices(n_vertices: int) -> np.ndarray:
+    """(V,) bool: the vertices :func:`tiny_support` lets jawOpen move."""
+    return np.arange(n_vertices) % 2 == 0
 
 
 def tiny_subspace_denoiser(channels: int, condition: str = "vae"):

@@ -42,8 +42,8 @@ def test_a_mix_of_units_keeps_the_union_and_a_mix_of_none_keeps_everything():
 
 def test_maps_are_kept_against_their_reference_only_on_the_support():
     s = _support()
-    ref = {"albedo": {1001: np.zeros((3, RES, RES), np.float32)}, "roughness": {1001: np.zeros((1, RES, RES), np.float32)},
-           "position": {1001: np.zeros((3, RES, RES), np.float32)}}
+    channels = {"albedo": 3, "roughness": 1, "position": 3}
+    ref = {kind: {1001: np.zeros((c, RES, RES), np.float32)} for kind, c in channels.items()}
     maps = {k: {1001: np.ones_like(t[1001])} for k, t in ref.items()}
     out = s.restrict_maps([maps], [ref], s.weights_for([{"eyeBlink_L": 1.0}]))[0]
     assert out["albedo"][1001].sum() == 0

@@ -64,3 +64,10 @@ def tiny_linear_prior_model(tmp_path_factory):
     """A change model with the linear patch codec and a prior (vertex and map parts, no latent part)."""
     return tiny_pipeline_folder(tmp_path_factory.mktemp("tiny-expdiff-linear-prior"), target="change",
                                 change_codec="patch", map_prior=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_support_model(tmp_path_factory):
+    """A change model (linear patch codec) with an expression support (``tiny_support``)."""
+    return tiny_pipeline_folder(tmp_path_factory.mktemp("tiny-expdiff-support"), target="change", change_codec="patch",
+                                support=True)

@@ -102,6 +102,7 @@ def test_ingest_requires_every_face_tile(tmp_path, tiny_model, asset):
     ("tiny_map_prior_model", 0.5),  # ... plus what sampling changed from the prior
     ("tiny_linear_prior_model", None),  # the linear change codec: the prior's changes encoded as its start
     ("tiny_linear_prior_model", 0.5),
+    ("tiny_support_model", None),  # each expression's change kept where its units act
 ])
 def test_stages_match_the_pipeline_run_in_one_go(asset, request, tmp_path, model_fixture, strength):
     """The staged build (files between stages) gives the vertices and maps of ``ExpDiffPipeline.__call__``."""
