@@ -194,12 +194,7 @@ class ExpressionPrior:
 
     def weights_for(self, expressions: Sequence[Mapping[str, float]]) -> np.ndarray:
         """(N_expr, E) mixing weights from ``{unit: weight}`` dicts (units without a prior weigh 0)."""
-        out = np.zeros((len(expressions), len(self.index)), np.float32)
-        for row, mix in enumerate(expressions):
-            for unit, w in mix.items():
-                if unit in self.index:
-                    out[row, self.index[unit]] += float(w)
-        return out
+        return unit_weights(expressions, self.index)
 
     def vertex_change(self, scores: np.ndarray, mix: np.ndarray) -> np.ndarray:
         """(N_expr, V, 3) float32: prior vertex change for each row of mixing weights ``mix`` (N_expr, E)."""
@@ -284,6 +279,16 @@ class ExpressionPrior:
         return cls(config, features, t["vertex.offsets"], t["vertex.index"], t["vertex.mean"],
                    t["vertex.coef"].astype(np.float32), t.get("latent.mean"),
                    None if "latent.coef" not in t else t["latent.coef"].astype(np.float32), map_parts)
+
+
+def unit_weights(expressions: Sequence[Mapping[str, float]], index: Mapping[str, int]) -> np.ndarray:
+    """(N_expr, E) float32 mixing weights from ``{unit: weight}`` dicts; ``index`` {unit: column} (others weigh 0)."""
+    out = np.zeros((len(expressions), len(index)), np.float32)
+    for row, mix in enumerate(expressions):
+        for unit, w in mix.items():
+            if unit in index:
+                out[row, index[unit]] += float(w)
+    return out
 
 
 def fit_expression_prior(neutral_vertices: np.ndarray, neutral_map_features: np.ndarray,

@@ -25,7 +25,7 @@ from safetensors.numpy import load_file, save_file
 
 from ..errors import ExpDiffInputError
 from ..fileio import atomic_dir
-from .prior import flatten_maps, map_size, unflatten_maps
+from .prior import flatten_maps, map_size, unflatten_maps, unit_weights
 from .weights import require_safetensors
 
 Maps = dict[str, dict[int, np.ndarray]]
@@ -69,12 +69,7 @@ class ExpressionSupport:
 
     def weights_for(self, expressions: Sequence[Mapping[str, float]]) -> np.ndarray:
         """(N_expr, E) mixing weights from ``{unit: weight}`` dicts (units it does not know weigh 0)."""
-        out = np.zeros((len(expressions), len(self.index)), np.float32)
-        for row, mix in enumerate(expressions):
-            for unit, w in mix.items():
-                if unit in self.index:
-                    out[row, self.index[unit]] += float(w)
-        return out
+        return unit_weights(expressions, self.index)
 
     def _weights(self, masks: np.ndarray, mix: np.ndarray) -> np.ndarray:
         """(N, X) float32 in [0, 1]: each row's mixed support; rows with no unit in their mix keep everything."""
