@@ -25,14 +25,15 @@ from safetensors.numpy import load_file, save_file
 
 from ..errors import ExpDiffInputError
 from ..fileio import atomic_dir
-from .prior import flatten_maps, map_size, unflatten_maps, unit_weights
+from .prior import MAP_CHANGING, MOVING, flatten_maps, map_size, unflatten_maps, unit_weights
 from .weights import require_safetensors
 
 Maps = dict[str, dict[int, np.ndarray]]
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "expression_support.safetensors"
-VERTEX_THRESHOLD_CM = 1e-3  # 0.01 mm: far below a visible motion, far above float noise of a still vertex
-MAP_THRESHOLD = 2e-4  # map units: 1/20 of an 8-bit level (the prior's map part uses the same)
+# The prior's own thresholds: a support never cuts what the prior's sparse parts store (it contains them).
+VERTEX_THRESHOLD_CM = MOVING  # 0.1 um
+MAP_THRESHOLD = MAP_CHANGING  # map units: 1/20 of an 8-bit level
 
 
 @dataclass

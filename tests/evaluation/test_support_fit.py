@@ -34,3 +34,19 @@ def test_fitting_onto_an_existing_folder_is_refused_before_reading(procedural_da
     (tmp_path / "support").mkdir()
     with pytest.raises(ExpDiffInputError, match="never overwritten"):
         fit_support(procedural_dataset, tmp_path / "support", progress=False)
+
+
+def test_the_support_holds_every_vertex_and_texel_the_prior_changes(procedural_dataset, tmp_path):
+    """So a model with both keeps the prior's expression exactly (the shipped default is the prior)."""
+    from expdiff_core.training.prior import fit_prior
+
+    support = fit_support(procedural_dataset, tmp_path / "support", progress=False)
+    prior, _ = fit_prior(procedural_dataset, tmp_path / "prior", n_components=1, ridge=1e-6, maps=True,
+                         progress=False)
+    for e, unit in enumerate(prior.expressions):
+        moved = prior.vertex_index[prior.vertex_offsets[e]:prior.vertex_offsets[e + 1]]
+        assert support.vertices[support.index[unit], moved].all()
+        for part in prior.map_parts.values():
+            changed = part.index[part.offsets[e]:part.offsets[e + 1]]
+            # the prior reads the changes in float16: a texel within its rounding of the threshold may differ
+            assert support.maps[support.index[unit], changed].mean() > 0.999

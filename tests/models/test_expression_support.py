@@ -11,7 +11,7 @@ RES = 4  # 4x4 tiles: 16 * (3 + 1) = 64 map entries
 
 
 def _support(**kw) -> ExpressionSupport:
-    v = {"jawOpen": np.array([0.0, 0.5, 2e-3, 1e-4]), "eyeBlink_L": np.array([0.3, 0.0, 0.0, 0.0])}
+    v = {"jawOpen": np.array([0.0, 0.5, 2e-5, 1e-6]), "eyeBlink_L": np.array([0.3, 0.0, 0.0, 0.0])}  # cm
     m = {"jawOpen": np.zeros(64), "eyeBlink_L": np.zeros(64)}
     m["jawOpen"][:5] = 1e-3  # albedo, first texels
     m["eyeBlink_L"][48:50] = 0.1  # roughness, first texels
