@@ -174,7 +174,8 @@ def decode(diffused: Mapping[str, Any], model_dir: str | os.PathLike, work_dir: 
     """Latents -> model-resolution maps ``<work>/decoded/<label>/<kind>.<udim>.exr`` (float EXR).
 
     With an expression support, each expression's BRDF change is kept where its units act
-    (``ExpDiffPipeline.restrict_to_support``). With a prior, also what each expression is read against (see ``pipelines.expdiff``): for ``position`` its
+    (``ExpDiffPipeline.restrict_to_support``). With a prior, also what each expression is read against (see
+    ``pipelines.expdiff``): for ``position`` its
     decoded prior latents (``<work>/references/<label>/``; at strength 0 those are its decoded maps), for the
     BRDF kinds the decoded neutral latents, one set for all (``<work>/references/<kind>.<udim>.exr``; with the
     prior's map part, the character's neutral maps, which its BRDF maps are built on). Without a prior, every

@@ -36,6 +36,7 @@ from safetensors.torch import load_file, save_file
 
 from ..errors import ExpDiffInputError
 from ..fileio import atomic_dir
+from ..io.dataset import MAP_SPECS
 from .weights import require_safetensors
 
 CONFIG_NAME = "config.json"
@@ -340,6 +341,11 @@ def fit_expression_prior(neutral_vertices: np.ndarray, neutral_map_features: np.
 
 
 # ------------------------------------------------------------------------------------------ the map part
+def map_layout(kinds: Sequence[str], udims: Sequence[int]) -> list[list]:
+    """[[kind, udim, channels], ...] of ``kinds`` x ``udims``, kind-major: the order maps are flattened in."""
+    return [[k, int(u), MAP_SPECS[k]["channels"]] for k in kinds for u in udims]
+
+
 def map_size(layout: Sequence[Sequence], resolution: int) -> int:
     """Length of the flattened maps of ``layout`` [[kind, udim, channels], ...] at ``resolution``^2 texels."""
     return sum(int(c) for _, _, c in layout) * resolution * resolution

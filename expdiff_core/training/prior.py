@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from ..errors import ExpDiffInputError
 from ..io.dataset import MAP_SPECS, NEUTRAL, Dataset
 from ..models.prior import (MAP_CHANGING, ExpressionPrior, IdentityFeatures, coarse_maps, fit_expression_prior,
-                            fit_map_change, flatten_maps, map_slices, ridge_weights)
+                            fit_map_change, flatten_maps, map_layout, map_slices, ridge_weights)
 from .latents import latent_key, read_latent_shard, read_manifest
 
 COMPONENTS = (4, 8, 12, 16, 24, 32)
@@ -59,7 +59,7 @@ class IdentityCorpus:
         verts = np.zeros((n, dataset.vertex_count, 3), np.float32)
         vchange = {e: np.zeros((n, dataset.vertex_count, 3), np.float32) for e in expressions}
         feats, mchange = [], {e: [] for e in expressions}
-        layout = [[k, u, MAP_SPECS[k]["channels"]] for k in full_kinds for u in udims]
+        layout = map_layout(full_kinds, udims)
         size = sum(c for _, _, c in layout) * dataset.resolution ** 2
         full = {e: np.zeros((n, size), np.float16) for e in expressions} if layout else {}
         bar = tqdm(total=n * (len(expressions) + 1), desc="read identities", unit="expr", disable=not progress)

@@ -9,8 +9,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import ExpDiffInputError
-from ..io.dataset import MAP_SPECS, NEUTRAL, Dataset
-from ..models.prior import flatten_maps
+from ..io.dataset import NEUTRAL, Dataset
+from ..models.prior import flatten_maps, map_layout
 from ..models.support import MAP_THRESHOLD, VERTEX_THRESHOLD_CM, ExpressionSupport, fit_expression_support
 
 
@@ -26,8 +26,7 @@ def fit_support(dataset_root: str | os.PathLike, out: str | os.PathLike, *, spli
     if Path(out).exists():
         raise ExpDiffInputError(Path(out), "output folder already exists; trained models are never overwritten")
     units = [e for e in dataset.units if e != NEUTRAL]
-    layout = [[k, u, MAP_SPECS[k]["channels"]] for k in dataset.map_kinds
-              for u in dataset.udims]
+    layout = map_layout(dataset.map_kinds, dataset.udims)
     vertices = {e: np.zeros(dataset.vertex_count, np.float32) for e in units}
     maps = {e: None for e in units}
     bar = tqdm(total=len(subjects) * len(dataset.expressions), desc="support", unit="expr", disable=not progress)
