@@ -83,18 +83,22 @@ def matmul_flops(n: int, device: torch.device, repeats: int = 5) -> float:
 
 
 # ------------------------------------------------------------------------------------------ denoiser
+def neutral_latent_shape(pipe) -> tuple[int, ...]:
+    """(M, C, h, w): the neutral's latents the denoiser is conditioned on (either denoiser class)."""
+    den = pipe.denoiser
+    return (den.n_maps, den.condition_channels, *den.latent_hw)
+
+
 def denoiser_inputs(pipe, batch: int):
+    """(noisy sample, timestep, neutral latents, prompt tokens, mask) for one forward at ``batch`` expressions."""
     from expdiff_core import facs
     from expdiff_core.pipelines.expdiff import Expression
 
-    den = pipe.denoiser
-    m, c = len(pipe.config.kinds) * len(pipe.config.udims), den.config.latent_channels
-    h, w = den.config.latent_size
     exprs = [Expression.parse(u) for u in list(facs.UNIT_NAMES)[:batch]]
     tokens, mask = pipe.prompt_tokens(exprs)
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, m, c, h, w, generator=gen).to(pipe.device)
-    cond = torch.randn(batch, m, c, h, w, generator=gen).to(pipe.device)
+    x = torch.randn(batch, *pipe.denoiser.diffused_shape(), generator=gen).to(pipe.device)
+    cond = torch.randn(batch, *neutral_latent_shape(pipe), generator=gen).to(pipe.device)
     return x, torch.tensor(500, device=pipe.device), cond, tokens.to(pipe.device), mask.to(pipe.device)
 
 
@@ -128,12 +132,20 @@ def denoiser_figures(pipe, batch: int, repeats: int, compiled: bool = False) -> 
                 torch.cuda.synchronize()
 
         seconds = best_seconds(run, repeats)
-    m = len(pipe.config.kinds) * len(pipe.config.udims)
-    h, w = den.config.latent_size
-    p = den.config.patch_size
-    tokens = batch * m * (h // p) * (w // p)
-    return {"batch": batch, "tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds,
+    tokens = None  # a latent-map transformer's patches; the subspace denoiser's sample is one vector
+    if hasattr(den.config, "patch_size"):
+        (h, w), p = den.latent_hw, den.config.patch_size
+        tokens = batch * den.n_maps * (h // p) * (w // p)
+    return {"denoiser": type(den).__name__, "batch": batch, "tokens": tokens, "seconds": seconds,
+            "expressions_per_s": batch / seconds, "tokens_per_s": tokens / seconds if tokens else None,
             "flops_per_forward": float(flops), "flops_per_s": flops / seconds, "compile_s": compile_s}
+
+
+def throughput(figures: dict[str, Any]) -> str:
+    """'N tokens/s' for a transformer, 'N expressions/s' for the subspace denoiser."""
+    if figures["tokens_per_s"]:
+        return f"{figures['tokens_per_s']:10.0f} tokens/s"
+    return f"{figures['expressions_per_s']:10.0f} expressions/s"
 
 
 def sampling_inputs(pipe, n_expressions: int):
@@ -142,8 +154,7 @@ def sampling_inputs(pipe, n_expressions: int):
     from expdiff_core.build import expression_list
 
     exprs = expression_list(list(facs.UNIT_NAMES)[:n_expressions - 1])
-    z0 = torch.randn(len(pipe.config.kinds) * len(pipe.config.udims), pipe.denoiser.config.latent_channels,
-                     *pipe.denoiser.config.latent_size, generator=torch.Generator().manual_seed(0))
+    z0 = torch.randn(*neutral_latent_shape(pipe), generator=torch.Generator().manual_seed(0))
     return exprs, z0
 
 
@@ -160,6 +171,14 @@ def batched_vs_single(pipe, n_expressions: int, steps: int) -> dict[str, float]:
             "one_at_a_time_s": t["one_at_a_time"], "speedup": t["one_at_a_time"] / t["batched"]}
 
 
+def flat_neutral_maps(pipe) -> dict[str, dict[int, np.ndarray]] | None:
+    """Mid-grey neutral maps {kind: {udim: (3, r, r)}} for a change model to decode onto (None otherwise)."""
+    if pipe.change_codec is None:
+        return None
+    r = pipe.config.resolution
+    return {k: {u: np.full((3, r, r), 0.5, np.float32) for u in pipe.config.udims} for k in pipe.config.kinds}
+
+
 def decode_vs_diffuse(pipe, n_expressions: int, steps: int | None) -> dict[str, float]:
     """Seconds to sample ``n_expressions`` from pure noise (batches of 16, the model's steps) and to decode all
     their maps (``ExpDiffPipeline.decode``, as the build's decode stage does when sampling changed them)."""
@@ -167,12 +186,8 @@ def decode_vs_diffuse(pipe, n_expressions: int, steps: int | None) -> dict[str, 
     start = time.perf_counter()
     latents = pipe.sample(z0, exprs, steps=steps, strength=FULL_CHAIN, progress=False)
     diffuse = time.perf_counter() - start
-    neutral_maps = None
-    if pipe.change_codec is not None:  # a change model decodes onto the character's neutral maps
-        r = pipe.config.resolution
-        neutral_maps = {k: {u: np.full((3, r, r), 0.5, np.float32) for u in pipe.config.udims} for k in pipe.config.kinds}
     start = time.perf_counter()
-    pipe.decode(latents, neutral_maps=neutral_maps)
+    pipe.decode(latents, neutral_maps=flat_neutral_maps(pipe))
     decode = time.perf_counter() - start
     return {"expressions": len(exprs), "steps": int(steps or pipe.config.steps),
             "diffuse_s": diffuse, "decode_s": decode, "ratio": decode / diffuse}
@@ -256,8 +271,10 @@ def codec_figures(pipe, maps: int, repeats: int) -> dict[str, float]:
         enc = best_seconds(lambda: pipe.codec.encode(images, "albedo"), repeats)
         m = len(pipe.config.kinds) * len(pipe.config.udims)
         per_expression = max(1, maps // m)
-        latents = torch.randn(per_expression, m, pipe.codec.latent_channels, r // 8, r // 8)
-        dec = best_seconds(lambda: pipe.decode(latents), repeats)
+        codec = pipe.change_codec or pipe.codec  # what the build decodes with
+        latents = torch.randn(per_expression, m, *codec.latent_shape(r, r))
+        neutral_maps = flat_neutral_maps(pipe)
+        dec = best_seconds(lambda: pipe.decode(latents, neutral_maps=neutral_maps), repeats)
     return {"resolution": r, "encode_maps_per_s": maps / enc, "decode_maps_per_s": per_expression * m / dec}
 
 
@@ -410,14 +427,14 @@ def main(argv: list[str] | None = None) -> int:
     den = denoiser_figures(pipe, 16, 3 if quick else 10)
     result["denoiser"] = den
     result["denoiser_matmul_fraction"] = den["flops_per_s"] / result["matmul_flops_per_s"]
-    say(f"denoiser forward, batch 16         {den['tokens_per_s']:10.0f} tokens/s  {den['flops_per_s'] / 1e9:.2f} GFLOP/s "
+    say(f"{den['denoiser']} forward, batch 16  {throughput(den)}  {den['flops_per_s'] / 1e9:.2f} GFLOP/s "
         f"= {100 * result['denoiser_matmul_fraction']:.0f}% of matmul")
 
     if not quick:
         comp = denoiser_figures(pipe, 16, 10, compiled=True)
         result["denoiser_compiled"] = comp
         result["denoiser_matmul_fraction_compiled"] = comp["flops_per_s"] / result["matmul_flops_per_s"]
-        say(f"  the same through torch.compile     {comp['tokens_per_s']:10.0f} tokens/s  "
+        say(f"  the same through torch.compile     {throughput(comp)}  "
             f"{comp['flops_per_s'] / 1e9:.2f} GFLOP/s = {100 * result['denoiser_matmul_fraction_compiled']:.0f}% of "
             f"matmul (compiling took {comp['compile_s']:.0f} s)")
 
