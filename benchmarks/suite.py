@@ -6,15 +6,16 @@
 Measured in this run, on this machine (ratios are the acceptance figures: machine noise cancels in them):
 
 - dense matmul FLOP/s (fp32 n x n, best of several) - the machine's reference;
-- denoiser forward at the demo's batch (16 expressions): tokens/s, achieved FLOP/s (torch's FLOP counter) and
+- denoiser forward at the demo's batch (its 57 expressions, at most the denoiser's ``sampling_batch``): tokens/s, achieved FLOP/s (torch's FLOP counter) and
   the fraction of the matmul FLOP/s (``denoiser_matmul_fraction``), eager and (full runs) through
   ``torch.compile`` (``denoiser_matmul_fraction_compiled``);
-- all 57 expressions sampled in batches of 16 vs one at a time (same steps): ``batched_speedup``;
+- all 57 expressions sampled in the denoiser's batches vs one at a time (same steps): ``batched_speedup``;
 - all 57 expressions sampled (the model's steps) and all their maps decoded: ``decode_to_diffuse_ratio``;
 - schedulers DDPM-1000, DDIM-50, DPM-Solver++-20 and -10 on held-out synthetic identities (our factory, seeds
   outside the training corpus): sampling seconds (the whole generation's beside them), FVD (mean vertex
   error, mm) and change-PSNR (dB: PSNR of the transferred BRDF maps' change from the neutral against the true
-  change, mean over kinds);
+  change, mean over kinds), at noise scale 1 (``dpm20_*``: the samplers of one distribution, like for like) and,
+  for a model sampled colder, at its own noise scale (``dpm20_*_model_noise``);
 - codec encode / decode maps/s (model resolution) and UV raster texels/s;
 - upscaler output megapixels/s, guided Compact and x4plus (x4 of one albedo map);
 - the demo build (``expdiff build --demo``'s stages with the upscale stage, all 56 units, in-process, at the
@@ -55,6 +56,7 @@ SCHEDULERS = (("ddpm", 1000), ("ddim", 50), ("dpm++", 20), ("dpm++", 10))
 # Sampling figures run the whole chain from pure noise: a model whose default prior strength is 0 samples
 # nothing in a build, and would time nothing.
 FULL_CHAIN = 1.0
+DEMO_EXPRESSIONS = 57  # the neutral and the 56 units
 HELD_OUT_SEED = 880_001  # held-out identities: outside every identity_seed() of the training corpus
 
 
@@ -94,7 +96,8 @@ def denoiser_inputs(pipe, batch: int):
     from expdiff_core import facs
     from expdiff_core.pipelines.expdiff import Expression
 
-    exprs = [Expression.parse(u) for u in list(facs.UNIT_NAMES)[:batch]]
+    units = list(facs.UNIT_NAMES)
+    exprs = [Expression.parse(units[i % len(units)]) for i in range(batch)]
     tokens, mask = pipe.prompt_tokens(exprs)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(batch, *pipe.denoiser.diffused_shape(), generator=gen).to(pipe.device)
@@ -159,15 +162,16 @@ def sampling_inputs(pipe, n_expressions: int):
 
 
 def batched_vs_single(pipe, n_expressions: int, steps: int) -> dict[str, float]:
-    """Sampling ``n_expressions`` (neutral + units) in batches of 16 vs one at a time, same steps, from pure noise
-    (``FULL_CHAIN``)."""
+    """Sampling ``n_expressions`` (neutral + units) in the denoiser's batches (``sampling_batch``) vs one at a
+    time, same steps, from pure noise (``FULL_CHAIN``)."""
     exprs, z0 = sampling_inputs(pipe, n_expressions)
+    pipe.prompt_tokens(exprs)  # the prompts' embeddings are cached: whichever run came first would pay for them
     t = {}
-    for name, size in (("batched", 16), ("one_at_a_time", 1)):
+    for name, size in (("batched", pipe.denoiser.sampling_batch), ("one_at_a_time", 1)):
         start = time.perf_counter()
         pipe.sample(z0, exprs, steps=steps, batch_size=size, strength=FULL_CHAIN, progress=False)
         t[name] = time.perf_counter() - start
-    return {"expressions": len(exprs), "steps": steps, "batched_s": t["batched"],
+    return {"expressions": len(exprs), "steps": steps, "batch": pipe.denoiser.sampling_batch, "batched_s": t["batched"],
             "one_at_a_time_s": t["one_at_a_time"], "speedup": t["one_at_a_time"] / t["batched"]}
 
 
@@ -180,7 +184,7 @@ def flat_neutral_maps(pipe) -> dict[str, dict[int, np.ndarray]] | None:
 
 
 def decode_vs_diffuse(pipe, n_expressions: int, steps: int | None) -> dict[str, float]:
-    """Seconds to sample ``n_expressions`` from pure noise (batches of 16, the model's steps) and to decode all
+    """Seconds to sample ``n_expressions`` from pure noise (the denoiser's batches, the model's steps) and to decode all
     their maps (``ExpDiffPipeline.decode``, as the build's decode stage does when sampling changed them)."""
     exprs, z0 = sampling_inputs(pipe, n_expressions)
     start = time.perf_counter()
@@ -222,7 +226,10 @@ def change_psnr(pred: np.ndarray, true: np.ndarray, neutral: np.ndarray) -> floa
     return psnr(np.clip(0.5 + pred - neutral, 0, 1), np.clip(0.5 + true - neutral, 0, 1))
 
 
-def scheduler_rows(pipe, subjects, units: list[str], schedulers) -> list[dict[str, Any]]:
+def scheduler_rows(pipe, subjects, units: list[str], schedulers, noise_scale: float | None = None
+                   ) -> list[dict[str, Any]]:
+    """Per scheduler: sampling seconds, FVD and change-PSNR on ``subjects``; ``noise_scale``: the start noise's
+    scale (None: the model's own)."""
     from expdiff_core.evaluation.metrics import fvd
     from expdiff_core.pipelines.expdiff import transfer_map
 
@@ -231,6 +238,8 @@ def scheduler_rows(pipe, subjects, units: list[str], schedulers) -> list[dict[st
     sampling = [0.0]
 
     def timed_sample(*args, **kwargs):  # a scheduler's speed is its sampling time, not the whole call's
+        if noise_scale is not None:
+            kwargs["noise_scale"] = noise_scale
         start = time.perf_counter()
         try:
             return sample(*args, **kwargs)
@@ -424,48 +433,57 @@ def main(argv: list[str] | None = None) -> int:
     say(f"dense fp32 matmul {n}^3            {result['matmul_flops_per_s'] / 1e9:10.2f} GFLOP/s ({threads} thread(s))")
 
     pipe = load_pipeline(model, str(device))
-    den = denoiser_figures(pipe, 16, 3 if quick else 10)
+    demo_batch = min(DEMO_EXPRESSIONS, pipe.denoiser.sampling_batch)
+    den = denoiser_figures(pipe, demo_batch, 3 if quick else 10)
     result["denoiser"] = den
     result["denoiser_matmul_fraction"] = den["flops_per_s"] / result["matmul_flops_per_s"]
-    say(f"{den['denoiser']} forward, batch 16  {throughput(den)}  {den['flops_per_s'] / 1e9:.2f} GFLOP/s "
+    say(f"{den['denoiser']} forward, batch {demo_batch}  {throughput(den)}  {den['flops_per_s'] / 1e9:.2f} GFLOP/s "
         f"= {100 * result['denoiser_matmul_fraction']:.0f}% of matmul")
 
     if not quick:
-        comp = denoiser_figures(pipe, 16, 10, compiled=True)
+        comp = denoiser_figures(pipe, demo_batch, 10, compiled=True)
         result["denoiser_compiled"] = comp
         result["denoiser_matmul_fraction_compiled"] = comp["flops_per_s"] / result["matmul_flops_per_s"]
         say(f"  the same through torch.compile     {throughput(comp)}  "
             f"{comp['flops_per_s'] / 1e9:.2f} GFLOP/s = {100 * result['denoiser_matmul_fraction_compiled']:.0f}% of "
             f"matmul (compiling took {comp['compile_s']:.0f} s)")
 
-    batched = batched_vs_single(pipe, 17 if quick else 57, 1 if quick else 3)
+    batched = batched_vs_single(pipe, 17 if quick else DEMO_EXPRESSIONS, 1 if quick else 3)
     result["batched"] = batched
     result["batched_speedup"] = batched["speedup"]
-    say(f"sampling {batched['expressions']} expressions x {batched['steps']} steps   batched {batched['batched_s']:.2f} s, "
+    say(f"sampling {batched['expressions']} expressions x {batched['steps']} steps   batched ({batched['batch']}) {batched['batched_s']:.2f} s, "
         f"one at a time {batched['one_at_a_time_s']:.2f} s: {batched['speedup']:.1f}x")
 
-    ratio = decode_vs_diffuse(pipe, 17 if quick else 57, 3 if quick else None)
+    ratio = decode_vs_diffuse(pipe, 17 if quick else DEMO_EXPRESSIONS, 3 if quick else None)
     result["decode_vs_diffuse"] = ratio
     result["decode_to_diffuse_ratio"] = ratio["ratio"]
     say(f"{ratio['expressions']} expressions x {ratio['steps']} steps from noise   diffuse {ratio['diffuse_s']:.1f} s, "
         f"decode {ratio['decode_s']:.1f} s: decode/diffuse {ratio['ratio']:.2f}")
 
-    # DDPM-1000 is 1000 denoiser passes per identity: one held-out identity, four units, on a loaded CPU.
+    # DDPM-1000 is 1000 denoiser passes per identity: two held-out identities, four units, on a CPU.
     units = ["jawOpen", "mouthSmile_L"] if quick else ["jawOpen", "mouthSmile_L", "browInnerUp_L", "eyeBlink_R"]
     schedulers = [("ddpm", 100), ("ddim", 50), ("dpm++", 20), ("dpm++", 10)] if quick else list(SCHEDULERS)
-    subjects = held_out_subjects(pipe, 1, units)
-    rows = scheduler_rows(pipe, subjects, units, schedulers)
-    result["schedulers"] = rows
-    ref, dpm20 = rows[0], next(r for r in rows if r["scheduler"] == "DPM-Solver++-20")
-    result["dpm20_speedup_vs_ddpm1000"] = ref["seconds"] / dpm20["seconds"]
-    result["dpm20_fvd_ratio_vs_ddpm1000"] = dpm20["fvd_mm"] / ref["fvd_mm"]
-    result["dpm20_change_psnr_delta_db"] = dpm20["change_psnr_db"] - ref["change_psnr_db"]
-    for r in rows:
-        say(f"{r['scheduler']:<18} {len(subjects)} id x {len(units)} expr  sampling {r['seconds']:7.1f} s "
-            f"(whole call {r['call_seconds']:.1f} s)  FVD {r['fvd_mm']:.3f} mm  "
-            f"change-PSNR {r['change_psnr_db']:.2f} dB")
-    say(f"DPM-Solver++-20 vs {ref['scheduler']}: {result['dpm20_speedup_vs_ddpm1000']:.1f}x faster, "
-        f"FVD x{result['dpm20_fvd_ratio_vs_ddpm1000']:.3f}, change-PSNR {result['dpm20_change_psnr_delta_db']:+.2f} dB")
+    subjects = held_out_subjects(pipe, 1 if quick else 2, units)
+    # At a sampling temperature below 1 (the bundled model's noise scale is 0) DDPM still adds its full per-step
+    # noise while the deterministic solvers do not: the samplers are compared like for like at noise scale 1,
+    # and at the model's own setting beside it.
+    own = float(pipe.config.noise_scale)
+    settings = [("", 1.0)] + ([("_model_noise", own)] if own != 1.0 else [])
+    for suffix, noise in settings:
+        rows = scheduler_rows(pipe, subjects, units, schedulers, noise_scale=noise)
+        result["schedulers" + suffix] = rows
+        ref, dpm20 = rows[0], next(r for r in rows if r["scheduler"] == "DPM-Solver++-20")
+        result["dpm20_speedup_vs_ddpm1000" + suffix] = ref["seconds"] / dpm20["seconds"]
+        result["dpm20_fvd_ratio_vs_ddpm1000" + suffix] = dpm20["fvd_mm"] / ref["fvd_mm"]
+        result["dpm20_change_psnr_delta_db" + suffix] = dpm20["change_psnr_db"] - ref["change_psnr_db"]
+        for r in rows:
+            say(f"{r['scheduler']:<18} {len(subjects)} id x {len(units)} expr, noise scale {noise:g}  sampling "
+                f"{r['seconds']:7.1f} s (whole call {r['call_seconds']:.1f} s)  FVD {r['fvd_mm']:.3f} mm  "
+                f"change-PSNR {r['change_psnr_db']:.2f} dB")
+        say(f"DPM-Solver++-20 vs {ref['scheduler']} at noise scale {noise:g}: "
+            f"{result['dpm20_speedup_vs_ddpm1000' + suffix]:.1f}x faster, "
+            f"FVD x{result['dpm20_fvd_ratio_vs_ddpm1000' + suffix]:.3f}, "
+            f"change-PSNR {result['dpm20_change_psnr_delta_db' + suffix]:+.2f} dB")
 
     codec = codec_figures(pipe, 20 if quick else 60, 2 if quick else 3)
     result["codec"] = codec

@@ -129,7 +129,7 @@ def expression_list(expressions: Sequence[str]) -> list[Expression]:
 
 def diffuse(encoded: Mapping[str, Any], model_dir: str | os.PathLike, expressions: Sequence[str],
             work_dir: str | os.PathLike, *, seed: int = 0, steps: int | None = None, sampler: str | None = None,
-            strength: float | None = None, device: str = "auto", batch_size: int = 16,
+            strength: float | None = None, device: str = "auto", batch_size: int | None = None,
             on_progress: Callable[[int, int], None] | None = None, compile_denoiser: bool = False) -> dict[str, Any]:
     """Sample every expression's latents in one (chunked) batch -> ``<work>/expression_latents.safetensors``.
 

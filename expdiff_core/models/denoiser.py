@@ -274,6 +274,8 @@ class ExpDiffDenoiser(ModelMixin, ConfigMixin):
     """
 
     _supports_gradient_checkpointing = True
+    # expressions per sampling forward: each holds M latent maps and their attention (memory grows with it)
+    sampling_batch = 16
 
     @register_to_config
     def __init__(

@@ -544,7 +544,7 @@ class ExpDiffPipeline:
     @torch.no_grad()
     def sample(self, neutral_latents: torch.Tensor, expressions: Sequence[Expression], *, seed: int = 0,
                steps: int | None = None, sampler: str | None = None, strength: float | None = None,
-               guidance_scale: float | None = None, noise_scale: float | None = None, batch_size: int = 16,
+               guidance_scale: float | None = None, noise_scale: float | None = None, batch_size: int | None = None,
                on_progress: Callable[[int, int], None] | None = None, progress: bool = True,
                start_latents: torch.Tensor | None = None) -> torch.Tensor:
         """Denoise every expression's latents -> (N, M, C, h, w) float32 on CPU.
@@ -555,10 +555,12 @@ class ExpDiffPipeline:
         of the character starts from the *same* noise (seeded by ``seed``): with deterministic samplers the expressions then differ
         only through their prompts, so Eq. 9's expression-minus-generated-neutral difference carries the
         expression and not two independent draws (measured on held-out identities: mean vertex error 1.41 ->
-        0.58 mm). Results do not depend on batch composition or chunking.
+        0.58 mm). ``batch_size``: expressions per denoiser forward (default: the denoiser's ``sampling_batch``);
+        results do not depend on batch composition or chunking.
         """
         cfg = self.config
         steps = int(steps or cfg.steps)
+        batch_size = int(batch_size or self.denoiser.sampling_batch)
         strength = float(cfg.strength if strength is None else strength)
         guidance = float(cfg.guidance_scale if guidance_scale is None else guidance_scale)
         temperature = float(cfg.noise_scale if noise_scale is None else noise_scale)
