@@ -8,7 +8,9 @@ Measured in this run, on this machine (ratios are the acceptance figures: machin
 - dense matmul FLOP/s (fp32 n x n, best of several) - the machine's reference;
 - denoiser forward at the demo's batch (its 57 expressions, at most the denoiser's ``sampling_batch``): tokens/s, achieved FLOP/s (torch's FLOP counter) and
   the fraction of the matmul FLOP/s (``denoiser_matmul_fraction``), eager and (full runs) through
-  ``torch.compile`` (``denoiser_matmul_fraction_compiled``);
+  ``torch.compile`` (``denoiser_matmul_fraction_compiled``); when the bundled denoiser is not the latent
+  transformer, also the production transformer's (random weights, one expression at 32^2 latents:
+  ``production_denoiser_matmul_fraction``, what ``cost_model.py`` scales a GPU by);
 - all 57 expressions sampled in the denoiser's batches vs one at a time (same steps): ``batched_speedup``;
 - all 57 expressions sampled (the model's steps) and all their maps decoded: ``decode_to_diffuse_ratio``;
 - schedulers DDPM-1000, DDIM-50, DPM-Solver++-20 and -10 on held-out synthetic identities (our factory, seeds
@@ -142,6 +144,40 @@ def denoiser_figures(pipe, batch: int, repeats: int, compiled: bool = False) -> 
     return {"denoiser": type(den).__name__, "batch": batch, "tokens": tokens, "seconds": seconds,
             "expressions_per_s": batch / seconds, "tokens_per_s": tokens / seconds if tokens else None,
             "flops_per_forward": float(flops), "flops_per_s": flops / seconds, "compile_s": compile_s}
+
+
+def production_denoiser_figures(kinds: list[str], n_udims: int, latent: int, repeats: int,
+                                device: torch.device) -> dict[str, float]:
+    """Achieved FLOP/s of the production latent transformer (``preset="production"``, random weights: speed does
+    not depend on them) for one expression at ``latent``^2 latents: what the cost model scales a GPU by."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from expdiff_core.device import autocast
+    from expdiff_core.models.denoiser import ExpDiffDenoiser, denoiser_config
+
+    torch.manual_seed(0)
+    den = ExpDiffDenoiser(**denoiser_config(kinds, n_udims, 4, latent, preset="production",
+                                            text_conditioning="encoder")).to(device).eval()
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(1, den.n_maps, 4, latent, latent, generator=gen).to(device)
+    text = torch.randn(1, den.config.text_len, den.config.text_dim, generator=gen).to(device)
+    args = (x, torch.tensor([500], device=device), x, text, torch.ones(1, den.config.text_len, dtype=torch.bool,
+                                                                         device=device))
+    with torch.inference_mode():
+        with FlopCounterMode(display=False) as counter:
+            den(*args)
+
+        def run():
+            with autocast(device):
+                den(*args)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+
+        seconds = best_seconds(run, repeats)
+    flops = float(counter.get_total_flops())
+    tokens = den.n_maps * (latent // den.config.patch_size) ** 2
+    return {"latent": latent, "tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds,
+            "flops_per_forward": flops, "flops_per_s": flops / seconds}
 
 
 def throughput(figures: dict[str, Any]) -> str:
@@ -413,6 +449,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from expdiff_core.build import load_pipeline
     from expdiff_core.device import resolve_device
+    from expdiff_core.models.denoiser import ExpDiffDenoiser
 
     device = resolve_device(args.device)
     model = args.model.resolve()
@@ -447,6 +484,15 @@ def main(argv: list[str] | None = None) -> int:
         say(f"  the same through torch.compile     {throughput(comp)}  "
             f"{comp['flops_per_s'] / 1e9:.2f} GFLOP/s = {100 * result['denoiser_matmul_fraction_compiled']:.0f}% of "
             f"matmul (compiling took {comp['compile_s']:.0f} s)")
+
+    if not isinstance(pipe.denoiser, ExpDiffDenoiser):  # the cost model's GPU figures scale the production model
+        prod = production_denoiser_figures(list(pipe.config.kinds), len(pipe.config.udims), 16 if quick else 32,
+                                           1 if quick else 3, device)
+        result["production_denoiser"] = prod
+        result["production_denoiser_matmul_fraction"] = prod["flops_per_s"] / result["matmul_flops_per_s"]
+        say(f"production transformer, {prod['tokens']} tokens {prod['tokens_per_s']:10.0f} tokens/s  "
+            f"{prod['flops_per_s'] / 1e9:.2f} GFLOP/s = {100 * result['production_denoiser_matmul_fraction']:.0f}% "
+            "of matmul (random weights)")
 
     batched = batched_vs_single(pipe, 17 if quick else DEMO_EXPRESSIONS, 1 if quick else 3)
     result["batched"] = batched
@@ -514,6 +560,8 @@ def main(argv: list[str] | None = None) -> int:
         result["matmul_flops_per_s_start"] = result["matmul_flops_per_s"]
         result["matmul_flops_per_s"] = again
         result["denoiser_matmul_fraction"] = den["flops_per_s"] / again
+        if "production_denoiser" in result:
+            result["production_denoiser_matmul_fraction"] = result["production_denoiser"]["flops_per_s"] / again
         if "denoiser_compiled" in result:
             result["denoiser_matmul_fraction_compiled"] = result["denoiser_compiled"]["flops_per_s"] / again
         say(f"dense fp32 matmul again at the end  {again / 1e9:10.2f} GFLOP/s: denoiser "

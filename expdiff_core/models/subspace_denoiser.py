@@ -141,7 +141,9 @@ class SubspaceDenoiser(ModelMixin, ConfigMixin):
     unconditional branch (classifier-free guidance): its prompt embedding is a learned null vector.
 
     ``components``: principal directions kept per map kind (in ``kinds`` order); ``neutral_components``: the
-    neutral latents' directions the identity is read from. ``whiten`` (True: every kind; False: none; or a list of
+    neutral latents' directions the identity is read from -- one count: principal directions of all identity
+    kinds together; one count per identity kind: each kind's own (so a few skin-tone directions of the albedo
+    stand beside the geometry's, instead of competing with it for one budget). ``whiten`` (True: every kind; False: none; or a list of
     kinds): such a kind's coefficients are each scaled to unit variance on the training data; any other kind gets
     one scale (unit mean variance), so its strong directions stay strong and its weak ones -- for textures mostly
     identity-random detail nothing predicts -- weigh little in the loss and are treated by the noise as detail.
@@ -188,7 +190,7 @@ class SubspaceDenoiser(ModelMixin, ConfigMixin):
         latent_size: int | Sequence[int] = 16,
         condition_channels: int = 4,
         components: Sequence[int] = (128, 32, 32, 32, 32),
-        neutral_components: int = 48,
+        neutral_components: int | Sequence[int] = 48,
         width: int = 512,
         depth: int = 4,
         mlp_ratio: float = 2.0,
@@ -232,8 +234,18 @@ class SubspaceDenoiser(ModelMixin, ConfigMixin):
         self.identity_maps = [u * len(kinds) + k for u in range(n_udims) for k, kind in enumerate(kinds)
                               if identity_kinds is None or kind in identity_kinds]
         neutral_dim = len(self.identity_maps) * condition_channels * size[0] * size[1]
+        self.identity_kind_components: list[int] | None = None
+        if not isinstance(neutral_components, int):  # one count per identity kind: their own principal directions
+            chosen = [kind for kind in kinds if identity_kinds is None or kind in identity_kinds]
+            counts = [int(c) for c in neutral_components]
+            if len(counts) != len(chosen) or not all(1 <= c <= neutral_dim // len(chosen) for c in counts):
+                raise ExpDiffInputError(None, f"neutral_components {counts} must give each identity kind {chosen} "
+                                        f"a count in [1, {neutral_dim // len(chosen)}]")
+            self.identity_kind_components = counts
+            neutral_components = sum(counts)
         if not 1 <= neutral_components <= neutral_dim:
             raise ExpDiffInputError(None, f"neutral_components {neutral_components} must be in [1, {neutral_dim}]")
+        self.n_identity = int(neutral_components)
         # Persistent buffers: the fitted subspaces travel with the weights.
         self.register_buffer("change_mean", torch.zeros(len(kinds), per_kind))
         self.register_buffer("change_basis", torch.zeros(n_total, per_kind))
@@ -253,7 +265,7 @@ class SubspaceDenoiser(ModelMixin, ConfigMixin):
         self.register_buffer("loss_weight", loss_weight / loss_weight.mean(), persistent=False)
 
         self.input_proj = nn.Linear(n_total, width)
-        self.identity_proj = nn.Linear(neutral_components, width)
+        self.identity_proj = nn.Linear(self.n_identity, width)
         self.time_proj = Timesteps(256, flip_sin_to_cos=True, downscale_freq_shift=0)
         self.time_embed = TimestepEmbedding(256, width)
         self.text_norm = nn.LayerNorm(text_dim)
@@ -276,7 +288,7 @@ class SubspaceDenoiser(ModelMixin, ConfigMixin):
         zero_init = [self.modulation_out[1], self.proj_out]
         if mean_skip is not None:
             self.register_buffer("noise_sigma", noise_sigmas(mean_skip), persistent=False)
-            self.mean_head = nn.Linear(width, n_total * (neutral_components + 1))
+            self.mean_head = nn.Linear(width, n_total * (self.n_identity + 1))
             zero_init.append(self.mean_head)
         for layer in zero_init:
             nn.init.zeros_(layer.weight)
@@ -349,18 +361,30 @@ class SubspaceDenoiser(ModelMixin, ConfigMixin):
             # blocks): unscaled, the kind with the largest latents would take them all. The scale is folded into
             # the stored basis, so identity_coefficients stays one projection.
             kind_of_map = torch.tensor([m % len(self.config.kinds) for m in self.identity_maps])
-            scale = torch.ones(len(self.identity_maps))
             centred = x - mean.view(x.shape[1:])
-            for k in kind_of_map.unique():
-                block = kind_of_map == k
-                scale[block] = centred[:, block].pow(2).sum(dim=(1, 2, 3, 4)).mean().clamp(min=1e-12).rsqrt()
-            scale = scale.view(-1, 1, 1, 1).expand(x.shape[1:]).reshape(-1)
-            basis, std, fraction = _principal(centred.reshape(len(x), -1) * scale,
-                                              int(self.config.neutral_components), "neutral latents")
             self.neutral_mean.copy_(mean)
-            self.neutral_basis.copy_(basis * scale)
-            self.neutral_std.copy_(std)
-            kept["neutral"] = fraction
+            if self.identity_kind_components is None:
+                scale = torch.ones(len(self.identity_maps))
+                for k in kind_of_map.unique():
+                    block = kind_of_map == k
+                    scale[block] = centred[:, block].pow(2).sum(dim=(1, 2, 3, 4)).mean().clamp(min=1e-12).rsqrt()
+                scale = scale.view(-1, 1, 1, 1).expand(x.shape[1:]).reshape(-1)
+                basis, std, fraction = _principal(centred.reshape(len(x), -1) * scale, self.n_identity,
+                                                  "neutral latents")
+                self.neutral_basis.copy_(basis * scale)
+                self.neutral_std.copy_(std)
+                kept["neutral"] = fraction
+            else:  # each identity kind's own directions, zero on the other kinds' values
+                self.neutral_basis.zero_()
+                row = 0
+                for k, count in zip(kind_of_map.unique().tolist(), self.identity_kind_components):
+                    block = (kind_of_map == k).view(-1, 1, 1, 1).expand(x.shape[1:]).reshape(-1)
+                    basis, std, fraction = _principal(centred.reshape(len(x), -1)[:, block], count,
+                                                      f"neutral {self.config.kinds[k]} latents")
+                    self.neutral_basis[row:row + count, block] = basis
+                    self.neutral_std[row:row + count] = std
+                    kept[f"neutral {self.config.kinds[k]}"] = fraction
+                    row += count
         finally:
             torch.random.set_rng_state(generator_state)
         return kept
@@ -435,7 +459,7 @@ class SubspaceDenoiser(ModelMixin, ConfigMixin):
         part of v that does not depend on the noise: at pure noise (sigma = 1) it is the whole prediction. The
         form is the ridge baseline's (per prompt, change = A identity + b), learned by the diffusion loss itself.
         """
-        k, kn = self.change_basis.shape[0], int(self.config.neutral_components)
+        k, kn = self.change_basis.shape[0], self.n_identity
         # A batch holds few distinct prompts (the units, the null): the (K, Kn + 1) map is made once per prompt.
         _, inverse = torch.unique(text.detach(), dim=0, return_inverse=True)
         first = torch.full((int(inverse.max()) + 1,), len(inverse), device=inverse.device)

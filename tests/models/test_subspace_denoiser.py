@@ -116,6 +116,30 @@ def test_every_identity_kind_weighs_the_same_whatever_its_scale():
     assert 0.2 < response(position) / response(albedo) < 5
 
 
+def test_identity_components_per_kind_read_each_kind_on_its_own_directions():
+    torch.manual_seed(0)
+    model = SubspaceDenoiser(kinds=KINDS, n_udims=UDIMS, latent_channels=C, latent_size=[H, W], condition_channels=CN,
+                             components=COMPONENTS, neutral_components=[4, 2], identity_kinds=["position", "albedo"],
+                             width=32, depth=2, text_dim=TEXT_DIM, text_len=TEXT_LEN).eval()
+    kept = model.fit_subspace(*low_rank_data())
+    assert set(kept) >= {"neutral position", "neutral albedo"}
+    _, neutrals = low_rank_data()
+    albedo = [u * len(KINDS) + 1 for u in range(UDIMS)]
+    moved = neutrals[:1].clone()
+    moved[:, albedo] += neutrals[:, albedo].std(0)
+    change = model.identity_coefficients(moved) - model.identity_coefficients(neutrals[:1])
+    # the albedo moves its own 2 coefficients only, the geometry's 4 not at all (float32 rounding)
+    assert change.shape == (1, 6) and change[0, :4].abs().max() < 1e-5 and change[0, 4:].abs().max() > 0.1
+    # and each kind's coefficients are whitened on the training neutrals
+    torch.testing.assert_close(model.identity_coefficients(neutrals).std(0), torch.ones(6), atol=1e-4, rtol=1e-4)
+
+
+def test_identity_components_need_one_count_per_identity_kind():
+    with pytest.raises(ExpDiffInputError, match="neutral_components"):
+        SubspaceDenoiser(kinds=KINDS, n_udims=UDIMS, latent_channels=C, latent_size=[H, W], condition_channels=CN,
+                         components=COMPONENTS, neutral_components=[4, 2, 1], identity_kinds=["position", "albedo"])
+
+
 def test_changes_outside_the_subspace_are_projected_onto_it():
     model = fitted_model(perturb=False)
     outside = torch.randn(3, M, C, H, W)
