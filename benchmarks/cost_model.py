@@ -72,20 +72,29 @@ def main(argv: list[str] | None = None) -> int:
     # the production transformer's own fraction when the suite measured it (the bundled denoiser is then another
     # class, whose matmul shapes say nothing about the transformer's)
     den_fraction = suite.get("production_denoiser_matmul_fraction", suite["denoiser_matmul_fraction"])
-    # The bundled codec's decoder: its measured maps/s x its FLOPs per map, over the matmul FLOP/s.
-    vae_cfg = json.loads((Path(suite["model"]) / "vae" / "config.json").read_text())
+    # The bundled codec's decoder: its measured maps/s x its FLOPs per map, over the matmul FLOP/s -- when what
+    # the suite timed was the VAE (a change model decodes with its change codec: a linear one is one matrix
+    # product per patch and says nothing about a VAE decoder's convolutions).
     res = suite["codec"]["resolution"]
-    small_vae = vae_decode_flops(vae_cfg["block_out_channels"], res) if vae_cfg["layers_per_block"] == 2 else None
-    if small_vae is None:  # count the bundled layout exactly
+    decoder = suite["codec"].get("decoder", "LatentCodec")
+    vae_line = (f"the bundled model decodes with its {decoder} (not a VAE decoder: its rate, "
+                f"{suite['codec']['decode_maps_per_s']:.0f} maps/s at {res}^2, says nothing about one). The decode "
+                "stage is scaled by the transformer's fraction")
+    if decoder == "LatentCodec":
+        vae_cfg = json.loads((Path(suite["model"]) / "vae" / "config.json").read_text())
         from diffusers import AutoencoderKL
         from torch.utils.flop_counter import FlopCounterMode
 
-        with torch.device("meta"):
+        with torch.device("meta"):  # the bundled layout, counted exactly
             vae = AutoencoderKL(**{k: v for k, v in vae_cfg.items() if not k.startswith("_")})
             with FlopCounterMode(display=False) as counter:
                 vae.decode(torch.randn(1, 4, res // 8, res // 8))
         small_vae = float(counter.get_total_flops())
-    vae_fraction = suite["codec"]["decode_maps_per_s"] * small_vae / suite["matmul_flops_per_s"]
+        vae_fraction = suite["codec"]["decode_maps_per_s"] * small_vae / suite["matmul_flops_per_s"]
+        vae_line = (f"the bundled VAE decoder {100 * vae_fraction:.1f}% ({small_vae / 1e9:.2f} GFLOP per {res}^2 map "
+                    f"at {suite['codec']['decode_maps_per_s']:.1f} maps/s). Both stages are scaled by the "
+                    "denoiser's fraction (the decoder's, measured minutes apart on a shared machine, is the noisier "
+                    "figure)")
 
     den_512 = denoiser_flops("production", 64)
     vae_512 = vae_decode_flops([128, 256, 512, 512], 512)
@@ -96,10 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Inputs (suite run {args.suite_json.name}, {suite['machine']}, {suite['torch_threads']} thread(s)):\n")
     which = ("the production transformer (random weights, 32^2 latents)" if "production_denoiser_matmul_fraction"
              in suite else "the bundled denoiser")
-    print(f"- measured: {which} reaches {100 * den_fraction:.1f}% of dense matmul FLOP/s; the bundled VAE decoder "
-          f"{100 * vae_fraction:.1f}% ({small_vae / 1e9:.2f} GFLOP per {res}^2 map at "
-          f"{suite['codec']['decode_maps_per_s']:.1f} maps/s). Both stages are scaled by the denoiser's fraction "
-          "(the decoder's, measured minutes apart on a shared machine, is the noisier figure)")
+    print(f"- measured: {which} reaches {100 * den_fraction:.1f}% of dense matmul FLOP/s; {vae_line}")
     print(f"- counted (meta tensors): production denoiser {den_512 / 1e9:.0f} GFLOP per expression per step at 512^2 "
           f"(2560 tokens); SD-VAE decoder {vae_512 / 1e9:.0f} GFLOP per 512^2 map")
     print(f"- per character: {EXPRESSIONS} expressions x {args.steps} DPM-Solver++ steps = "

@@ -320,7 +320,8 @@ def codec_figures(pipe, maps: int, repeats: int) -> dict[str, float]:
         latents = torch.randn(per_expression, m, *codec.latent_shape(r, r))
         neutral_maps = flat_neutral_maps(pipe)
         dec = best_seconds(lambda: pipe.decode(latents, neutral_maps=neutral_maps), repeats)
-    return {"resolution": r, "encode_maps_per_s": maps / enc, "decode_maps_per_s": per_expression * m / dec}
+    return {"resolution": r, "decoder": type(codec).__name__, "encode_maps_per_s": maps / enc,
+            "decode_maps_per_s": per_expression * m / dec}
 
 
 def raster_figures(resolution: int, repeats: int) -> dict[str, float]:

@@ -168,6 +168,12 @@ class SubspaceDenoiser(ModelMixin, ConfigMixin):
     mean of 1 over the coefficients; default: equal): whitened, a kind's many unpredictable texture directions
     otherwise outweigh the geometry in the loss.
 
+    ``identity_routing``: ``"shared"`` (default) lets every identity coefficient inform every kind's change, through
+    the network and the :meth:`expected_change` path; ``"per_kind"`` (with ``neutral_components`` per identity kind
+    and ``mean_skip``) feeds the network the geometry's identity only and lets a texture kind's identity
+    coefficients reach only that kind's change, linearly per prompt (the ridge's form): the neutral albedo's tone
+    scales the albedo change and says nothing to the roughness.
+
     ``kind_tokens``: each map kind's noisy coefficients are denoised in a stream of its own (its share of
     ``width``, block-diagonal weights; all streams see the same identity, prompt and timestep), and the streams
     exchange information only by attention across the kinds (one token per kind) in every block: the paper's
@@ -207,6 +213,7 @@ class SubspaceDenoiser(ModelMixin, ConfigMixin):
         kind_tokens: bool = False,
         unit_directions: bool | Sequence[str] = False,
         kind_loss_weights: Sequence[float] | None = None,
+        identity_routing: str = "shared",
     ):
         super().__init__()
         kinds = list(kinds)
@@ -246,6 +253,21 @@ class SubspaceDenoiser(ModelMixin, ConfigMixin):
         if not 1 <= neutral_components <= neutral_dim:
             raise ExpDiffInputError(None, f"neutral_components {neutral_components} must be in [1, {neutral_dim}]")
         self.n_identity = int(neutral_components)
+        if identity_routing not in ("shared", "per_kind"):
+            raise ExpDiffInputError(None, f"identity_routing {identity_routing!r} is not 'shared' or 'per_kind'")
+        # identity_routing "per_kind": a texture kind's identity coefficients reach only that kind's change, and only
+        # through the per-prompt linear path (mean_skip); the geometry's reach every kind and the network.
+        network_identity = list(range(self.n_identity))
+        identity_route = None
+        if identity_routing == "per_kind":
+            if self.identity_kind_components is None or "position" not in chosen or mean_skip is None:
+                raise ExpDiffInputError(None, "identity_routing 'per_kind' needs neutral_components per identity kind "
+                                        "(the position kind's among them) and mean_skip")
+            column_kind = [kind for kind, c in zip(chosen, counts) for _ in range(c)]
+            network_identity = [j for j, kind in enumerate(column_kind) if kind == "position"]
+            row_kind = [kind for kind, c in zip(kinds, components) for _ in range(int(c))]
+            identity_route = torch.tensor([[float(cj in ("position", ri)) for cj in column_kind] for ri in row_kind])
+        self.network_identity = network_identity
         # Persistent buffers: the fitted subspaces travel with the weights.
         self.register_buffer("change_mean", torch.zeros(len(kinds), per_kind))
         self.register_buffer("change_basis", torch.zeros(n_total, per_kind))
@@ -265,7 +287,8 @@ class SubspaceDenoiser(ModelMixin, ConfigMixin):
         self.register_buffer("loss_weight", loss_weight / loss_weight.mean(), persistent=False)
 
         self.input_proj = nn.Linear(n_total, width)
-        self.identity_proj = nn.Linear(self.n_identity, width)
+        self.register_buffer("identity_route", identity_route, persistent=False)
+        self.identity_proj = nn.Linear(len(network_identity), width)
         self.time_proj = Timesteps(256, flip_sin_to_cos=True, downscale_freq_shift=0)
         self.time_embed = TimestepEmbedding(256, width)
         self.text_norm = nn.LayerNorm(text_dim)
@@ -441,7 +464,8 @@ class SubspaceDenoiser(ModelMixin, ConfigMixin):
         identity = self.identity_coefficients(neutral.float()).to(self.dtype)
         if self.training and self.config.identity_noise > 0:
             identity = identity + self.config.identity_noise * torch.randn_like(identity)
-        x = _masked_linear(self.input_proj, sample.to(self.dtype), self.input_mask) + self.identity_proj(identity)
+        x = _masked_linear(self.input_proj, sample.to(self.dtype), self.input_mask) \
+            + self.identity_proj(identity[:, self.network_identity])
         for block in self.blocks:
             x = block(x, cond)
         shift, scale = self.modulation_out(cond).chunk(2, dim=-1)
@@ -465,7 +489,8 @@ class SubspaceDenoiser(ModelMixin, ConfigMixin):
         first = torch.full((int(inverse.max()) + 1,), len(inverse), device=inverse.device)
         first = first.scatter_reduce(0, inverse, torch.arange(len(inverse), device=inverse.device), "amin")
         maps = self.mean_head(text[first]).view(-1, k, kn + 1)[inverse]
-        return (maps[..., :kn] @ identity[..., None]).squeeze(-1) + maps[..., kn]
+        slopes = maps[..., :kn] if self.identity_route is None else maps[..., :kn] * self.identity_route.to(maps.dtype)
+        return (slopes @ identity[..., None]).squeeze(-1) + maps[..., kn]
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs: Any) -> "SubspaceDenoiser":

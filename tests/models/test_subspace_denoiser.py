@@ -35,9 +35,10 @@ def low_rank_data(n: int = 60, subjects: int = 12, seed: int = 0):
 
 def fitted_model(seed: int = 0, perturb: bool = True, **config) -> SubspaceDenoiser:
     torch.manual_seed(seed)
+    config = {"neutral_components": 5, **config}
     model = SubspaceDenoiser(kinds=KINDS, n_udims=UDIMS, latent_channels=C, latent_size=[H, W], condition_channels=CN,
-                             components=COMPONENTS, neutral_components=5, width=32, depth=2, text_dim=TEXT_DIM,
-                             text_len=TEXT_LEN, **config).eval()
+                             components=COMPONENTS, width=32, depth=2, text_dim=TEXT_DIM, text_len=TEXT_LEN,
+                             **config).eval()
     model.fit_subspace(*low_rank_data())
     if perturb:  # adaLN-zero starts every gate and the output at zero: perturb to expose the wiring
         gen = torch.Generator().manual_seed(seed + 1)
@@ -132,6 +133,43 @@ def test_identity_components_per_kind_read_each_kind_on_its_own_directions():
     assert change.shape == (1, 6) and change[0, :4].abs().max() < 1e-5 and change[0, 4:].abs().max() > 0.1
     # and each kind's coefficients are whitened on the training neutrals
     torch.testing.assert_close(model.identity_coefficients(neutrals).std(0), torch.ones(6), atol=1e-4, rtol=1e-4)
+
+
+MEAN_SKIP = dict(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                 rescale_betas_zero_snr=True)
+
+
+def routed_model(routing: str) -> SubspaceDenoiser:
+    model = fitted_model(neutral_components=[4, 2], identity_kinds=["position", "albedo"], mean_skip=MEAN_SKIP,
+                         identity_routing=routing)
+    assert model.mean_head.weight.abs().sum() > 0  # zero-initialised like every adaLN-zero output; perturbed here
+    return model
+
+
+def test_per_kind_routing_lets_the_albedo_identity_change_only_the_albedo():
+    model = routed_model("per_kind")
+    sample, t, neutral, tokens, mask = inputs()
+    moved = neutral.clone()
+    moved[:, [u * len(KINDS) + 1 for u in range(UDIMS)]] += 1.0  # the neutral albedo only
+    delta = (model(sample, t, moved, tokens, mask) - model(sample, t, neutral, tokens, mask)).abs()
+    albedo = slice(COMPONENTS[0], COMPONENTS[0] + COMPONENTS[1])
+    assert delta[:, albedo].max() > 1e-3
+    assert delta[:, :albedo.start].max() < 1e-6 and delta[:, albedo.stop:].max() < 1e-6  # float32 rounding
+
+
+def test_shared_routing_lets_the_albedo_identity_change_every_kind():
+    model = routed_model("shared")
+    sample, t, neutral, tokens, mask = inputs()
+    moved = neutral.clone()
+    moved[:, [u * len(KINDS) + 1 for u in range(UDIMS)]] += 1.0
+    delta = (model(sample, t, moved, tokens, mask) - model(sample, t, neutral, tokens, mask)).abs()
+    assert delta[:, :COMPONENTS[0]].max() > 1e-3
+
+
+def test_per_kind_routing_needs_identity_components_per_kind():
+    with pytest.raises(ExpDiffInputError, match="identity_routing"):
+        SubspaceDenoiser(kinds=KINDS, n_udims=UDIMS, latent_channels=C, latent_size=[H, W], condition_channels=CN,
+                         components=COMPONENTS, neutral_components=5, mean_skip=MEAN_SKIP, identity_routing="per_kind")
 
 
 def test_identity_components_need_one_count_per_identity_kind():
