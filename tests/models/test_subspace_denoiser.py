@@ -166,6 +166,14 @@ def test_shared_routing_lets_the_albedo_identity_change_every_kind():
     assert delta[:, :COMPONENTS[0]].max() > 1e-3
 
 
+def test_a_routed_model_with_identity_components_per_kind_saves_and_loads(tmp_path):
+    model = routed_model("per_kind")
+    model.save_pretrained(tmp_path / "denoiser")
+    loaded = load_denoiser(tmp_path / "denoiser").eval()
+    sample, t, neutral, tokens, mask = inputs()
+    torch.testing.assert_close(loaded(sample, t, neutral, tokens, mask), model(sample, t, neutral, tokens, mask))
+
+
 def test_per_kind_routing_needs_identity_components_per_kind():
     with pytest.raises(ExpDiffInputError, match="identity_routing"):
         SubspaceDenoiser(kinds=KINDS, n_udims=UDIMS, latent_channels=C, latent_size=[H, W], condition_channels=CN,
