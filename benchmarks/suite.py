@@ -6,8 +6,9 @@
 Measured in this run, on this machine (ratios are the acceptance figures: machine noise cancels in them):
 
 - dense matmul FLOP/s (fp32 n x n, best of several) - the machine's reference;
-- denoiser forward at the demo's batch (its 57 expressions, at most the denoiser's ``sampling_batch``): tokens/s, achieved FLOP/s (torch's FLOP counter) and
-  the fraction of the matmul FLOP/s (``denoiser_matmul_fraction``), eager and (full runs) through
+- denoiser forward at the demo's batch (its 57 expressions, at most the denoiser's ``sampling_batch``): tokens/s
+  (expressions/s for the subspace denoiser), achieved FLOP/s (torch's FLOP counter) and the fraction of the matmul
+  FLOP/s (``denoiser_matmul_fraction``), eager and (full runs) through
   ``torch.compile`` (``denoiser_matmul_fraction_compiled``); when the bundled denoiser is not the latent
   transformer, also the production transformer's (random weights, one expression at 32^2 latents:
   ``production_denoiser_matmul_fraction``, what ``cost_model.py`` scales a GPU by);
@@ -107,8 +108,9 @@ def denoiser_inputs(pipe, batch: int):
     return x, torch.tensor(500, device=pipe.device), cond, tokens.to(pipe.device), mask.to(pipe.device)
 
 
-def denoiser_figures(pipe, batch: int, repeats: int, compiled: bool = False) -> dict[str, float]:
-    """Tokens/s and achieved FLOP/s of one denoiser forward at ``batch`` expressions; ``compiled``: through
+def forward_figures(den: torch.nn.Module, args: tuple, device: torch.device, repeats: int,
+                    compiled: bool = False) -> dict[str, Any]:
+    """FLOPs (torch's FLOP counter) and best wall seconds of ``den(*args)``; ``compiled``: through
     ``torch.compile`` (a copy of the network; the one-off compile's seconds are reported, not counted)."""
     import copy
 
@@ -116,13 +118,11 @@ def denoiser_figures(pipe, batch: int, repeats: int, compiled: bool = False) -> 
 
     from expdiff_core.device import autocast
 
-    den = pipe.denoiser
-    args = denoiser_inputs(pipe, batch)
     compile_s = None
     with torch.inference_mode():
         with FlopCounterMode(display=False) as counter:
             den(*args)
-        flops = counter.get_total_flops()
+        flops = float(counter.get_total_flops())
         if compiled:
             den = copy.deepcopy(den)
             den.compile()
@@ -131,28 +131,38 @@ def denoiser_figures(pipe, batch: int, repeats: int, compiled: bool = False) -> 
             compile_s = time.perf_counter() - start
 
         def run():
-            with autocast(pipe.device):
+            with autocast(device):
                 den(*args)
-            if pipe.device.type == "cuda":
+            if device.type == "cuda":
                 torch.cuda.synchronize()
 
         seconds = best_seconds(run, repeats)
-    tokens = None  # a latent-map transformer's patches; the subspace denoiser's sample is one vector
-    if hasattr(den.config, "patch_size"):
-        (h, w), p = den.latent_hw, den.config.patch_size
-        tokens = batch * den.n_maps * (h // p) * (w // p)
-    return {"denoiser": type(den).__name__, "batch": batch, "tokens": tokens, "seconds": seconds,
-            "expressions_per_s": batch / seconds, "tokens_per_s": tokens / seconds if tokens else None,
-            "flops_per_forward": float(flops), "flops_per_s": flops / seconds, "compile_s": compile_s}
+    return {"seconds": seconds, "flops_per_forward": flops, "flops_per_s": flops / seconds, "compile_s": compile_s}
+
+
+def patch_tokens(den, batch: int) -> int | None:
+    """A latent-map transformer's patch tokens for ``batch`` expressions; None for the subspace denoiser, whose
+    sample is one vector."""
+    if not hasattr(den.config, "patch_size"):
+        return None
+    (h, w), p = den.latent_hw, den.config.patch_size
+    return batch * den.n_maps * (h // p) * (w // p)
+
+
+def denoiser_figures(pipe, batch: int, repeats: int, compiled: bool = False) -> dict[str, Any]:
+    """Throughput and achieved FLOP/s of one forward of the pipeline's denoiser at ``batch`` expressions."""
+    den = pipe.denoiser
+    figures = forward_figures(den, denoiser_inputs(pipe, batch), pipe.device, repeats, compiled)
+    tokens = patch_tokens(den, batch)
+    return {"denoiser": type(den).__name__, "batch": batch, "tokens": tokens,
+            "expressions_per_s": batch / figures["seconds"],
+            "tokens_per_s": tokens / figures["seconds"] if tokens else None, **figures}
 
 
 def production_denoiser_figures(kinds: list[str], n_udims: int, latent: int, repeats: int,
-                                device: torch.device) -> dict[str, float]:
+                                device: torch.device) -> dict[str, Any]:
     """Achieved FLOP/s of the production latent transformer (``preset="production"``, random weights: speed does
     not depend on them) for one expression at ``latent``^2 latents: what the cost model scales a GPU by."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from expdiff_core.device import autocast
     from expdiff_core.models.denoiser import ExpDiffDenoiser, denoiser_config
 
     torch.manual_seed(0)
@@ -161,23 +171,10 @@ def production_denoiser_figures(kinds: list[str], n_udims: int, latent: int, rep
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(1, den.n_maps, 4, latent, latent, generator=gen).to(device)
     text = torch.randn(1, den.config.text_len, den.config.text_dim, generator=gen).to(device)
-    args = (x, torch.tensor([500], device=device), x, text, torch.ones(1, den.config.text_len, dtype=torch.bool,
-                                                                         device=device))
-    with torch.inference_mode():
-        with FlopCounterMode(display=False) as counter:
-            den(*args)
-
-        def run():
-            with autocast(device):
-                den(*args)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-
-        seconds = best_seconds(run, repeats)
-    flops = float(counter.get_total_flops())
-    tokens = den.n_maps * (latent // den.config.patch_size) ** 2
-    return {"latent": latent, "tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds,
-            "flops_per_forward": flops, "flops_per_s": flops / seconds}
+    mask = torch.ones(1, den.config.text_len, dtype=torch.bool, device=device)
+    figures = forward_figures(den, (x, torch.tensor([500], device=device), x, text, mask), device, repeats)
+    tokens = patch_tokens(den, 1)
+    return {"latent": latent, "tokens": tokens, "tokens_per_s": tokens / figures["seconds"], **figures}
 
 
 def throughput(figures: dict[str, Any]) -> str:
@@ -498,8 +495,8 @@ def main(argv: list[str] | None = None) -> int:
     batched = batched_vs_single(pipe, 17 if quick else DEMO_EXPRESSIONS, 1 if quick else 3)
     result["batched"] = batched
     result["batched_speedup"] = batched["speedup"]
-    say(f"sampling {batched['expressions']} expressions x {batched['steps']} steps   batched ({batched['batch']}) {batched['batched_s']:.2f} s, "
-        f"one at a time {batched['one_at_a_time_s']:.2f} s: {batched['speedup']:.1f}x")
+    say(f"sampling {batched['expressions']} expressions x {batched['steps']} steps   batched ({batched['batch']}) "
+        f"{batched['batched_s']:.2f} s, one at a time {batched['one_at_a_time_s']:.2f} s: {batched['speedup']:.1f}x")
 
     ratio = decode_vs_diffuse(pipe, 17 if quick else DEMO_EXPRESSIONS, 3 if quick else None)
     result["decode_vs_diffuse"] = ratio

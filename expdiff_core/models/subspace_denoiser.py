@@ -143,8 +143,8 @@ class SubspaceDenoiser(ModelMixin, ConfigMixin):
     ``components``: principal directions kept per map kind (in ``kinds`` order); ``neutral_components``: the
     neutral latents' directions the identity is read from -- one count: principal directions of all identity
     kinds together; one count per identity kind: each kind's own (so a few skin-tone directions of the albedo
-    stand beside the geometry's, instead of competing with it for one budget). ``whiten`` (True: every kind; False: none; or a list of
-    kinds): such a kind's coefficients are each scaled to unit variance on the training data; any other kind gets
+    stand beside the geometry's, instead of competing with it for one budget). ``whiten`` (True: every kind;
+    False: none; or a list of kinds): such a kind's coefficients are each scaled to unit variance on the training data; any other kind gets
     one scale (unit mean variance), so its strong directions stay strong and its weak ones -- for textures mostly
     identity-random detail nothing predicts -- weigh little in the loss and are treated by the noise as detail.
     ``identity_noise``: in training, Gaussian noise of this std is added to the (whitened) identity coefficients:
