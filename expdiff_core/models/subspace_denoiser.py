@@ -144,9 +144,10 @@ class SubspaceDenoiser(ModelMixin, ConfigMixin):
     neutral latents' directions the identity is read from -- one count: principal directions of all identity
     kinds together; one count per identity kind: each kind's own (so a few skin-tone directions of the albedo
     stand beside the geometry's, instead of competing with it for one budget). ``whiten`` (True: every kind;
-    False: none; or a list of kinds): such a kind's coefficients are each scaled to unit variance on the training data; any other kind gets
-    one scale (unit mean variance), so its strong directions stay strong and its weak ones -- for textures mostly
-    identity-random detail nothing predicts -- weigh little in the loss and are treated by the noise as detail.
+    False: none; or a list of kinds): such a kind's coefficients are each scaled to unit variance on the training
+    data; any other kind gets one scale (unit mean variance), so its strong directions stay strong and its weak
+    ones -- for textures mostly identity-random detail nothing predicts -- weigh little in the loss and are treated
+    by the noise as detail.
     ``identity_noise``: in training, Gaussian noise of this std is added to the (whitened) identity coefficients:
     with 128 training identities the network otherwise memorises each neutral's change (noise on a regression's
     inputs acts as its ridge).
@@ -241,9 +242,9 @@ class SubspaceDenoiser(ModelMixin, ConfigMixin):
         self.identity_maps = [u * len(kinds) + k for u in range(n_udims) for k, kind in enumerate(kinds)
                               if identity_kinds is None or kind in identity_kinds]
         neutral_dim = len(self.identity_maps) * condition_channels * size[0] * size[1]
+        chosen = [kind for kind in kinds if identity_kinds is None or kind in identity_kinds]
         self.identity_kind_components: list[int] | None = None
         if not isinstance(neutral_components, int):  # one count per identity kind: their own principal directions
-            chosen = [kind for kind in kinds if identity_kinds is None or kind in identity_kinds]
             counts = [int(c) for c in neutral_components]
             if len(counts) != len(chosen) or not all(1 <= c <= neutral_dim // len(chosen) for c in counts):
                 raise ExpDiffInputError(None, f"neutral_components {counts} must give each identity kind {chosen} "
@@ -263,7 +264,7 @@ class SubspaceDenoiser(ModelMixin, ConfigMixin):
             if self.identity_kind_components is None or "position" not in chosen or mean_skip is None:
                 raise ExpDiffInputError(None, "identity_routing 'per_kind' needs neutral_components per identity kind "
                                         "(the position kind's among them) and mean_skip")
-            column_kind = [kind for kind, c in zip(chosen, counts) for _ in range(c)]
+            column_kind = [kind for kind, c in zip(chosen, self.identity_kind_components) for _ in range(c)]
             network_identity = [j for j, kind in enumerate(column_kind) if kind == "position"]
             row_kind = [kind for kind, c in zip(kinds, components) for _ in range(int(c))]
             identity_route = torch.tensor([[float(cj in ("position", ri)) for cj in column_kind] for ri in row_kind])
